@@ -1,0 +1,1 @@
+"""Alert rules, their tests and the helpers that generate them."""

@@ -1,0 +1,1 @@
+"""Bounce analysis: DSN parsing, reason classification, VERP, blacklist policy and stores."""

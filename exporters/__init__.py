@@ -1,0 +1,1 @@
+"""Exporters: Prometheus, SNMP (extend, pass_persist, MIB) and RRD, all fed by one catalogue."""

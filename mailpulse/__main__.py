@@ -1,0 +1,3 @@
+from mailpulse.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The command line of DESIGN.md. Each subcommand lives with the module that does the work."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mailpulse import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config file")
+    p.add_argument("--state-dir", type=Path, help="where SQLite, checkpoints and snapshots live")
+
+
+def _not_built(what: str) -> Handler:
+    def run(_args: argparse.Namespace) -> int:
+        print(f"mailpulse: {what} is not part of this version yet", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mailpulse", description="Watch Postfix mass-mailing nodes.")
+    p.add_argument("--version", action="version", version=f"mailpulse {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    agent = sub.add_parser("agent", help="the node agent")
+    _common(agent)
+    agent.add_argument("--check-config", action="store_true")
+    agent.set_defaults(run=_not_built("the agent"))
+
+    logs = sub.add_parser("logs", help="parse and summarise Postfix logs")
+    logs_sub = logs.add_subparsers(dest="logs_command", required=True)
+    for name in ("parse", "report"):
+        lp = logs_sub.add_parser(name)
+        _common(lp)
+        lp.add_argument("files", nargs="*", type=Path)
+        lp.add_argument("--json", action="store_true")
+        lp.set_defaults(run=_not_built(f"logs {name}"))
+
+    queue = sub.add_parser("queue", help="qshape-style view of the queue")
+    _common(queue)
+    queue.add_argument("--json", action="store_true")
+    queue.set_defaults(run=_not_built("queue"))
+
+    bounce = sub.add_parser("bounce", help="read bounce emails")
+    bounce_sub = bounce.add_subparsers(dest="bounce_command", required=True)
+    bp = bounce_sub.add_parser("parse")
+    _common(bp)
+    bp.add_argument("paths", nargs="+", type=Path)
+    bp.add_argument("--json", action="store_true")
+    bp.set_defaults(run=_not_built("bounce parse"))
+
+    bl = sub.add_parser("blacklist", help="the self-expiring blacklist")
+    _common(bl)
+    bl.add_argument(
+        "action",
+        choices=["ingest", "list", "add", "remove", "lift", "quarantine", "export", "publish"],
+    )
+    bl.add_argument("args", nargs="*")
+    bl.add_argument("--json", action="store_true")
+    bl.set_defaults(run=_not_built("blacklist"))
+
+    snmp = sub.add_parser("snmp", help="net-snmp extend and pass_persist")
+    _common(snmp)
+    snmp.add_argument("mode", choices=["extend", "pass-persist", "oids"])
+    snmp.add_argument("name", nargs="?")
+    snmp.set_defaults(run=_not_built("snmp"))
+
+    graph = sub.add_parser("graph", help="RRD graphs")
+    _common(graph)
+    graph.add_argument("--out", type=Path)
+    graph.set_defaults(run=_not_built("graph"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Handler = args.run
+    return run(args)
