@@ -42,3 +42,38 @@ class DeliveryEvent:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Queue names as Postfix's spool has them, in the order a message moves through them.
+QUEUE_NAMES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+
+# qshape's default age bucket edges, in minutes; the last bucket is "over the last edge".
+DEFAULT_AGE_EDGES_MIN = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
+
+
+@dataclass(slots=True)
+class QueueStats:
+    messages: int = 0
+    recipients: int = 0
+    bytes: int = 0
+    oldest_age_s: float = 0.0
+
+
+@dataclass(slots=True)
+class QueueSnapshot:
+    """One sample of one Postfix instance's queue, as every output reads it."""
+
+    instance: str
+    source: str  # "spool" or "showq": how it was read
+    taken_at: float  # POSIX seconds when the sample finished
+    duration_s: float
+    age_edges_min: tuple[int, ...] = DEFAULT_AGE_EDGES_MIN
+    queues: dict[str, QueueStats] = field(default_factory=dict)
+    # (queue, "recipient"|"sender", domain group, age bucket index) -> (messages, recipients);
+    # bucket i holds ages below age_edges_min[i], the last index (len(edges)) the older ones.
+    shape: dict[tuple[str, str, str, int], tuple[int, int]] = field(default_factory=dict)
+    # (domain group, deferral class) -> deferred recipients
+    deferral_classes: dict[tuple[str, str], int] = field(default_factory=dict)
+    # read problems, counted and skipped: "vanished", "truncated", "garbage", ...
+    errors: dict[str, int] = field(default_factory=dict)
+    complete: bool = True  # False when a huge queue fell back to counting or a deadline hit
