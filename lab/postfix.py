@@ -14,6 +14,7 @@ import json
 import os
 import pty
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -39,13 +40,25 @@ class LabError(RuntimeError):
 def _port_owner(host: str, port: int) -> str:
     with contextlib.suppress(psutil.Error):
         for conn in psutil.net_connections("inet"):
-            listening = conn.status == psutil.CONN_LISTEN and conn.laddr and conn.pid
-            if listening and conn.laddr.port == port and conn.laddr.ip in (host, "0.0.0.0"):  # noqa: S104
+            laddr = conn.laddr
+            if conn.status != psutil.CONN_LISTEN or not conn.pid or not laddr:
+                continue
+            if laddr.port == port and laddr.ip in (host, "0.0.0.0"):  # noqa: S104
                 with contextlib.suppress(psutil.Error):
-                    p = psutil.Process(conn.pid)
-                    return f"pid {conn.pid} ({' '.join(p.cmdline())[:80]})"
+                    cmdline = " ".join(psutil.Process(conn.pid).cmdline())[:80]
+                    return f"pid {conn.pid} ({cmdline})"
                 return f"pid {conn.pid}"
     return "another process"
+
+
+def port_free_soon(host: str, port: int, grace_s: float = 5.0) -> bool:
+    """Free now or within a short grace: a process that was just killed may still be exiting."""
+    deadline = time.monotonic() + grace_s
+    while not port_free(host, port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def port_free(host: str, port: int) -> bool:
@@ -60,11 +73,18 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on now (for tests that run beside the demo)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(hosts: Iterable[str] = ("127.0.0.1",)) -> int:
+    """A port free on all these loopback addresses, for labs that run beside each other.
+
+    Taken below the kernel's ephemeral range (32768 and up), so that no outgoing connection
+    can grab it between this choice and the bind.
+    """
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        if all(port_free(h, port) for h in hosts):
+            return port
+    raise LabError("no free loopback port found between 20000 and 32000")
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> None:
@@ -154,6 +174,9 @@ class Lab:
     @property
     def mx_pidfile(self) -> Path:
         return self.root / "mx" / "remote_mx.pid"
+
+    def mx_addresses(self) -> list[str]:
+        return [self.mx_address(d) for d in DOMAINS]
 
     def mx_address(self, domain: str) -> str:
         i = list(DOMAINS).index(domain)
@@ -283,7 +306,7 @@ class Lab:
         if self.postfix_running():
             return
         self._reap_orphans()
-        if not port_free("127.0.0.1", self.smtp_port):
+        if not port_free_soon("127.0.0.1", self.smtp_port):
             owner = _port_owner("127.0.0.1", self.smtp_port)
             raise LabError(
                 f"cannot start the lab's Postfix: 127.0.0.1:{self.smtp_port} is in use by {owner};"
@@ -350,9 +373,9 @@ class Lab:
     def mx_up(self) -> None:
         if self.mx_running():
             return
-        hosts = [self.mx_address(d) for d in DOMAINS]
+        hosts = self.mx_addresses()
         for h in hosts:
-            if not port_free(h, self.mx_port):
+            if not port_free_soon(h, self.mx_port):
                 raise LabError(
                     f"cannot start the remote MX: {h}:{self.mx_port} is in use by"
                     f" {_port_owner(h, self.mx_port)}; stop it or pick another mx port"

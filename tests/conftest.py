@@ -62,7 +62,8 @@ def make_lab() -> Iterator[Callable[..., object]]:
         # processes must reach their data directory.
         root = Path(tempfile.mkdtemp(prefix="mailpulse-lab-"))
         os.chmod(root, 0o755)
-        lab = Lab(root, smtp_port=free_port(), mx_port=free_port(), **kw)  # type: ignore[arg-type]
+        lab = Lab(root, smtp_port=free_port(), mx_port=0, **kw)  # type: ignore[arg-type]
+        lab.mx_port = free_port(lab.mx_addresses())
         labs.append(lab)
         lab.start()
         return lab
