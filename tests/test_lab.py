@@ -11,10 +11,10 @@ import email.policy
 import os
 import re
 import socket
-import subprocess
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lab.campaign import make_plan, run_campaign
@@ -107,8 +107,10 @@ def test_start_twice_and_after_a_crash(lab: Lab) -> None:
     lab.start()  # already running: nothing to do, no error
     assert lab.postfix_running() and lab.mx_running()
     master_pid = int((lab.spool / "pid" / "master.pid").read_text().split()[0])
-    subprocess.run(["kill", "-9", str(master_pid)], check=True)
-    subprocess.run(["kill", "-9", str(lab._mx_pid())], check=True)
+    crashed = [psutil.Process(master_pid), psutil.Process(lab._mx_pid())]
+    for p in crashed:
+        p.kill()
+    psutil.wait_procs(crashed, timeout=10)  # a crash is over once the processes are gone
     lab.start()  # stale pid files and orphaned children of the dead master
     assert lab.postfix_running() and lab.mx_running()
     plan, _ = run_campaign(lab, 20, "after-crash", seed=11)
