@@ -56,9 +56,25 @@ def _class_of(status: str, reply_code: str) -> str:
     return reply_code[:1]
 
 
+def pseudo_status(reason: str, klass: str = "5") -> str:
+    """Sisimai's internal code for a reason ("5.0.911"), for bounces that carry no status."""
+    detail = load_pseudo_codes().get(reason, 900)
+    return f"{klass if klass in ('4', '5') else '5'}.0.{detail}"
+
+
+@lru_cache(maxsize=1)
+def load_pseudo_codes() -> dict[str, int]:
+    codes: dict[str, int] = load_rules_data()["pseudo_status"]
+    return codes
+
+
 @lru_cache(maxsize=65536)
-def classify(status: str = "", reply_code: str = "", text: str = "") -> Verdict:
-    """Reason, scope and hard flag for one failed (or delivered) recipient."""
+def classify(status: str = "", reply_code: str = "", text: str = "", stage: str = "") -> Verdict:
+    """Reason, scope and hard flag for one failed (or delivered) recipient.
+
+    stage is the SMTP command the remote answered ("rcpt", "data", ...) when known: a user
+    refused only after the message was sent (DATA) exists, the message was filtered.
+    """
     rules = _rules()
     klass = _class_of(status, reply_code)
     if klass == "2":
@@ -74,5 +90,9 @@ def classify(status: str = "", reply_code: str = "", text: str = "") -> Verdict:
             reason, scope = rules.status[subject_detail]
     if not reason:
         reason, scope = ("onhold", "transport") if klass == "4" else ("undefined", "transport")
+    if stage == "data" and reason == "userunknown":
+        reason, scope = "filtered", "recipient"
+    elif stage == "mail" and reason in ("undefined", "onhold"):
+        reason, scope = "rejected", "sender"  # refused at MAIL FROM: the sender was refused
     hard = reason in rules.hard or (reason == "notaccept" and klass == "5")
     return Verdict(reason, scope, hard)
