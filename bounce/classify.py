@@ -92,7 +92,12 @@ def classify(status: str = "", reply_code: str = "", text: str = "", stage: str 
         reason, scope = ("onhold", "transport") if klass == "4" else ("undefined", "transport")
     if stage == "data" and reason == "userunknown":
         reason, scope = "filtered", "recipient"
-    elif stage == "mail" and reason in ("undefined", "onhold"):
-        reason, scope = "rejected", "sender"  # refused at MAIL FROM: the sender was refused
-    hard = reason in rules.hard or (reason == "notaccept" and klass == "5")
-    return Verdict(reason, scope, hard)
+    elif stage == "mail" and reason in ("undefined", "onhold", "userunknown", "hostunknown"):
+        # Refused at MAIL FROM: whatever the words, they are about our sender address.
+        reason, scope = "rejected", "sender"
+    return Verdict(reason, scope, is_hard(reason, klass))
+
+
+def is_hard(reason: str, klass: str) -> bool:
+    """Sisimai's hard bounce: a permanent recipient-level failure."""
+    return reason in _rules().hard or (reason == "notaccept" and klass == "5")

@@ -16,13 +16,14 @@ from __future__ import annotations
 import email
 import email.header
 import email.policy
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses
 
-from mailpulse.bounce.classify import Verdict, classify, pseudo_status
+from mailpulse.bounce.classify import Verdict, classify, is_hard, pseudo_status
 
 MAX_MESSAGE_BYTES = 8 << 20  # the rest of a larger message is not read
 MAX_PARTS = 200
@@ -33,6 +34,7 @@ MAX_NOTICE_CHARS = 64 << 10  # the human-readable part scanned for addresses and
 KIND_BOUNCE = "bounce"
 KIND_COMPLAINT = "complaint"
 KIND_AUTOREPLY = "autoreply"
+KIND_DELIVERY = "delivery"  # a positive report (Action: delivered, relayed, expanded, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,9 @@ class Bounce:
 ADDR = r"(?<![\w.!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+"
 ADDR_RE = re.compile(ADDR)
 ENHANCED_RE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
-REPLY_RE = re.compile(r"(?<![\w.\-#])([245][0-5]\d)(?:[ -]|$)(?!\s*(?:bytes|seconds|days|hours))")
+REPLY_RE = re.compile(
+    r"(?<![\w.\-#])([245][0-5]\d)(?:[ ,:;-]|$)(?!\s*(?:bytes|seconds|days|hours))"
+)
 DAEMON_RE = re.compile(
     r"^(mailer-daemon|postmaster|mail-?daemon|mailerdaemon|mdaemon|"
     r"mail\.?delivery|maildelivery|bounce[s]?|nobody|root|daemon|noreply|no-reply)@",
@@ -96,7 +100,8 @@ DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 # message" (qmail), "(DATA)": which SMTP command the remote refused.
 STAGE_RE = re.compile(
     r"(?:in reply to|after|error from remote mail server after|\()\s*"
-    r"(end of data|data|rcpt|mail from|mail|sent the message)\b",
+    r"(end of data|data|rcpt|mail from|mail|sent the message)\b"
+    r"|for (text|data) command",
     re.I,
 )
 # Sendmail's session transcript: ">>> DATA" then "<<< 550 ...".
@@ -104,6 +109,8 @@ TRANSCRIPT_STAGE_RE = re.compile(
     r">>> (data|rcpt|mail)\b[^\n]*\n(?:.*\n){0,3}?\s*(?:<<< )?[45]\d\d", re.I
 )
 PIPELINED_DATA_RE = re.compile(r"<<< 503\b|<<< \d{3}\b[^\n]*(need rcpt|no valid recipients)", re.I)
+# A final failure whose last try timed out or was refused: the MTA stopped retrying.
+GAVE_UP_RE = re.compile(r"^(connect to \S+: )?connection (timed out|refused)", re.I)
 DNS_TROUBLE_RE = re.compile(r"name server|host name lookup|host not found|dns", re.I)
 FIELD_RE = re.compile(r"^([A-Za-z][\w-]*)[ \t]*:[ \t]*(.*)$")
 
@@ -224,7 +231,7 @@ def _stage(text: str) -> str:
     m = STAGE_RE.search(text) or TRANSCRIPT_STAGE_RE.search(text)
     if not m:
         return ""
-    word = m.group(1).lower()
+    word = (m.group(1) or "data").lower()  # "for TEXT command" is the DATA stage
     if word == "data" and PIPELINED_DATA_RE.search(text[m.end() : m.end() + 400]):
         # Pipelining: the refusals after ">>> DATA" answered the RCPTs; DATA got "503 no
         # valid recipients".
@@ -248,7 +255,7 @@ def _record(
     found = _enhanced(diagnostic)
     # The code the remote gave in its reply is more precise than the one the reporting MTA
     # derived from it (often a generic x.0.0 or its own guess).
-    if not status or (found and found[0] == status[0]):
+    if not status or (found and (found[0] == status[0] or found[0] == reply[:1])):
         status = found or status
     if not reply and not diagnostic:
         reply = _reply_code(context)
@@ -256,8 +263,12 @@ def _record(
         status = _enhanced(context)
     klass = status[:1] or reply[:1] or ("4" if action == "delayed" else "5")
     verdict = classify(status, reply, diagnostic or context, stage)
+    positive = ("delivered", "relayed", "expanded", "deliverable")
+    kind = KIND_DELIVERY if action in positive else KIND_BOUNCE
     if verdict.reason in ("undefined", "onhold") and diagnostic and context:
         verdict = classify(status, reply, context, stage)
+    if verdict.reason == "networkerror" and action == "failed" and GAVE_UP_RE.search(diagnostic):
+        verdict = Verdict("expired", "transport", False)
     if (
         klass == "4"
         and action in ("failed", "delayed")
@@ -270,6 +281,9 @@ def _record(
         verdict = Verdict("expired", "transport", False)
     if not status:
         status = pseudo_status(verdict.reason, klass)
+        verdict = Verdict(verdict.reason, verdict.scope, is_hard(verdict.reason, klass))
+    if reply and status[:1] in "45" and reply[0] != status[0]:
+        reply = ""  # a 5xx text under a 4.x.x status (or the reverse) is not the reply given
     return Bounce(
         recipient=recipient,
         status=status,
@@ -279,6 +293,7 @@ def _record(
         reason=verdict.reason,
         scope=verdict.scope,
         hard=verdict.hard,
+        kind=kind,
         remote_mta=remote_mta,
     )
 
@@ -420,6 +435,60 @@ def _original_recipients(parts: list[Message], notice_tail: str) -> list[str]:
     return sorted(_addresses(m.group(1))) if m else []
 
 
+def _google_group_refusal(failed: set[str], notice: str) -> bool:
+    """Google Groups refuses a post (no such group, or not allowed to post) in the sender's
+    language, with no code: known by the group address and the signature."""
+    return (
+        bool(failed)
+        and all(a.endswith("@googlegroups.com") for a in failed)
+        and ("Google Groups" in notice or "googlegroups.com" in notice)
+    )
+
+
+def _from_ses_notification(text: str) -> list[Bounce] | None:
+    """Amazon SES notifications relayed by SNS as e-mail: a JSON document, not a DSN."""
+    start = text.find('{"notificationType"')
+    if start < 0:
+        return None
+    body = text[start:]
+    try:
+        doc, _ = json.JSONDecoder().raw_decode(body)
+    except ValueError:
+        # Some relays wrap the long JSON line: the document ends at the first blank line.
+        try:
+            doc, _ = json.JSONDecoder().raw_decode(body.split("\n\n", 1)[0].replace("\n", ""))
+        except ValueError:
+            return None
+    if not isinstance(doc, dict):
+        return None
+    kind = str(doc.get("notificationType", "")).lower()
+    if kind == "bounce":
+        out = []
+        for r in (doc.get("bounce") or {}).get("bouncedRecipients") or []:
+            rcpt = _typed_address(str(r.get("emailAddress", "")))
+            if rcpt:
+                status = str(r.get("status") or "")
+                diag = str(r.get("diagnosticCode") or "")
+                out.append(_record(rcpt, status, diag, str(r.get("action") or "failed")))
+        return out
+    if kind == "complaint":
+        recipients = (doc.get("complaint") or {}).get("complainedRecipients") or []
+        return [
+            Bounce(a, "", "", "complaint", "", "feedback", "recipient", False, KIND_COMPLAINT)
+            for a in (_typed_address(str(r.get("emailAddress", ""))) for r in recipients)
+            if a
+        ]
+    if kind == "delivery":
+        delivery = doc.get("delivery") or {}
+        reply = str(delivery.get("smtpResponse") or "250")
+        return [
+            _record(a, "", reply, "delivered")
+            for a in (_typed_address(str(x)) for x in delivery.get("recipients") or [])
+            if a
+        ]
+    return None
+
+
 def _is_feedback(msg: Message, parts: list[Message]) -> bool:
     if any(_content_type(p) == "message/feedback-report" for p in parts):
         return True
@@ -476,6 +545,15 @@ def _looks_like_bounce(msg: Message, notice: str) -> bool:
     return False
 
 
+def _unquote(text: str) -> str:
+    """A bounce forwarded inline ("> " before every line) read as the original."""
+    lines = text[:MAX_NOTICE_CHARS].splitlines()
+    quoted = sum(1 for ln in lines if ln.startswith(">"))
+    if lines and quoted > len(lines) // 2:
+        return "\n".join(re.sub(r"^(> ?)+", "", ln) for ln in lines)
+    return text
+
+
 def _notice_split(text: str) -> tuple[str, str]:
     """(notice, rest): the human-readable report and the returned message after it."""
     head = text[:MAX_NOTICE_CHARS]
@@ -529,8 +607,12 @@ def _parse(msg: Message, nesting: int) -> list[Bounce]:
 
     if _is_feedback(msg, parts):
         return _feedback(msg, parts, texts)
+    if texts and texts[0].lstrip().startswith("{"):
+        ses = _from_ses_notification(texts[0])
+        if ses is not None:
+            return ses
 
-    first_text = texts[0] if texts else ""
+    first_text = _unquote(texts[0]) if texts else ""
     notice, rest = _notice_split(first_text)
     # Some MTAs paste the report's fields into the text part.
     if not dsn_texts and re.search(r"^(final|original)-recipient:", first_text, re.I | re.M):
@@ -553,7 +635,17 @@ def _parse(msg: Message, nesting: int) -> list[Bounce]:
     exclude = _addresses(msg.get("To")) | _addresses(msg.get("From"))
     exclude |= _addresses(msg.get("Delivered-To")) | _addresses(msg.get("Return-Path"))
     found = _from_notice(notice, exclude)
+    # Candidates in the domains the returned message was addressed to are the recipients; the
+    # others are helpdesk or relay addresses quoted in the text.
+    domains = {a.rsplit("@", 1)[1] for a in _original_recipients(parts, rest)}
+    found = [b for b in found if b.recipient.rsplit("@", 1)[1] in domains] or found
     failed = _addresses(msg.get("X-Failed-Recipients"))
+    if _google_group_refusal(failed, notice):
+        diag = _clean(notice)[:500]
+        return [
+            Bounce(a, pseudo_status("rejected"), "", "failed", diag, "rejected", "sender", False)
+            for a in sorted(failed)
+        ]
     if failed:
         # Exim and Gmail name the failed recipients in a header: trust it over the text.
         found = [b for b in found if b.recipient in failed]
