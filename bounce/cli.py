@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mailpulse.bounce.dsn import BounceParseError
 from mailpulse.bounce.intake import (
+    EX_DATAERR,
     EX_NOINPUT,
     EX_OK,
     EX_TEMPFAIL,
@@ -60,7 +62,13 @@ def run_parse(args: argparse.Namespace) -> int:
             continue
         try:
             for item in read_paths([path]):
-                for r in analyse(item, verp, envelope if item.source == "-" else ""):
+                try:
+                    records = analyse(item, verp, envelope if item.source == "-" else "")
+                except BounceParseError as e:
+                    print(f"mailpulse: {item.source}: skipped: {e}", file=sys.stderr)
+                    status = status or EX_DATAERR
+                    continue
+                for r in records:
                     print(json.dumps(r, ensure_ascii=False) if args.json else _line(r))
         except OSError as e:
             print(f"mailpulse: {path}: {e}", file=sys.stderr)

@@ -29,7 +29,11 @@ MAX_MESSAGE_BYTES = 8 << 20  # the rest of a larger message is not read
 MAX_PARTS = 200
 MAX_DEPTH = 12
 MAX_DECODED_BYTES = 1 << 20  # per text part, after base64/quoted-printable
-MAX_NOTICE_CHARS = 64 << 10  # the human-readable part scanned for addresses and errors
+MAX_NOTICE_CHARS = 64 << 10
+MAX_BOUNDARIES = 32  # multipart declarations read; deeper or later ones are not followed
+BOUNDARY_DECL_RE = re.compile(
+    rb"boundary\s*=", re.I
+)  # the human-readable part scanned for addresses and errors
 
 KIND_BOUNCE = "bounce"
 KIND_COMPLAINT = "complaint"
@@ -563,10 +567,27 @@ def _notice_split(text: str) -> tuple[str, str]:
     return head, ""
 
 
+class BounceParseError(ValueError):
+    """A message that cannot be read at all (it is counted and skipped, never fatal)."""
+
+
+def bounded(raw: bytes) -> bytes:
+    """The part of a message that is read: MAX_MESSAGE_BYTES, and no more than MAX_BOUNDARIES
+    multipart declarations (the stdlib parser recurses once per nesting level)."""
+    raw = raw[:MAX_MESSAGE_BYTES]
+    for i, m in enumerate(BOUNDARY_DECL_RE.finditer(raw)):
+        if i == MAX_BOUNDARIES:
+            return raw[: raw.rfind(b"\n", 0, m.start()) + 1]
+    return raw
+
+
 def parse_message(raw: bytes) -> list[Bounce]:
     """Every recipient a bounce, complaint or auto-reply speaks of; [] for ordinary mail."""
-    msg = email.message_from_bytes(raw[:MAX_MESSAGE_BYTES], policy=email.policy.compat32)
-    return _parse(msg, 0)
+    try:
+        msg = email.message_from_bytes(bounded(raw), policy=email.policy.compat32)
+        return _parse(msg, 0)
+    except RecursionError as e:  # defence in depth: bounded() should make this unreachable
+        raise BounceParseError("message nested too deeply") from e
 
 
 def _forwarded_bounce(parts: list[Message]) -> Message | None:

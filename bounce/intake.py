@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, Bounce, parse_message
+from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, Bounce, BounceParseError, parse_message
 from mailpulse.bounce.verp import DEFAULT_PREFIX, VerpId, find_user
 
 EX_OK = 0
@@ -32,6 +32,7 @@ EX_NOINPUT = 66
 EX_TEMPFAIL = 75
 
 PROCESSED_DIR = ".processed"
+UNREADABLE_DIR = ".unreadable"  # messages the parser refused: kept for a person to look at
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,15 @@ def process_maildir(root: Path, handler: Handler, verp: VerpSettings) -> int:
             with f.open("rb") as fh:
                 raw = _read_capped(fh)
             item = MailItem(str(f), f.name.split(":", 1)[0], raw)
-            handler(item, analyse(item, verp))
+            try:
+                records = analyse(item, verp)
+            except BounceParseError as e:
+                print(f"mailpulse: {f}: {e}; moved to {UNREADABLE_DIR}/", file=sys.stderr)
+                bad_dir = root / UNREADABLE_DIR
+                bad_dir.mkdir(exist_ok=True)
+                os.replace(f, bad_dir / f.name)
+                continue
+            handler(item, records)
             os.replace(f, done_dir / f.name)
             n += 1
     _fsync_dir(done_dir)
@@ -171,7 +180,12 @@ def pipe_delivery(
         return EX_OK
     item = MailItem("-", _digest(raw), raw)
     try:
-        handler(item, analyse(item, verp, envelope_recipient))
+        records = analyse(item, verp, envelope_recipient)
+    except BounceParseError as e:
+        print(f"mailpulse: unreadable bounce dropped: {e}", file=sys.stderr)
+        return EX_OK
+    try:
+        handler(item, records)
     except Exception as e:  # noqa: BLE001 - any failure must become a retry, never a loss
         print(f"mailpulse: bounce not recorded, Postfix will retry: {e}", file=sys.stderr)
         return EX_TEMPFAIL
