@@ -87,7 +87,7 @@ ORIGINAL_MARK_RE = re.compile(
     r"^\s*(?:-{2,}|\*{2,}|={2,}|_{2,})?\s*("
     r"this is a copy of the message|below this line is a copy|original message|"
     r"copy of the original|a copy of the original|returned message|message headers follow|"
-    r"the original message (?:headers )?(?:follows|was)|original message (?:follows|headers)|"
+    r"the original message (?:headers )?follows|original message (?:follows|headers)|"
     r"headers of your message|content-type: message/rfc822|undelivered message|"
     r"below is a copy|unsent message below|your message reads|"
     r"the header of the original|--- original message|received: from"
