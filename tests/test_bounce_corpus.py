@@ -175,7 +175,6 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
         ),
         FILTERED,
     ),
-    ("lhost-sendmail-29.eml", 1): (("reply_code",), TRANSCRIPT),
     ("lhost-sendmail-48.eml", 1): (
         (
             "reason",
