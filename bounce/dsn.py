@@ -115,6 +115,11 @@ TRANSCRIPT_STAGE_RE = re.compile(
 PIPELINED_DATA_RE = re.compile(r"<<< 503\b|<<< \d{3}\b[^\n]*(need rcpt|no valid recipients)", re.I)
 # A final failure whose last try timed out or was refused: the MTA stopped retrying.
 GAVE_UP_RE = re.compile(r"^(connect to \S+: )?connection (timed out|refused)", re.I)
+DELAY_RE = re.compile(
+    r"warning message only|will be retried|\(delay\)|delivery (has been |is )?delayed|"
+    r"delayed mail|not yet been delivered|still trying|will (continue to )?(re)?try",
+    re.I,
+)
 DNS_TROUBLE_RE = re.compile(r"name server|host name lookup|host not found|dns", re.I)
 FIELD_RE = re.compile(r"^([A-Za-z][\w-]*)[ \t]*:[ \t]*(.*)$")
 
@@ -349,16 +354,16 @@ ADDRESS_LINE_RE = re.compile(
 )
 
 
-def _from_notice(notice: str, exclude: set[str]) -> list[Bounce]:
+def _from_notice(notice: str, exclude: set[str], action: str = "failed") -> list[Bounce]:
     """Plain-text notices: each line that starts with an address opens that recipient's error.
 
     Addresses of the bounce's own headers are skipped at first (they name the sender), but
     taken when nothing else is there (mail sent to oneself bounces too).
     """
-    return _notice_recipients(notice, exclude) or _notice_recipients(notice, set())
+    return _notice_recipients(notice, exclude, action) or _notice_recipients(notice, set(), action)
 
 
-def _notice_recipients(notice: str, exclude: set[str]) -> list[Bounce]:
+def _notice_recipients(notice: str, exclude: set[str], action: str) -> list[Bounce]:
     lines = notice.splitlines()
     found: list[tuple[str, list[str]]] = []
     current: list[str] | None = None
@@ -396,7 +401,7 @@ def _notice_recipients(notice: str, exclude: set[str]) -> list[Bounce]:
         # One recipient, and its error sits further down (Gmail, DragonFly): add the notice's
         # lines that carry a code.
         found[0][1].append(_error_lines(notice))
-    return [_record(addr, "", "\n".join(body), "failed", "", notice) for addr, body in found]
+    return [_record(addr, "", "\n".join(body), action, "", notice) for addr, body in found]
 
 
 RCPT_LINE_RE = re.compile(
@@ -655,7 +660,10 @@ def _parse(msg: Message, nesting: int) -> list[Bounce]:
 
     exclude = _addresses(msg.get("To")) | _addresses(msg.get("From"))
     exclude |= _addresses(msg.get("Delivered-To")) | _addresses(msg.get("Return-Path"))
-    found = _from_notice(notice, exclude)
+    # A warning that the MTA is still trying is a delay, not a failure.
+    delayed = DELAY_RE.search(_decode_header(msg.get("Subject")) + "\n" + notice[:4000])
+    action = "delayed" if delayed else "failed"
+    found = _from_notice(notice, exclude, action)
     # Candidates in the domains the returned message was addressed to are the recipients; the
     # others are helpdesk or relay addresses quoted in the text.
     domains = {a.rsplit("@", 1)[1] for a in _original_recipients(parts, rest)}
@@ -672,7 +680,7 @@ def _parse(msg: Message, nesting: int) -> list[Bounce]:
         found = [b for b in found if b.recipient in failed]
         named = {b.recipient for b in found}
         found += [
-            _record(a, "", _paragraph_for(notice, a) or _error_lines(notice), "failed", "", notice)
+            _record(a, "", _paragraph_for(notice, a) or _error_lines(notice), action, "", notice)
             for a in sorted(failed - named)
         ]
     if found:
@@ -683,4 +691,4 @@ def _parse(msg: Message, nesting: int) -> list[Bounce]:
         if found:
             return found
     rcpts = [a for a in _original_recipients(parts, rest) if a not in exclude]
-    return [_record(a, "", _error_lines(notice), "failed", "", notice) for a in rcpts[:50]]
+    return [_record(a, "", _error_lines(notice), action, "", notice) for a in rcpts[:50]]

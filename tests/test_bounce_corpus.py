@@ -110,7 +110,6 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ),
     ("lhost-gmail-03.eml", 1): (("reason",), PROVIDER),
     ("lhost-gmail-05.eml", 1): (("reason",), PROVIDER),
-    ("lhost-gmail-17.eml", 1): (("status",), PSEUDO),
     ("lhost-gsuite-08.eml", 1): (
         (
             "reason",

@@ -172,3 +172,23 @@ def test_arf_report_is_a_complaint_per_recipient() -> None:
         ("one@example.com", "feedback", KIND_COMPLAINT, False),
         ("two@example.com", "feedback", KIND_COMPLAINT, False),
     ]
+
+
+def test_a_delay_warning_is_delayed_not_failed() -> None:
+    raw = (
+        "From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\n"
+        "To: bounce-77@b.example\nSubject: Delivery Status Notification (Delay)\n\n"
+        "This is an automatically generated Delivery Status Notification\n\n"
+        "THIS IS A WARNING MESSAGE ONLY.\n\nYOU DO NOT NEED TO RESEND YOUR MESSAGE.\n\n"
+        "Delivery to the following recipient has been delayed:\n\n     pat@example.net\n\n"
+        "Message will be retried for 2 more day(s)\n\n"
+        "Technical details of temporary failure:\n"
+        "The recipient server did not accept our requests to connect.\n"
+    )
+    (b,) = parse_message(raw.encode())
+    assert (b.recipient, b.action, b.status[:2], b.hard) == (
+        "pat@example.net",
+        "delayed",
+        "4.",
+        False,
+    )
