@@ -24,7 +24,7 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class _Rules:
-    text: tuple[tuple[re.Pattern[str], str, str], ...]
+    text: tuple[tuple[re.Pattern[str], str, str, bool], ...]
     status: dict[str, tuple[str, str]]
     hard: frozenset[str]
 
@@ -43,6 +43,7 @@ def _rules() -> _Rules:
             re.compile("|".join(f"(?:{p})" for p in rule["patterns"]), re.I),
             rule["reason"],
             rule["scope"],
+            bool(rule.get("weak")),
         )
         for rule in data["text_rules"]
     )
@@ -80,11 +81,12 @@ def classify(status: str = "", reply_code: str = "", text: str = "", stage: str 
     if klass == "2":
         return Verdict("delivered", "recipient", False)
     reason = scope = ""
-    for pattern, r, s in rules.text:
+    weak = False
+    for pattern, r, s, w in rules.text:
         if pattern.search(text):
-            reason, scope = r, s
+            reason, scope, weak = r, s, w
             break
-    if not reason and status.count(".") == 2:
+    if (not reason or weak) and status.count(".") == 2:
         subject_detail = status.split(".", 1)[1]
         if subject_detail in rules.status:
             reason, scope = rules.status[subject_detail]

@@ -72,3 +72,9 @@ def test_pseudo_status_for_bounces_without_a_code() -> None:
     assert pseudo_status("userunknown", "5") == "5.0.911"
     assert pseudo_status("expired", "4") == "4.0.947"
     assert pseudo_status("no-such-reason", "") == "5.0.900"
+
+
+def test_weak_wording_yields_to_the_status_code() -> None:
+    text = "550 Requested action not taken: mailbox unavailable"
+    assert classify("5.1.1", "550", text).reason == "userunknown"
+    assert classify("", "550", text).reason == "filtered"
