@@ -70,7 +70,7 @@ def load_pseudo_codes() -> dict[str, int]:
 
 
 @lru_cache(maxsize=65536)
-def classify(status: str = "", reply_code: str = "", text: str = "", stage: str = "") -> Verdict:
+def classify(status: str = "", reply_code: str = "", text: str = "", *, stage: str = "") -> Verdict:
     """Reason, scope and hard flag for one failed (or delivered) recipient.
 
     stage is the SMTP command the remote answered ("rcpt", "data", ...) when known: a user

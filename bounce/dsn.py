@@ -271,11 +271,11 @@ def _record(
     if not status and not diagnostic:
         status = _enhanced(context)
     klass = status[:1] or reply[:1] or ("4" if action == "delayed" else "5")
-    verdict = classify(status, reply, diagnostic or context, stage)
+    verdict = classify(status, reply, diagnostic or context, stage=stage)
     positive = ("delivered", "relayed", "expanded", "deliverable")
     kind = KIND_DELIVERY if action in positive else KIND_BOUNCE
     if verdict.reason in ("undefined", "onhold") and diagnostic and context:
-        verdict = classify(status, reply, context, stage)
+        verdict = classify(status, reply, context, stage=stage)
     if verdict.reason == "networkerror" and action == "failed" and GAVE_UP_RE.search(diagnostic):
         verdict = Verdict("expired", "transport", False)
     if (
@@ -643,7 +643,6 @@ def _parse(msg: Message, nesting: int) -> list[Bounce]:
     # Some MTAs paste the report's fields into the text part.
     if not dsn_texts and re.search(r"^(final|original)-recipient:", first_text, re.I | re.M):
         dsn_texts = [first_text]
-        notice, rest = _notice_split(first_text.split("\n\n", 1)[0] if False else first_text)
     if dsn_texts:
         found = _from_reports(dsn_texts, notice)
         if found:
