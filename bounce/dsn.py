@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses
+from functools import lru_cache
 
 from mailpulse.bounce.classify import Verdict, classify, is_hard, pseudo_status
 
@@ -30,6 +31,7 @@ MAX_PARTS = 200
 MAX_DEPTH = 12
 MAX_DECODED_BYTES = 1 << 20  # per text part, after base64/quoted-printable
 MAX_NOTICE_CHARS = 64 << 10
+MAX_RECIPIENTS = 500  # per plain-text notice (a report's blocks are bounded by MAX_PARTS)
 MAX_BOUNDARIES = 32  # multipart declarations read; deeper or later ones are not followed
 BOUNDARY_DECL_RE = re.compile(
     rb"boundary\s*=", re.I
@@ -248,6 +250,12 @@ def _stage(text: str) -> str:
     return "data" if word in ("data", "end of data", "sent the message") else word.split()[0]
 
 
+@lru_cache(maxsize=4)
+def _context_facts(context: str) -> tuple[str, str]:
+    """Stage and cleaned text of a message's notice, worked out once for all its recipients."""
+    return _stage(context), _clean(context)
+
+
 def _record(
     recipient: str,
     status: str,
@@ -257,9 +265,9 @@ def _record(
     context: str = "",
 ) -> Bounce:
     """Fill the reply code and status from the texts when missing, then classify."""
-    stage = _stage(diagnostic) or _stage(context)
+    context_stage, context = _context_facts(context)
+    stage = _stage(diagnostic) or context_stage
     diagnostic = _clean(re.sub(r"^\s*(smtp|x-[\w-]+|x-unix|mta)\s*;", "", diagnostic, flags=re.I))
-    context = _clean(context)
     reply = _reply_code(diagnostic)
     found = _enhanced(diagnostic)
     # The code the remote gave in its reply is more precise than the one the reporting MTA
@@ -366,13 +374,14 @@ def _from_notice(notice: str, exclude: set[str], action: str = "failed") -> list
 def _notice_recipients(notice: str, exclude: set[str], action: str) -> list[Bounce]:
     lines = notice.splitlines()
     found: list[tuple[str, list[str]]] = []
+    bodies: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in lines:
         m = ADDRESS_LINE_RE.match(line)
         addr = m.group(1).lower().strip(".") if m else ""
         if addr and addr not in exclude and not DAEMON_RE.match(addr):
-            if any(a == addr for a, _ in found):
-                current = next(body for a, body in found if a == addr)
+            if addr in bodies:
+                current = bodies[addr]
                 current.append(line)
                 continue
             # The whole line but the address: "550 5.1.1 <a@b>... User unknown" keeps its codes.
@@ -380,6 +389,9 @@ def _notice_recipients(notice: str, exclude: set[str], action: str) -> list[Boun
                 re.sub(r"[<\"]?" + re.escape(addr) + r"[>\"]?(\.\.\.|:|,)?", " ", line, flags=re.I)
             ]
             found.append((addr, current))
+            bodies[addr] = current
+            if len(found) >= MAX_RECIPIENTS:
+                break
             continue
         if current is not None:
             if not line.strip() and any(x.strip() for x in current):

@@ -226,3 +226,23 @@ def test_garbage_is_not_a_bounce() -> None:
     # Random bytes, an empty message, a header-only message: nothing, and no exception.
     for raw in (os.urandom(4096), b"", b"Subject: x\r\n", b"\r\n\r\n\r\n"):
         assert dsn.parse_message(raw) == []
+
+
+def test_thousands_of_recipients_are_capped() -> None:
+    # 20000 failed recipients in a notice, and 20000 report blocks: bounded output, no blow-up.
+    lines = "".join(f"<user{i}@example.com>: 550 5.1.1 User unknown\n" for i in range(20000))
+    notice = wrap("X-Test: many", lines.encode())
+    got = dsn.parse_message(notice)
+    assert len(got) == dsn.MAX_RECIPIENTS and got[0].recipient == "user0@example.com"
+    blocks = "".join(
+        f"Final-Recipient: rfc822; u{i}@example.com\nAction: failed\nStatus: 5.1.1\n\n"
+        for i in range(20000)
+    )
+    report = wrap(
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"',
+        b"--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\n"
+        + blocks.encode()
+        + b"--B--\n",
+    )
+    got = dsn.parse_message(report)
+    assert 0 < len(got) < dsn.MAX_PARTS and all(b.status == "5.1.1" for b in got)
