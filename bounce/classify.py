@@ -24,7 +24,7 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class _Rules:
-    text: tuple[tuple[re.Pattern[str], str, str], ...]
+    text: tuple[tuple[re.Pattern[str], str, str, bool], ...]
     status: dict[str, tuple[str, str]]
     hard: frozenset[str]
 
@@ -43,6 +43,7 @@ def _rules() -> _Rules:
             re.compile("|".join(f"(?:{p})" for p in rule["patterns"]), re.I),
             rule["reason"],
             rule["scope"],
+            bool(rule.get("weak")),
         )
         for rule in data["text_rules"]
     )
@@ -56,23 +57,49 @@ def _class_of(status: str, reply_code: str) -> str:
     return reply_code[:1]
 
 
+def pseudo_status(reason: str, klass: str = "5") -> str:
+    """Sisimai's internal code for a reason ("5.0.911"), for bounces that carry no status."""
+    detail = load_pseudo_codes().get(reason, 900)
+    return f"{klass if klass in ('4', '5') else '5'}.0.{detail}"
+
+
+@lru_cache(maxsize=1)
+def load_pseudo_codes() -> dict[str, int]:
+    codes: dict[str, int] = load_rules_data()["pseudo_status"]
+    return codes
+
+
 @lru_cache(maxsize=65536)
-def classify(status: str = "", reply_code: str = "", text: str = "") -> Verdict:
-    """Reason, scope and hard flag for one failed (or delivered) recipient."""
+def classify(status: str = "", reply_code: str = "", text: str = "", *, stage: str = "") -> Verdict:
+    """Reason, scope and hard flag for one failed (or delivered) recipient.
+
+    stage is the SMTP command the remote answered ("rcpt", "data", ...) when known: a user
+    refused only after the message was sent (DATA) exists, the message was filtered.
+    """
     rules = _rules()
     klass = _class_of(status, reply_code)
     if klass == "2":
         return Verdict("delivered", "recipient", False)
     reason = scope = ""
-    for pattern, r, s in rules.text:
+    weak = False
+    for pattern, r, s, w in rules.text:
         if pattern.search(text):
-            reason, scope = r, s
+            reason, scope, weak = r, s, w
             break
-    if not reason and status.count(".") == 2:
+    if (not reason or weak) and status.count(".") == 2:
         subject_detail = status.split(".", 1)[1]
         if subject_detail in rules.status:
             reason, scope = rules.status[subject_detail]
     if not reason:
         reason, scope = ("onhold", "transport") if klass == "4" else ("undefined", "transport")
-    hard = reason in rules.hard or (reason == "notaccept" and klass == "5")
-    return Verdict(reason, scope, hard)
+    if stage == "data" and reason == "userunknown":
+        reason, scope = "filtered", "recipient"
+    elif stage == "mail" and reason in ("undefined", "onhold", "userunknown", "hostunknown"):
+        # Refused at MAIL FROM: whatever the words, they are about our sender address.
+        reason, scope = "rejected", "sender"
+    return Verdict(reason, scope, is_hard(reason, klass))
+
+
+def is_hard(reason: str, klass: str) -> bool:
+    """Sisimai's hard bounce: a permanent recipient-level failure."""
+    return reason in _rules().hard or (reason == "notaccept" and klass == "5")

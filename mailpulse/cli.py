@@ -25,6 +25,12 @@ def _not_built(what: str) -> Handler:
     return run
 
 
+def _bounce_parse(args: argparse.Namespace) -> int:
+    from mailpulse.bounce.cli import run_parse
+
+    return run_parse(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailpulse", description="Watch Postfix mass-mailing nodes.")
     p.add_argument("--version", action="version", version=f"mailpulse {__version__}")
@@ -55,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(bp)
     bp.add_argument("paths", nargs="+", type=Path)
     bp.add_argument("--json", action="store_true")
-    bp.set_defaults(run=_not_built("bounce parse"))
+    bp.set_defaults(run=_bounce_parse)
 
     bl = sub.add_parser("blacklist", help="the self-expiring blacklist")
     _common(bl)

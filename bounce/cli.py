@@ -1,0 +1,76 @@
+"""`mailpulse bounce parse PATH ... [--json]`: bounce mails in, one line per recipient out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mailpulse.bounce.dsn import BounceParseError
+from mailpulse.bounce.intake import (
+    EX_DATAERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_TEMPFAIL,
+    VerpSettings,
+    analyse,
+    read_paths,
+)
+from mailpulse.bounce.verp import DEFAULT_PREFIX
+
+
+def verp_settings(config: Path | None) -> VerpSettings:
+    """`bounce: {verp_key: ..., verp_prefix: ..., recipient_delimiter: ...}` from the config file;
+    MAILPULSE_VERP_KEY in the environment wins over the file (keeps the key out of it)."""
+    section: dict[str, Any] = {}
+    if config is not None:
+        data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        section = data.get("bounce") or {}
+    key = os.environ.get("MAILPULSE_VERP_KEY") or section.get("verp_key") or ""
+    return VerpSettings(
+        key=str(key).encode() or None,
+        prefix=str(section.get("verp_prefix", DEFAULT_PREFIX)),
+        delimiters=str(section.get("recipient_delimiter", "-+")),
+    )
+
+
+def _line(r: dict[str, Any]) -> str:
+    uid = r["user_id"] or "-"
+    mark = "" if r["verp_verified"] or uid == "-" else "?"
+    fields = [r["file"], uid + mark, r["recipient"] or "-", r["status"] or "-"]
+    fields += [r["reply_code"] or "-", r["reason"], "hard" if r["hard"] else "soft", r["kind"]]
+    return "\t".join(fields)
+
+
+def run_parse(args: argparse.Namespace) -> int:
+    try:
+        verp = verp_settings(args.config)
+    except (OSError, yaml.YAMLError) as e:
+        print(f"mailpulse: cannot read config {args.config}: {e}", file=sys.stderr)
+        return 2
+    envelope = os.environ.get("MAILPULSE_ENVELOPE_RECIPIENT", "")
+    status = EX_OK
+    paths: list[Path] = args.paths
+    for path in paths:
+        if str(path) != "-" and not path.exists():
+            print(f"mailpulse: {path}: no such file or directory", file=sys.stderr)
+            status = EX_NOINPUT
+            continue
+        try:
+            for item in read_paths([path]):
+                try:
+                    records = analyse(item, verp, envelope if item.source == "-" else "")
+                except BounceParseError as e:
+                    print(f"mailpulse: {item.source}: skipped: {e}", file=sys.stderr)
+                    status = status or EX_DATAERR
+                    continue
+                for r in records:
+                    print(json.dumps(r, ensure_ascii=False) if args.json else _line(r))
+        except OSError as e:
+            print(f"mailpulse: {path}: {e}", file=sys.stderr)
+            status = EX_TEMPFAIL
+    return status

@@ -1,0 +1,194 @@
+"""Notice formats written out by hand from how each MTA words them (not from the corpus), to
+check the parser on mail it has never seen: one recipient each, with the expected outcome."""
+
+from __future__ import annotations
+
+import pytest
+from mailpulse.bounce.dsn import KIND_AUTOREPLY, KIND_BOUNCE, KIND_COMPLAINT, parse_message
+
+CASES = {
+    "exim": (
+        "From: Mail Delivery System <Mailer-Daemon@mx.example.net>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Mail delivery failed: returning message to sender\n"
+        "X-Failed-Recipients: jane@example.org\n"
+        "\n"
+        "This message was created automatically by mail delivery software.\n"
+        "\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n"
+        "\n"
+        "  jane@example.org\n"
+        "    host mx.example.org [192.0.2.5]\n"
+        "    SMTP error from remote mail server after RCPT TO:<jane@example.org>:\n"
+        "    550 5.1.1 <jane@example.org>: Recipient address rejected: User unknown\n"
+        "\n"
+        "------ This is a copy of the message, including all the headers. ------\n"
+        "\n"
+        "Return-path: <bounce-77@b.example>\n"
+        "To: jane@example.org\n"
+        "Subject: news\n"
+        "\n"
+        "hello\n"
+    ),
+    "exim-quota": (
+        "From: Mail Delivery System <Mailer-Daemon@mx.example.net>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Mail delivery failed: returning message to sender\n"
+        "X-Failed-Recipients: bob@example.org\n"
+        "\n"
+        "This message was created automatically by mail delivery software.\n"
+        "\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n"
+        "\n"
+        "  bob@example.org\n"
+        "    mailbox is full: retry timeout exceeded\n"
+        "\n"
+        "------ This is a copy of the message, including all the headers. ------\n"
+        "\n"
+        "To: bob@example.org\n"
+        "\n"
+        "hello\n"
+    ),
+    "qmail": (
+        "From: MAILER-DAEMON@mail.example.net\n"
+        "To: bounce-77@b.example\n"
+        "Subject: failure notice\n"
+        "\n"
+        "\n"
+        "Hi. This is the qmail-send program at mail.example.net.\n"
+        "I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+        "This is a permanent error; I've given up. Sorry it didn't work out.\n"
+        "\n"
+        "<sam@example.com>:\n"
+        "Sorry, no mailbox here by that name. (#5.1.1)\n"
+        "\n"
+        "--- Below this line is a copy of the message.\n"
+        "\n"
+        "Return-Path: <bounce-77@b.example>\n"
+        "To: sam@example.com\n"
+        "\n"
+        "hi\n"
+    ),
+    "courier": (
+        "From: Courier mail server at mx.example.com <@>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: NOTICE: mail delivery status.\n"
+        "\n"
+        "\n"
+        "This is a delivery status notification from mx.example.com,\n"
+        "running the Courier mail server, version 0.60.\n"
+        "\n"
+        "The original message was received on Thu, 29 Apr 2010 23:34:45 +0900\n"
+        "from localhost [127.0.0.1]\n"
+        "\n"
+        "---------------------------------------------------------------------------\n"
+        "\n"
+        "                           UNDELIVERABLE MAIL\n"
+        "\n"
+        "Your message to the following recipients cannot be delivered:\n"
+        "\n"
+        "<kim@example.org>:\n"
+        "    mx.example.org [192.0.2.1]:\n"
+        ">>> RCPT TO:<kim@example.org>\n"
+        "<<< 550 5.1.1 <kim@example.org>... User Unknown\n"
+        "\n"
+        "---------------------------------------------------------------------------\n"
+    ),
+    "exchange-text": (
+        "From: System Administrator <postmaster@example.com>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Undeliverable: news\n"
+        "\n"
+        "\n"
+        "Your message did not reach some or all of the intended recipients.\n"
+        "\n"
+        "      Subject:\tnews\n"
+        "      Sent:\t1/1/2020 10:00 AM\n"
+        "\n"
+        "The following recipient(s) cannot be reached:\n"
+        "\n"
+        "      Lee, Ann on 1/1/2020 10:00 AM\n"
+        "            The e-mail account does not exist at the organization "
+        "this message was sent to.  Check the e-mail address, or contact the "
+        "recipient directly to find out the correct address.\n"
+        "            <mx.example.com #5.1.1 smtp;550 5.1.1 "
+        "RESOLVER.ADR.RecipNotFound; not found>\n"
+    ),
+    "auto-reply": (
+        "From: Ann <ann@example.org>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Out of Office: news\n"
+        "Auto-Submitted: auto-replied\n"
+        "\n"
+        "I am away until Monday.\n"
+    ),
+    "newsletter-reply": (
+        "From: Ann <ann@example.org>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Re: news\n"
+        "\n"
+        "Please remove me, my mailbox is full of your mail. Delivery failed to impress.\n"
+    ),
+}
+
+EXPECTED = {
+    "exim": ("jane@example.org", "5.1.1", "550", "userunknown", True, KIND_BOUNCE),
+    "exim-quota": ("bob@example.org", "5.0.922", "", "mailboxfull", False, KIND_BOUNCE),
+    "qmail": ("sam@example.com", "5.1.1", "", "userunknown", True, KIND_BOUNCE),
+    "courier": ("kim@example.org", "5.1.1", "550", "userunknown", True, KIND_BOUNCE),
+    "auto-reply": ("ann@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_unseen_formats(name: str) -> None:
+    (b,) = parse_message(CASES[name].encode())
+    assert (b.recipient, b.status, b.reply_code, b.reason, b.hard, b.kind) == EXPECTED[name]
+
+
+def test_a_reply_from_a_person_is_not_a_bounce() -> None:
+    # Words like "failed" and "mailbox is full" in a human reply must not make it a bounce.
+    assert parse_message(CASES["newsletter-reply"].encode()) == []
+
+
+def test_exchange_notice_without_any_address_gives_nothing_rather_than_a_guess() -> None:
+    assert parse_message(CASES["exchange-text"].encode()) == []
+
+
+def test_arf_report_is_a_complaint_per_recipient() -> None:
+    raw = (
+        "From: fbl@isp.example\nTo: abuse@b.example\nSubject: FW: news\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=feedback-report; boundary="R"\n\n'
+        "--R\nContent-Type: text/plain\n\nThis is an email abuse report.\n\n"
+        "--R\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\nVersion: 1\n"
+        "Original-Rcpt-To: <one@example.com>\nOriginal-Rcpt-To: <two@example.com>\n\n"
+        "--R\nContent-Type: text/rfc822-headers\n\nFrom: news@b.example\nTo: one@example.com\n\n"
+        "--R--\n"
+    )
+    got = parse_message(raw.encode())
+    assert [(b.recipient, b.reason, b.kind, b.hard) for b in got] == [
+        ("one@example.com", "feedback", KIND_COMPLAINT, False),
+        ("two@example.com", "feedback", KIND_COMPLAINT, False),
+    ]
+
+
+def test_a_delay_warning_is_delayed_not_failed() -> None:
+    raw = (
+        "From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\n"
+        "To: bounce-77@b.example\nSubject: Delivery Status Notification (Delay)\n\n"
+        "This is an automatically generated Delivery Status Notification\n\n"
+        "THIS IS A WARNING MESSAGE ONLY.\n\nYOU DO NOT NEED TO RESEND YOUR MESSAGE.\n\n"
+        "Delivery to the following recipient has been delayed:\n\n     pat@example.net\n\n"
+        "Message will be retried for 2 more day(s)\n\n"
+        "Technical details of temporary failure:\n"
+        "The recipient server did not accept our requests to connect.\n"
+    )
+    (b,) = parse_message(raw.encode())
+    assert (b.recipient, b.action, b.status[:2], b.hard) == (
+        "pat@example.net",
+        "delayed",
+        "4.",
+        False,
+    )

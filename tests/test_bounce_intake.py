@@ -1,0 +1,248 @@
+"""Getting bounces in (Maildir, mbox, stdin for pipe(8), the command line) and hostile input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import mailbox
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mailpulse.bounce import dsn
+from mailpulse.bounce.intake import (
+    EX_OK,
+    EX_TEMPFAIL,
+    MailItem,
+    VerpSettings,
+    pipe_delivery,
+    process_maildir,
+    read_paths,
+)
+from mailpulse.bounce.verp import make_address
+
+KEY = b"k"
+
+
+def postfix_dsn(rcpt: str, verp: str, status: str = "5.1.1", text: str = "User unknown") -> bytes:
+    """A DSN as Postfix writes it (shape from RFC 3464), written out by this test."""
+    return (
+        f"From: MAILER-DAEMON@mx.example (Mail Delivery System)\r\n"
+        f"To: {verp}\r\nDelivered-To: {verp}\r\n"
+        f"Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        f"--B\r\nContent-Type: text/plain\r\n\r\nThe mail system\r\n\r\n"
+        f"<{rcpt}>: host mx.example said: 550 {status} {text}\r\n\r\n"
+        f"--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        f"Reporting-MTA: dns; mx.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: {status}\r\n"
+        f"Diagnostic-Code: smtp; 550 {status} {text}\r\n\r\n--B--\r\n"
+    ).encode()
+
+
+NOT_A_BOUNCE = b"From: friend@example.org\r\nTo: bounce-1@b.example\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+def make_maildir(root: Path, messages: list[bytes]) -> None:
+    for sub in ("new", "cur", "tmp"):
+        (root / sub).mkdir(parents=True)
+    for i, raw in enumerate(messages):
+        (root / "new" / f"17000000{i:02d}.M1P1.host").write_bytes(raw)
+
+
+def test_maildir_moves_each_message_once_and_a_crash_does_not_count_twice(tmp_path: Path) -> None:
+    msgs = [
+        postfix_dsn(f"u{i}@example.com", make_address(str(i), "b.example", KEY)) for i in range(6)
+    ]
+    make_maildir(tmp_path, [*msgs, NOT_A_BOUNCE])
+    store: dict[str, list[dict[str, Any]]] = {}  # a consumer that stores by key, as documented
+    calls = 0
+
+    def crashing(item: MailItem, records: list[dict[str, Any]]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise OSError("store went away")
+        store[item.key] = records
+
+    with pytest.raises(OSError):
+        process_maildir(tmp_path, crashing, VerpSettings(KEY))
+    left = sorted(p.name for p in (tmp_path / "new").iterdir())
+    assert len(left) == 4  # three done and moved; the failed one and the rest stay
+
+    assert process_maildir(tmp_path, crashing, VerpSettings(KEY)) == 4
+    assert not any((tmp_path / "new").iterdir())
+    assert len(list((tmp_path / ".processed").iterdir())) == 7
+    records = [r for recs in store.values() for r in recs]
+    assert sorted(r["recipient"] for r in records) == [f"u{i}@example.com" for i in range(6)]
+    assert all(r["user_id"] == r["recipient"][1] and r["verp_verified"] for r in records)
+
+
+def test_mbox_and_plain_directory(tmp_path: Path) -> None:
+    box = mailbox.mbox(str(tmp_path / "bounces.mbox"))
+    for i in range(3):
+        box.add(postfix_dsn(f"m{i}@example.com", f"bounce-{i}@b.example"))
+    box.close()
+    items = list(read_paths([tmp_path / "bounces.mbox"]))
+    assert [i.source for i in items] == [f"{tmp_path / 'bounces.mbox'}:{n}" for n in range(3)]
+    assert [dsn.parse_message(i.raw)[0].recipient for i in items] == [
+        f"m{i}@example.com" for i in range(3)
+    ]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.eml").write_bytes(postfix_dsn("a@example.com", "bounce-1@b.example"))
+    assert [i.source for i in read_paths([tmp_path / "d"])] == [str(tmp_path / "d" / "a.eml")]
+
+
+def test_pipe_exit_codes_for_postfix() -> None:
+    seen: list[list[dict[str, Any]]] = []
+    raw = postfix_dsn("p@example.com", "bounce-5@b.example")
+    assert pipe_delivery(io.BytesIO(raw), lambda i, r: seen.append(r), VerpSettings()) == EX_OK
+    assert seen[0][0]["recipient"] == "p@example.com" and seen[0][0]["user_id"] == "5"
+
+    def broken(item: MailItem, records: list[dict[str, Any]]) -> None:
+        raise OSError("database is locked")
+
+    # The store fails: Postfix must keep the message and retry (EX_TEMPFAIL), not bounce it.
+    assert pipe_delivery(io.BytesIO(raw), broken, VerpSettings()) == EX_TEMPFAIL
+    # Empty input and ordinary mail are accepted and produce nothing.
+    assert pipe_delivery(io.BytesIO(b""), broken, VerpSettings()) == EX_OK
+    seen.clear()
+    assert pipe_delivery(io.BytesIO(NOT_A_BOUNCE), lambda i, r: seen.append(r), VerpSettings()) == 0
+    assert seen == [[]]
+    # The envelope recipient given by the transport names the user when headers do not.
+    no_headers = raw.replace(b"Delivered-To: bounce-5@b.example\r\n", b"").replace(
+        b"To: bounce-5@b.example", b"To: postmaster@b.example"
+    )
+    seen.clear()
+    pipe_delivery(
+        io.BytesIO(no_headers), lambda i, r: seen.append(r), VerpSettings(), "bounce-8@b.example"
+    )
+    assert seen[0][0]["user_id"] == "8"
+
+
+def run_cli(
+    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailpulse", "bounce", "parse", *args],
+        input=stdin,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_cli_json_fields_stdin_and_errors(tmp_path: Path) -> None:
+    f = tmp_path / "one.eml"
+    f.write_bytes(postfix_dsn("c@example.com", make_address("31", "b.example", KEY)))
+    out = run_cli("--json", str(f), env={"MAILPULSE_VERP_KEY": "k"})
+    assert out.returncode == 0, out.stderr
+    (obj,) = [json.loads(line) for line in out.stdout.splitlines()]
+    want = {"file": str(f), "recipient": "c@example.com", "status": "5.1.1", "reply_code": "550"}
+    want |= {"reason": "userunknown", "scope": "recipient", "hard": True, "action": "failed"}
+    want |= {"user_id": "31", "verp_verified": True}
+    assert {k: obj[k] for k in want} == want and "User unknown" in obj["diagnostic"]
+
+    piped = run_cli("--json", "-", stdin=f.read_bytes())
+    assert json.loads(piped.stdout)["verp_verified"] is False  # no key given this time
+
+    missing = run_cli(str(tmp_path / "nope.eml"), str(f))
+    assert missing.returncode == 66 and b"nope.eml: no such file" in missing.stderr
+    assert missing.stdout.count(b"\n") == 1  # the good file is still read
+
+
+# Hostile input: each case says what it tries; all must end with a result, not an exception.
+
+
+def wrap(body_headers: str, body: bytes) -> bytes:
+    return (
+        b"From: MAILER-DAEMON@mx.example\r\nTo: bounce-1@b.example\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+        + body_headers.encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+def test_deep_multipart_nesting_is_cut_not_followed() -> None:
+    # 3000 nested multiparts would overflow the stdlib parser's recursion.
+    body = b"Content-Type: text/plain\r\n\r\n<u@example.com>: 550 5.1.1 User unknown\r\n"
+    for i in range(3000):
+        body = (
+            b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n%s\r\n--b%d--\r\n'
+            % (
+                i,
+                i,
+                body,
+                i,
+            )
+        )
+    assert dsn.parse_message(wrap("X-Test: nesting", body)) == []
+
+
+def test_very_large_message_is_read_up_to_the_limit() -> None:
+    # 30 MB of returned message after a valid report: the report is found, the rest not kept.
+    raw = postfix_dsn("big@example.com", "bounce-1@b.example") + b"x" * (30 << 20)
+    assert [b.recipient for b in dsn.parse_message(raw)] == ["big@example.com"]
+    assert len(dsn.bounded(raw)) == dsn.MAX_MESSAGE_BYTES
+
+
+def test_base64_part_is_decoded_only_up_to_the_limit() -> None:
+    # A text part that decodes to 6 MB: only MAX_DECODED_BYTES of it are ever decoded and kept.
+    payload = base64.encodebytes(b"A" * (6 << 20))
+    raw = wrap(
+        'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: base64', payload
+    )
+    msg = dsn.email.message_from_bytes(raw, policy=dsn.email.policy.compat32)
+    assert len(dsn._text_of(msg)) <= dsn.MAX_DECODED_BYTES
+    assert dsn.parse_message(raw) == []
+
+
+TEXT = "Content-Type: text/plain"
+ERR = b"<u@example.com>: 550 5.1.1 User unknown\r\n"
+CTE = "\r\nContent-Transfer-Encoding: "
+
+
+@pytest.mark.parametrize(
+    ("what", "headers", "body"),
+    [
+        ("unknown charset", TEXT + '; charset="x-no-such"', ERR),
+        ("bytes invalid in the charset", TEXT + '; charset="utf-8"', ERR[:-2] + b"\xff\xfe\r\n"),
+        ("broken base64", TEXT + CTE + "base64", base64.b64encode(ERR)[:-4] + b"!!!=\r\n"),
+        ("broken quoted-printable", TEXT + CTE + "quoted-printable", ERR[:-2] + b"=ZZ=\r\n"),
+        ("unknown transfer encoding", TEXT + CTE + "x-uuencode-ish", ERR),
+        ("NUL bytes, malformed Content-Type", TEXT + ";;; charset", ERR[:-2] + b"\x00\r\n"),
+    ],
+)
+def test_broken_encodings_still_give_the_recipient(what: str, headers: str, body: bytes) -> None:
+    got = dsn.parse_message(wrap(headers, body))
+    assert [b.recipient for b in got] == ["u@example.com"], what
+
+
+def test_garbage_is_not_a_bounce() -> None:
+    # Random bytes, an empty message, a header-only message: nothing, and no exception.
+    for raw in (os.urandom(4096), b"", b"Subject: x\r\n", b"\r\n\r\n\r\n"):
+        assert dsn.parse_message(raw) == []
+
+
+def test_thousands_of_recipients_are_capped() -> None:
+    # 20000 failed recipients in a notice, and 20000 report blocks: bounded output, no blow-up.
+    lines = "".join(f"<user{i}@example.com>: 550 5.1.1 User unknown\n" for i in range(20000))
+    notice = wrap("X-Test: many", lines.encode())
+    got = dsn.parse_message(notice)
+    assert len(got) == dsn.MAX_RECIPIENTS and got[0].recipient == "user0@example.com"
+    blocks = "".join(
+        f"Final-Recipient: rfc822; u{i}@example.com\nAction: failed\nStatus: 5.1.1\n\n"
+        for i in range(20000)
+    )
+    report = wrap(
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"',
+        b"--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\n"
+        + blocks.encode()
+        + b"--B--\n",
+    )
+    got = dsn.parse_message(report)
+    assert 0 < len(got) < dsn.MAX_PARTS and all(b.status == "5.1.1" for b in got)

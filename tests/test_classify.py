@@ -1,0 +1,80 @@
+"""The shared classifier: every rule of reasons.yaml on the examples that justify it, and the
+rules around the text (code fallback, hard flag, SMTP stage)."""
+
+from __future__ import annotations
+
+import pytest
+from mailpulse.bounce.classify import Verdict, classify, load_rules_data, pseudo_status
+
+RULES = load_rules_data()
+EXAMPLES = [
+    (rule["reason"], rule["scope"], example)
+    for rule in RULES["text_rules"]
+    for example in rule["examples"]
+]
+
+
+@pytest.mark.parametrize(("reason", "scope", "text"), EXAMPLES)
+def test_every_rule_example(reason: str, scope: str, text: str) -> None:
+    # Codes taken from the example itself when it has them, as a log line would give them.
+    parts = text.split()
+    reply = parts[0] if parts and parts[0][:3].isdigit() and len(parts[0]) == 3 else ""
+    status = parts[1] if reply and len(parts) > 1 and parts[1].count(".") == 2 else ""
+    got = classify(status, reply, text)
+    assert (got.reason, got.scope) == (reason, scope)
+
+
+def test_every_rule_has_an_example() -> None:
+    assert all(rule["examples"] for rule in RULES["text_rules"])
+
+
+def test_text_beats_code() -> None:
+    # 5.1.1 alone is a user unknown; the words say rate limiting.
+    assert classify("5.1.1", "550", "550 5.1.1 <a@example.com>: too many recipients this hour") == (
+        Verdict("speeding", "sender", False)
+    )
+    assert classify("5.1.1", "550", "").reason == "userunknown"
+
+
+@pytest.mark.parametrize(
+    ("status", "reply", "text", "expected"),
+    [
+        ("5.1.1", "550", "", Verdict("userunknown", "recipient", True)),
+        ("4.1.1", "450", "", Verdict("userunknown", "recipient", True)),  # hard whatever the class
+        ("5.1.2", "", "", Verdict("hostunknown", "domain", True)),
+        ("5.7.1", "554", "blocked using zen.spamhaus.org", Verdict("blocked", "sender", False)),
+        ("5.2.2", "552", "", Verdict("mailboxfull", "recipient", False)),
+        ("5.7.27", "550", "", Verdict("notaccept", "domain", True)),  # notaccept + 5xx is hard
+        ("4.7.27", "450", "", Verdict("notaccept", "domain", False)),
+        ("2.0.0", "250", "Ok", Verdict("delivered", "recipient", False)),
+        ("", "450", "something nobody wrote a rule for", Verdict("onhold", "transport", False)),
+        ("", "550", "something nobody wrote a rule for", Verdict("undefined", "transport", False)),
+    ],
+)
+def test_code_fallback_and_hard_flag(status: str, reply: str, text: str, expected: Verdict) -> None:
+    assert classify(status, reply, text) == expected
+
+
+def test_stage_refines_the_verdict() -> None:
+    assert classify("5.1.1", "550", "User unknown", stage="data").reason == "filtered"
+    assert classify("5.1.1", "550", "User unknown", stage="rcpt").reason == "userunknown"
+    assert classify("", "550", "Denied", stage="mail").reason == "rejected"
+
+
+def test_positional_and_keyword_calls_agree_and_are_cached() -> None:
+    a = classify("5.1.1", "550", "User unknown")
+    b = classify(status="5.1.1", reply_code="550", text="User unknown")
+    assert a == b
+    assert classify.cache_info().hits >= 1  # lru_cached: it is called per log line
+
+
+def test_pseudo_status_for_bounces_without_a_code() -> None:
+    assert pseudo_status("userunknown", "5") == "5.0.911"
+    assert pseudo_status("expired", "4") == "4.0.947"
+    assert pseudo_status("no-such-reason", "") == "5.0.900"
+
+
+def test_weak_wording_yields_to_the_status_code() -> None:
+    text = "550 Requested action not taken: mailbox unavailable"
+    assert classify("5.1.1", "550", text).reason == "userunknown"
+    assert classify("", "550", text).reason == "filtered"
