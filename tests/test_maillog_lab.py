@@ -1,0 +1,89 @@
+"""`mailpulse logs parse --json` against a real Postfix: what the lab planned is what we read.
+
+The ground truth is the campaign plan (status, dsn, reason per recipient) and, for counts, a
+regex of this test's own over the raw log; never mailpulse's parser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from lab.campaign import run_campaign
+from lab.postfix import Lab
+
+
+def logs_parse(*files: Path) -> list[dict[str, object]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "mailpulse", "logs", "parse", "--json", *map(str, files)],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def last_by_recipient(events: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+    return {str(e["recipient"]): e for e in events}
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_campaign_of_5000_parses_to_the_plan(lab: Lab) -> None:
+    plan, _ = run_campaign(lab, 5000, "c5000", seed=13)
+    events = logs_parse(lab.maillog)
+    last = last_by_recipient(events)
+    wrong = {
+        p.recipient: ((p.status, p.dsn, p.reason), last.get(p.recipient))
+        for p in plan
+        if p.recipient not in last
+        or (last[p.recipient]["status"], last[p.recipient]["dsn"], last[p.recipient]["reason"])
+        != (p.status, p.dsn, p.reason)
+    }
+    assert not wrong, f"{len(wrong)} differ from the plan, e.g. {list(wrong.items())[:3]}"
+    # Every VERP sender and reply code came through as well.
+    for p in plan:
+        e = last[p.recipient]
+        assert e["sender"] == p.sender and e["reply_code"] == p.reply_code, (p, e)
+        assert e["node"] == lab.node and e["instance"] == lab.instance
+    # One event per status= line of the log, counted by this test's own regex.
+    raw = Counter(re.findall(rb" status=(sent|deferred|bounced) ", lab.maillog.read_bytes()))
+    assert Counter(str(e["status"]).encode() for e in events) == raw
+
+
+@pytest.mark.lab
+def test_remote_down_counts_error_agent_deferrals(lab: Lab) -> None:
+    lab.mx_down()
+    plan, _ = run_campaign(lab, 300, "down", seed=5)
+    events = logs_parse(lab.maillog)
+    last = last_by_recipient(events)
+    assert all(
+        (last[p.recipient]["status"], last[p.recipient]["reason"]) == ("deferred", "networkerror")
+        for p in plan
+    )
+    text = lab.maillog.read_bytes()
+    own = len(re.findall(rb"postfix/error\[\d+\]: \w+: to=<[^>]+>,.* status=deferred ", text))
+    suspended = [e for e in events if e["program"] == "error"]
+    assert own > 0, "Postfix did not hand any deferral to the error agent"
+    assert len(suspended) == own
+    assert all(
+        e["status"] == "deferred" and "delivery temporarily suspended" in str(e["reply_text"])
+        for e in suspended
+    )
+    # The report counts them with the others.
+    out = subprocess.run(
+        [sys.executable, "-m", "mailpulse", "logs", "report", "--json", str(lab.maillog)],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    report = json.loads(out.stdout)
+    all_deferred = len(re.findall(rb" status=deferred ", text))
+    assert report["status"]["deferred"] == all_deferred
+    assert report["reason"]["networkerror"]["deferred"] == all_deferred
