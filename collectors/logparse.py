@@ -211,15 +211,85 @@ def _broken(line: bytes | str) -> LogRecord | None:
 def _parse(line: bytes | str) -> LogRecord | None:
     if isinstance(line, bytes):
         cut = len(line) > MAX_LINE
-        if cut:
-            line = line[:MAX_LINE]
-        s = line.decode("utf-8", "replace")
+        s = (line[:MAX_LINE] if cut else line).decode("utf-8", "replace")
     else:
         cut = len(line) > MAX_LINE
         s = line[:MAX_LINE] if cut else line
     if "\x00" in s:
         s = s.replace("\x00", "")
-    s = s.rstrip("\r\n")
+    if s[-1:] == "\n":
+        s = s.rstrip("\r\n")
+    # Fast path: the two usual timestamp layouts, then "host tag: " looked up in a cache
+    # (a busy node logs from a few hundred processes: the same few hundred headers).
+    if s[9:10] == ":" and s[3:4] == " ":  # "Nov 28 17:33:59[.fff] host tag: msg"
+        j = s.find(" ", 15)
+        t = _classic_stamp(s[:j])
+    elif s[4:5] == "-" and s[10:11] == "T":  # RFC 3339
+        j = s.find(" ")
+        t = _iso_time(s[:j])
+    else:
+        return _parse_slow(s, cut)
+    i = s.find(": ", j)
+    if t is None or i < 0 or j < 0:
+        return _parse_slow(s, cut)
+    hdr = _HEADERS.get(s[j + 1 : i])
+    if hdr is None:
+        hdr = _header(s[j + 1 : i].split(None, 1))
+        if len(_HEADERS) > 4096:
+            _HEADERS.clear()
+        _HEADERS[s[j + 1 : i]] = hdr
+    if not hdr:
+        return None
+    node, instance, program, service, pid, handler = hdr
+    rec = LogRecord(t, node, instance, program, service, pid, "unknown", "", {})
+    msg = s[i + 2 :]
+    handler(rec, msg)
+    if rec.kind == "unknown":
+        rec.fields["message"] = msg[:500]
+    if cut:
+        rec.fields["cut"] = "1"
+    return rec
+
+
+_HEADERS: dict[str, tuple[Any, ...]] = {}
+_last_stamp: list[Any] = ["", None]
+
+
+def _classic_stamp(stamp: str) -> float | None:
+    if stamp == _last_stamp[0]:
+        t: float | None = _last_stamp[1]
+        return t
+    parts = stamp.split()
+    if len(parts) != 3:
+        return None
+    t = _classic_time(*parts)
+    _last_stamp[0], _last_stamp[1] = stamp, t
+    return t
+
+
+def _header(parts: list[str]) -> tuple[Any, ...]:
+    """"host postfix/smtp[123]" -> (node, instance, program, service, pid, handler), or ()
+    when the program is not Postfix's."""
+    if len(parts) != 2:
+        return ()
+    node, name = parts
+    if " " in name:
+        return ()
+    pid = ""
+    if name[-1:] == "]":
+        b = name.rfind("[")
+        if b < 0:
+            return ()
+        pid, name = name[b + 1 : -1], name[:b]
+    instance, slash, program = name.partition("/")
+    service = program.rpartition("/")[2] if slash else instance
+    if service not in SERVICES and not (slash and instance.startswith("postfix")):
+        return ()
+    return (node, instance, program or instance, service, pid, _HANDLERS.get(service, _generic))
+
+
+def _parse_slow(s: str, cut: bool) -> LogRecord | None:
+    """Other layouts: a year before or after the date, and anything odd."""
     if s[:1].isdigit():
         if s[4:5] == "-":  # RFC 3339
             parts = s.split(None, 3)
@@ -248,19 +318,11 @@ def _parse(line: bytes | str) -> LogRecord | None:
             t = _classic_time(mon, day, clock)
     if t is None or tag[-1:] != ":":
         return None
-    name = tag[:-1]
-    pid = ""
-    if name[-1:] == "]":
-        b = name.rfind("[")
-        if b < 0:
-            return None
-        pid, name = name[b + 1 : -1], name[:b]
-    instance, slash, program = name.partition("/")
-    service = program.rpartition("/")[2] if slash else instance
-    if service not in SERVICES and not (slash and instance.startswith("postfix")):
+    hdr = _header([node, tag[:-1]])
+    if not hdr:
         return None
-    rec = LogRecord(t, node, instance, program or instance, service, pid, "unknown", "", {})
-    handler = _HANDLERS.get(service, _generic)
+    node, instance, program, service, pid, handler = hdr
+    rec = LogRecord(t, node, instance, program, service, pid, "unknown", "", {})
     handler(rec, msg)
     if rec.kind == "unknown":
         rec.fields["message"] = msg[:500]
@@ -286,12 +348,18 @@ def _level(rec: LogRecord, msg: str) -> bool:
     return False
 
 
+_HEX = "0123456789ABCDEF"
+
+
 def _queue_id(rec: LogRecord, msg: str) -> str | None:
     """Strip a leading queue id (or NOQUEUE) and return the rest, or None if there is none."""
-    m = _QID.match(msg)
-    if m:
-        rec.queue_id = m.group(1)
-        return msg[m.end() :]
+    k = msg.find(": ", 5, 26)
+    if k > 0:
+        qid = msg[:k]
+        # str.strip is a cheap test for "only hex digits"; long ids go through the regex
+        if not qid.strip(_HEX) or (k >= 10 and _QID.match(msg)):
+            rec.queue_id = qid
+            return msg[k + 2 :]
     if msg.startswith("NOQUEUE: "):
         rec.queue_id = "NOQUEUE"
         return msg[9:]

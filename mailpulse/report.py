@@ -82,16 +82,15 @@ def run_parse(args: argparse.Namespace) -> int:
     out = sys.stdout
     write = out.write
     try:
-        for line in input_lines(args.files):
-            for ev in c.feed_line(line):
-                if args.json:
-                    write(json.dumps(event_json(ev)) + "\n")
-                else:
-                    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.time))
-                    write(
-                        f"{stamp} {ev.node} {ev.instance}/{ev.program} {ev.queue_id} "
-                        f"{ev.recipient} {ev.status} {ev.dsn} {ev.reason}\n"
-                    )
+        for ev in c.feed_lines(input_lines(args.files)):
+            if args.json:
+                write(json.dumps(event_json(ev)) + "\n")
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.time))
+                write(
+                    f"{stamp} {ev.node} {ev.instance}/{ev.program} {ev.queue_id} "
+                    f"{ev.recipient} {ev.status} {ev.dsn} {ev.reason}\n"
+                )
     except BrokenPipeError:  # `| head`: the reader has all it wants
         return 0
     except OSError as e:
@@ -208,9 +207,8 @@ def run_report(args: argparse.Namespace) -> int:
     c = correlator_from_config(args.config)
     rep = Report()
     try:
-        for line in input_lines(args.files):
-            for ev in c.feed_line(line):
-                rep.add(ev)
+        for ev in c.feed_lines(input_lines(args.files)):
+            rep.add(ev)
     except OSError as e:
         print(f"mailpulse: {e}", file=sys.stderr)
         return 1
