@@ -103,7 +103,9 @@ def _secs(stamp: bytes) -> float:
     return time.mktime(time.strptime(f"{year} {stamp.decode()}", "%Y %b %d %H:%M:%S"))
 
 
-def child_cpu(argv: list[str], **kw: object) -> tuple[float, int, subprocess.CompletedProcess[bytes]]:
+def child_cpu(
+    argv: list[str], **kw: object
+) -> tuple[float, int, subprocess.CompletedProcess[bytes]]:
     """CPU seconds and peak RSS (KiB) of one child run to completion."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(ONE_CORE + argv, stdout=subprocess.PIPE, check=True, **kw)  # type: ignore[call-overload]
@@ -220,8 +222,17 @@ def main() -> int:
         progs.mkdir(exist_ok=True)
         shutil.copy(MTAIL_PROG, progs)
         results["mtail"], _, _ = child_cpu(
-            ["mtail", "--progs", str(progs), "--logs", str(log), "--one_shot",
-             "--one_shot_format", "prometheus", "--logtostderr"],
+            [
+                "mtail",
+                "--progs",
+                str(progs),
+                "--logs",
+                str(log),
+                "--one_shot",
+                "--one_shot_format",
+                "prometheus",
+                "--logtostderr",
+            ],
             stderr=subprocess.DEVNULL,
         )
     print(f"\n{'tool':<18}{'lines/s':>12}{'CPU s / M lines':>18}{'mailpulse x':>14}")

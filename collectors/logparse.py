@@ -268,7 +268,7 @@ def _classic_stamp(stamp: str) -> float | None:
 
 
 def _header(parts: list[str]) -> tuple[Any, ...]:
-    """"host postfix/smtp[123]" -> (node, instance, program, service, pid, handler), or ()
+    """ "host postfix/smtp[123]" -> (node, instance, program, service, pid, handler), or ()
     when the program is not Postfix's."""
     if len(parts) != 2:
         return ()

@@ -29,6 +29,7 @@ from mailpulse.collectors.logparse import (
     parse_line,
     reply_codes,
 )
+
 from mailpulse.events import DeliveryEvent
 
 __all__ = [
@@ -72,11 +73,8 @@ def _int(v: str) -> int | None:
 
 
 def _delays(v: str) -> tuple[float, float, float, float] | None:
-    parts = v.split("/")
-    if len(parts) != 4:
-        return None
     try:
-        a, b, c, d = (float(x) for x in parts)
+        a, b, c, d = map(float, v.split("/"))
     except ValueError:
         return None
     return (a, b, c, d)
@@ -159,7 +157,7 @@ def make_event(rec: LogRecord, m: _Message | None = None) -> DeliveryEvent:
 
 
 def relay_address(relay: str) -> tuple[str, str]:
-    """"host[ip]:port" -> (host, "ip:port"), for matching content filter addresses."""
+    """ "host[ip]:port" -> (host, "ip:port"), for matching content filter addresses."""
     b = relay.find("[")
     if b < 0:
         return relay, ":"
@@ -394,19 +392,31 @@ class Correlator:
                         yield from self._general(line)
                         continue
                     rcpt = s[k + 6 : e]
-                    relay = delay = delays = dsn = orig_to = ""
-                    for item in s[e + 3 : p].split(", "):
-                        name, _, v = item.partition("=")
-                        if name == "relay":
-                            relay = v
-                        elif name == "delay":
-                            delay = v
-                        elif name == "delays":
-                            delays = v
-                        elif name == "dsn":
-                            dsn = v
-                        elif name == "orig_to":
-                            orig_to = v[1:-1] if v[:1] == "<" and v[-1:] == ">" else v
+                    # Postfix writes these in one order: [orig_to=, ]relay=, [conn_use=, ]
+                    # delay=, delays=, dsn= (tls= and other additions go the general road)
+                    orig_to = ""
+                    r = e + 3
+                    if s.startswith("orig_to=", r):
+                        r = s.find(", ", r)
+                        orig_to = s[e + 12 : r - 1] if s[e + 11 : e + 12] == "<" else s[e + 11 : r]
+                        r += 2
+                    d = s.find(", delay=", r, p)
+                    ds = s.find(", delays=", d + 8, p)
+                    x = s.find(", dsn=", ds + 9, p)
+                    if (
+                        d < 0
+                        or ds < 0
+                        or x < 0
+                        or not s.startswith("relay=", r)
+                        or s.find(", ", ds + 9, x) >= 0  # e.g. tls= between delays and dsn
+                        or s.find(", ", x + 6, p) >= 0
+                    ):
+                        yield from self._general(line)
+                        continue
+                    relay = s[r + 6 : s.find(", ", r, d + 2)]
+                    delay = s[d + 8 : ds]
+                    delays = s[ds + 9 : x]
+                    dsn = s[x + 6 : p]
                     kinds["delivery"] += 1
                     if filters and self._is_filter(relay):
                         self.counts["content_filter_relays"] += 1

@@ -17,6 +17,7 @@ import pytest
 
 from lab.campaign import run_campaign
 from lab.postfix import Lab
+from tests.test_maillog import fast_road, general_road
 
 
 def logs_parse(*files: Path) -> list[dict[str, object]]:
@@ -55,6 +56,9 @@ def test_campaign_of_5000_parses_to_the_plan(lab: Lab) -> None:
     # One event per status= line of the log, counted by this test's own regex.
     raw = Counter(re.findall(rb" status=(sent|deferred|bounced) ", lab.maillog.read_bytes()))
     assert Counter(str(e["status"]).encode() for e in events) == raw
+    # The fast road for common lines and the general parser agree on this real log.
+    lines = lab.maillog.read_bytes().splitlines(keepends=True)
+    assert fast_road(lines) == general_road(lines)
 
 
 @pytest.mark.lab
