@@ -10,13 +10,14 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from lab.campaign import run_campaign
-from lab.postfix import Lab
+from lab.postfix import Lab, wait_until
 from tests.test_maillog import fast_road, general_road
 
 
@@ -91,3 +92,27 @@ def test_remote_down_counts_error_agent_deferrals(lab: Lab) -> None:
     all_deferred = len(re.findall(rb" status=deferred ", text))
     assert report["status"]["deferred"] == all_deferred
     assert report["reason"]["networkerror"]["deferred"] == all_deferred
+
+
+@pytest.mark.lab
+def test_expired_mail_names_each_recipient_still_deferred(make_lab) -> None:  # type: ignore[no-untyped-def]
+    lab = make_lab(main_cf_extra={"maximal_queue_lifetime": "5s", "bounce_queue_lifetime": "5s"})
+    plan, _ = run_campaign(lab, 200, "expiry", seed=21)
+    deferred = [p for p in plan if p.status == "deferred"]
+    assert deferred
+    time.sleep(6)
+    lab.flush()
+    wait_until(
+        lambda: lab.queue_files("deferred") == 0 and lab.queue_settled(), 300, "mail to expire"
+    )
+    text = lab.maillog.read_bytes()
+    own = len(re.findall(rb"postfix/qmgr\[\d+\]: \w+: from=<[^>]*>, status=expired, ", text))
+    assert own == len(deferred)  # one recipient per message in a campaign
+    last = last_by_recipient(logs_parse(lab.maillog))
+    for p in deferred:
+        e = last[p.recipient]
+        assert (e["status"], e["reason"], e["sender"]) == ("expired", "expired", p.sender), e
+        assert e["dsn"] == p.dsn and e["extra"] == {"last_reason": p.reason}, e
+    for p in plan:
+        if p.status != "deferred":
+            assert last[p.recipient]["status"] == p.status
