@@ -137,6 +137,7 @@ class LogRecord:
 # -- timestamps ------------------------------------------------------------------------------
 # Lines come in bursts within one second: a one-entry cache per style makes conversion cheap.
 _last_classic: list[Any] = [None, 0.0]
+_FRACTION = re.compile(r"\.\d+")
 _last_iso: list[Any] = [None, 0.0]
 
 
@@ -175,14 +176,11 @@ def _iso_time(stamp: str) -> float | None:
     base, rest = stamp[:19], stamp[19:]
     frac = 0.0
     if rest.startswith("."):
-        i = 1
-        while i < len(rest) and rest[i].isdigit():
-            i += 1
-        try:
-            frac = float(rest[:i])
-        except ValueError:
+        m = _FRACTION.match(rest)
+        if m is None:
             return None
-        rest = rest[i:]
+        frac = float(m.group())
+        rest = rest[m.end() :]
     key = (base, rest)
     if _last_iso[0] == key:
         return float(_last_iso[1]) + frac
@@ -503,6 +501,10 @@ def _smtp_trouble(rec: LogRecord, rest: str) -> None:
         rec.kind = "ignored"
         f["reason"] = "PIX workaround notice"
         return
+    if rest.startswith(("Cannot start TLS", "TLS is required", "Server certificate not")):
+        rec.kind = "ignored"
+        f["reason"] = "TLS session detail"
+        return
     rec.kind = "unknown"
 
 
@@ -517,7 +519,14 @@ def _smtp_other(rec: LogRecord, msg: str) -> None:
         f["message"] = why
         return
     if " TLS connection established " in msg or msg.startswith(
-        ("certificate verification failed", "SSL_connect error", "server certificate")
+        (
+            "certificate verification failed",
+            "SSL_connect error",
+            "server certificate",
+            "setting up TLS connection",
+            "Host offered STARTTLS",
+            "TLS ",
+        )
     ):
         rec.kind = "ignored"
         f["reason"] = "TLS session detail"
@@ -531,6 +540,9 @@ def _qmgr(rec: LogRecord, msg: str) -> None:
     if rest is None:
         if not _level(rec, msg):
             rec.kind = "unknown"
+        return
+    if rest.startswith("to="):  # qmgr defers or bounces itself ("mail transport unavailable")
+        _delivery(rec, msg)
         return
     if rest.startswith("from="):
         if ", status=expired" in rest:
@@ -567,6 +579,19 @@ def _cleanup(rec: LogRecord, msg: str) -> None:
         rec.kind = "message_id"
         f["message_id"] = rest[11:]
         return
+    if rest.startswith(("reject: header ", "reject: body ", "discard: header ", "discard: body ")):
+        # "reject: header Subject: x from host[ip]; from=<a> to=<b> proto=ESMTP helo=<h>: 5.7.1 y"
+        rec.kind = "reject"
+        f["action"], _, what = rest.partition(": ")
+        f["stage"] = what.split(" ", 1)[0]
+        head, _, kv = what.partition("; from=")
+        kv, _, text = kv.partition(": ")
+        _keyvalues(f, "from=" + kv, " ")
+        f["reply"] = text
+        f["reply_code"], f["dsn"] = reply_codes(text)
+        if not f["dsn"] and text[:1] in "245" and text[1:2] == ".":
+            f["dsn"] = text.split(" ", 1)[0]
+        return
     if rest.startswith(("milter-reject: ", "reject: ", "discard: ", "hold: ")):
         _reject(rec, rest)
         return
@@ -581,6 +606,10 @@ def _cleanup(rec: LogRecord, msg: str) -> None:
     if rest.startswith(("milter-", "prepend: ", "replace: ", "redirect: ", "filter: ")):
         rec.kind = "ignored"
         f["reason"] = "header or body check action"
+        return
+    if rest.startswith("resent-message-id="):
+        rec.kind = "ignored"
+        f["reason"] = "resent message id"
         return
     rec.kind = "unknown"
 
@@ -605,6 +634,8 @@ def _reject(rec: LogRecord, rest: str) -> None:
     semi = text.rfind("; from=")
     if semi < 0:
         semi = text.rfind("; to=")
+    if semi < 0:
+        semi = text.rfind("; proto=")
     if semi >= 0:
         kv = text[semi + 2 :]
         text = text[:semi]
@@ -676,9 +707,17 @@ def _smtpd(rec: LogRecord, msg: str) -> None:
         f["reply_code"], f["dsn"] = reply_codes(text)
         _keyvalues(f, kv, " ")
         return
+    if msg.startswith("too many errors after "):
+        rec.kind = "lost_connection"
+        stage, _, client = msg[22:].partition(" from ")
+        f["stage"] = stage
+        f["message"] = "too many errors"
+        _client(f, client)
+        return
     if (
         "TLS connection established" in msg
         or msg.startswith(("improper command pipelining", "discarding EHLO keywords"))
+        or msg.startswith(("setting up TLS connection", "TLS SNI"))
         or msg.startswith(("Anonymous TLS", "Untrusted TLS", "Trusted TLS", "Verified TLS"))
     ):
         rec.kind = "ignored"

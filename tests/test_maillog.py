@@ -390,3 +390,39 @@ def test_fast_road_equals_general_road_on_grok_corpus(shared_corpus: Path) -> No
         service, message = _case_line(path.stem, str(case["data"]))
         lines.append(f"Nov 28 17:33:59 mx1 postfix/{service}[4242]: {message}".encode())
     assert fast_road(lines) == general_road(lines)
+
+
+def test_more_real_world_shapes() -> None:
+    head = "Nov 28 17:33:59 mx1 postfix/"
+    cases = {
+        # qmgr logs a recipient's outcome itself when a transport is unavailable
+        "qmgr[3]: 3A4B5C6D7E: to=<u@x.example>, relay=none, delay=0.1, delays=0.1/0/0/0, "
+        "dsn=4.3.0, status=deferred (mail transport unavailable)": (
+            "delivery",
+            "status",
+            "deferred",
+        ),
+        "cleanup[4]: 3A4B5C6D7E: reject: header Subject: win big from x[192.0.2.1]; from=<a@x> "
+        "to=<b@y> proto=ESMTP helo=<x>: 5.7.1 message content rejected": ("reject", "dsn", "5.7.1"),
+        "cleanup[4]: 3A4B5C6D7E: resent-message-id=<a@b>": (
+            "ignored",
+            "reason",
+            "resent message id",
+        ),
+        "smtpd[5]: too many errors after RCPT from unknown[192.0.2.1]": (
+            "lost_connection",
+            "client_ip",
+            "192.0.2.1",
+        ),
+        "smtpd[5]: NOQUEUE: reject: MAIL from x[192.0.2.1]: 452 4.3.1 Insufficient system storage;"
+        " proto=ESMTP helo=<x>": ("reject", "reply", "452 4.3.1 Insufficient system storage"),
+        "smtp[6]: setting up TLS connection to mx.x.example[192.0.2.5]:25": (
+            "ignored",
+            "reason",
+            "TLS session detail",
+        ),
+    }
+    for message, (kind, field, value) in cases.items():
+        rec = parse_line((head + message).encode())
+        assert rec is not None and rec.kind == kind, (message, rec)
+        assert rec.get(field) == value, (message, rec)
