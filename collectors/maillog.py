@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from mailpulse.bounce.classify import classify
-from mailpulse.collectors.follower import LogFollower
+from mailpulse.collectors.follower import JournalFollower, LogFollower
 from mailpulse.collectors.logparse import (
     _HEADERS,
     DELIVERY_SERVICES,
@@ -34,6 +34,7 @@ from mailpulse.events import DeliveryEvent
 
 __all__ = [
     "Correlator",
+    "JournalFollower",
     "LogFollower",
     "LogRecord",
     "events_from_lines",

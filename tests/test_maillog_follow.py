@@ -15,7 +15,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from mailpulse.collectors.maillog import Correlator, LogFollower, events_from_lines
+from mailpulse.collectors.maillog import (
+    Correlator,
+    JournalFollower,
+    LogFollower,
+    events_from_lines,
+)
 
 STATUSES = ("sent", "deferred", "bounced")
 
@@ -138,7 +143,12 @@ def test_checkpoint_survives_rotation_while_stopped(tmp_path: Path) -> None:
 READER = r"""
 import sys, time
 from collections import Counter
-from mailpulse.collectors.maillog import Correlator, LogFollower, events_from_lines
+from mailpulse.collectors.maillog import (
+    Correlator,
+    JournalFollower,
+    LogFollower,
+    events_from_lines,
+)
 log, cp, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
 f = LogFollower(log, cp)
 c = Correlator()
@@ -193,3 +203,51 @@ def test_logs_parse_reads_stdin_like_a_file(tmp_path: Path) -> None:
         from_pipe = subprocess.run(cmd, stdin=fh, capture_output=True, check=True).stdout
     assert from_pipe == from_file
     assert Counter(json.loads(x)["status"] for x in from_pipe.splitlines()) == w.expected
+
+
+JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
+
+
+def write_journal(path: Path, first: int, n: int, expected: Counter[str]) -> None:
+    """A real journal file, written by systemd-journal-remote from export-format entries."""
+    entries = []
+    for seq, (line, status) in enumerate(message_lines(first, n)):
+        header, _, message = line.decode().rstrip("\n").partition(": ")
+        ident = header.split()[-1].split("[")[0]
+        usec = 1795889945_000000 + (first * 3 + seq) * 1000
+        entries.append(
+            f"__REALTIME_TIMESTAMP={usec}\n__MONOTONIC_TIMESTAMP={usec}\n"
+            f"_BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=mx1\n"
+            f"SYSLOG_IDENTIFIER={ident}\n_PID=77\nMESSAGE={message}\n\n"
+        )
+        if status:
+            expected[status] += 1
+    subprocess.run(
+        [JOURNAL_REMOTE, "-o", str(path), "-"],
+        input="".join(entries).encode(),
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_journal_with_a_saved_cursor(tmp_path: Path) -> None:
+    from tests.conftest import require_programs
+
+    require_programs("journalctl", JOURNAL_REMOTE)
+    expected: Counter[str] = Counter()
+    write_journal(tmp_path / "a.journal", 0, 120, expected)
+    args = ["--directory", str(tmp_path)]
+    cp = tmp_path / "journal.cp"
+    got: Counter[str] = Counter()
+    j = JournalFollower(cp, args)
+    for ev in events_from_lines(j.read_lines(max_lines=100), Correlator()):
+        got[ev.status] += 1
+    j.save_checkpoint()
+    # restarted, and more was logged meanwhile
+    write_journal(tmp_path / "b.journal", 120, 40, expected)
+    j2 = JournalFollower(cp, args)
+    assert j2.cursor == j.cursor
+    for ev in events_from_lines(j2.read_lines(), Correlator()):
+        got[ev.status] += 1
+    assert got == expected and sum(got.values()) == 160
+    assert j2.stats["bad_entries"] == 0
