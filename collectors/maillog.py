@@ -15,6 +15,7 @@ import re
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from mailpulse.bounce.classify import classify
 from mailpulse.collectors.follower import JournalFollower, LogFollower
@@ -48,6 +49,7 @@ DEFERRED_KEPT_PER_MESSAGE = 50  # recipients remembered to name them when the me
 FINAL = frozenset(("sent", "deferred", "bounced", "expired"))
 _HEX = "0123456789ABCDEF"
 _LONG_QID = re.compile(r"[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,24}")
+_PREFIXES: dict[str, tuple[float, tuple[Any, ...]]] = {}
 _ADDRESS = re.compile(r"<[^<>\s]*@[^<>\s]*>")
 
 
@@ -326,7 +328,7 @@ class Correlator:
         headers = _HEADERS
         delivery_services = DELIVERY_SERVICES
         filters = self.content_filters
-        last_stamp, last_t = "", 0.0
+        prefixes = _PREFIXES
         n = removed = queued = client = message_id = notification = 0
         try:
             for line in lines:
@@ -339,31 +341,35 @@ class Correlator:
                     continue
                 if s[-1:] == "\n":
                     s = s.rstrip("\r\n")
-                if s[9:10] == ":" and s[3:4] == " ":
-                    j = s.find(" ", 15)
-                    stamp = s[:j]
-                    if stamp != last_stamp:
-                        tt = _classic_stamp(stamp)
-                        if tt is None:
-                            yield from self._general(line)
-                            continue
-                        last_stamp, last_t = stamp, tt
-                    t = last_t
-                elif s[4:5] == "-" and s[10:11] == "T":
-                    j = s.find(" ")
-                    tt = _iso_time(s[:j])
-                    if tt is None:
+                # "Nov 28 17:33:59 host postfix/smtp[123]" recurs for every line a process
+                # logs within one second: one lookup gives its time and program.
+                i = s.find(": ", 16)
+                pre = prefixes.get(s[:i]) if i > 0 else None
+                if pre is None:
+                    if s[9:10] == ":" and s[3:4] == " ":
+                        j = s.find(" ", 15)
+                        tt = _classic_stamp(s[:j])
+                    elif s[4:5] == "-" and s[10:11] == "T":
+                        j = s.find(" ")
+                        tt = _iso_time(s[:j])
+                    else:
+                        tt = None
+                    if tt is None or i < 0 or j < 0 or j > i:
                         yield from self._general(line)
                         continue
-                    t = tt
-                else:
+                    hdr = headers.get(s[j + 1 : i])
+                    if not hdr:
+                        yield from self._general(line)
+                        continue
+                    pre = (tt, hdr)
+                    if s[9:10] == ":":  # RFC 3339 stamps with a fraction never recur
+                        if len(prefixes) > 4096:
+                            prefixes.clear()
+                        prefixes[s[:i]] = pre
+                if "\x00" in s:
                     yield from self._general(line)
                     continue
-                i = s.find(": ", j)
-                hdr = headers.get(s[j + 1 : i]) if i > 0 and "\x00" not in s else None
-                if not hdr:
-                    yield from self._general(line)
-                    continue
+                t, hdr = pre
                 node, instance, program, service, _pid, _h = hdr
                 # -- the queue id ----------------------------------------------------
                 k = s.find(": ", i + 7, i + 28)
