@@ -28,6 +28,13 @@ def _fingerprint(f: BinaryIO, upto: int = FINGERPRINT_BYTES) -> bytes:
     return f.read(upto)
 
 
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:  # compressed or deleted by logrotate meanwhile
+        return 0.0
+
+
 class LogFollower:
     """Complete lines appended to `path` since the checkpoint; `save_checkpoint()` is atomic.
 
@@ -92,7 +99,7 @@ class LogFollower:
             ]
         except OSError:
             return []
-        return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+        return sorted(found, key=_mtime, reverse=True)
 
     def _is_ours(self, f: BinaryIO) -> bool:
         return bool(self.fingerprint) and _fingerprint(f, len(self.fingerprint)) == self.fingerprint
