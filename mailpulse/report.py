@@ -179,7 +179,9 @@ def render_text(data: dict[str, Any]) -> str:
     lines = [
         "Postfix log summary (mailpulse)",
         f"  from {time.strftime(fmt, time.localtime(data['first']))}"
-        f" to {time.strftime(fmt, time.localtime(data['last']))}",
+        f" to {time.strftime(fmt, time.localtime(data['last']))}"
+        if data["first"]
+        else "  no delivery in these lines",
         "\nGrand totals",
         *(f"  {s:<24}{n:>10}" for s, n in data["status"].items()),
         *(f"  {k:<24}{n:>10}" for k, n in data["messages"].items()),
