@@ -105,14 +105,20 @@ def build_event(
     m: _Message | None,
 ) -> DeliveryEvent:
     """One delivery status line (and what its message's other lines said) -> DeliveryEvent."""
-    reply_code, remote_dsn = reply_codes(reply)
+    c0 = reply[:1]
+    if c0 and c0 in "245" and reply[1:3].isdecimal() and reply[3:4] in (" ", "-"):
+        reply_code = reply[:3]  # the usual "250 2.0.0 ...": no regex needed
+    else:
+        reply_code = reply_codes(reply)[0]
     dsn = logged_dsn
     extra: dict[str, str] = {}
     # Postfix logs X.0.0 when the remote's enhanced code disagrees with its reply code's
     # class (or is missing); the remote's own codes are what the analysis must see.
-    if remote_dsn and remote_dsn != logged_dsn and logged_dsn.endswith(".0.0"):
-        dsn = remote_dsn
-        extra["logged_dsn"] = logged_dsn
+    if logged_dsn.endswith(".0.0"):
+        remote_dsn = reply_codes(reply)[1]
+        if remote_dsn and remote_dsn != logged_dsn:
+            dsn = remote_dsn
+            extra["logged_dsn"] = logged_dsn
     # A 2.x.x outcome is "delivered" whatever the text ("queued as 3F2A1..." is unique per
     # message and would only fill the classifier's cache).
     verdict = classify(dsn, reply_code, "" if dsn[:1] == "2" else _classify_text(reply))

@@ -426,3 +426,34 @@ def test_more_real_world_shapes() -> None:
         rec = parse_line((head + message).encode())
         assert rec is not None and rec.kind == kind, (message, rec)
         assert rec.get(field) == value, (message, rec)
+
+
+def test_reply_code_shortcut_agrees_with_the_regex() -> None:
+    from mailpulse.collectors.maillog import build_event
+    from mailpulse.collectors.maillog import reply_codes as codes
+
+    rng = random.Random(3)
+    base = [
+        "250 2.0.0 Ok",
+        "550-5.7.1 spam",
+        "421 4.7.0 later",
+        "250Ok",
+        "2.0.0 x",
+        "",
+        "5",
+        "host a[1.2.3.4] said: 550 5.1.1 no",
+        "25",
+        "450-",
+        "2\u00b23 x",
+        "350 go ahead",
+    ]
+    for _ in range(3000):
+        r = rng.choice(base)
+        if r and rng.random() < 0.5:
+            i = rng.randrange(len(r))
+            r = r[:i] + rng.choice("0123456789 -.x\u0663") + r[i + 1 :]
+        for dsn in ("2.0.0", "5.0.0", "4.0.0"):
+            ev = build_event(
+                0.0, "n", "i", "smtp", "Q", "a@b", "r", "sent", dsn, r, "1", "", "", None
+            )
+            assert ev.reply_code == codes(r)[0], r
