@@ -20,8 +20,8 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from mailpulse.bounce.classify import classify
@@ -36,7 +36,6 @@ from mailpulse.collectors.qfile import (
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import DEFAULT_AGE_EDGES_MIN, QUEUE_NAMES, QueueSnapshot, QueueStats
 
-_QUEUE_ID = re.compile(r"[A-Za-z0-9]{6,}")
 OTHER_DOMAINS = "(other)"
 
 # Deferral classes, as an operator sorts deferred mail.
@@ -79,6 +78,7 @@ _REPLY_CODE = re.compile(r"\bsaid: ([245]\d\d)\b")
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
 
+@lru_cache(maxsize=16384)
 def deferral_class(status: str, text: str) -> str:
     """One of DEFERRAL_CLASSES for the reason Postfix keeps for a deferred recipient."""
     for pattern, klass in _TEXT_CLASS[:2]:
@@ -108,7 +108,7 @@ class PostfixInstance:
 
 
 def postconf(config_dir: Path | None, *names: str) -> dict[str, str]:
-    argv = ["postconf"]
+    argv = ["postconf", "-x"]  # -x: values with $names expanded
     if config_dir is not None:
         argv += ["-c", str(config_dir)]
     out = subprocess.run(
@@ -144,7 +144,9 @@ def discover_instances(config_dir: Path | None = None) -> list[PostfixInstance]:
 @dataclass(slots=True)
 class _Message:
     queue: str
-    key: tuple[int, int]  # (inode, ctime ns): a different key means the file changed
+    inode: int  # of the queue file: a new inode is a new file
+    ctime_ns: int  # changes when Postfix renames the file or marks recipients done
+    defer_inode: int  # of its defer log (0: none); a retry writes a new one
     arrival: int
     size: int
     sender_domain: str
@@ -168,6 +170,7 @@ class QueueSampler:
         source: str = "auto",  # "auto", "spool" or "showq"
         huge_queue: int = 2_000_000,  # beyond this many files: count them, do not read them
         top_domains: int = 100,
+        revalidate_every: int = 10,
     ) -> None:
         self.config_dir = config_dir
         self.instance = instance
@@ -183,6 +186,10 @@ class QueueSampler:
         self._queue_totals: dict[str, list[int]] = {q: [0, 0, 0] for q in QUEUE_NAMES}
         self._deferrals: Counter[tuple[str, str]] = Counter()
         self._group_of: dict[str, str] = {}
+        self.files_read = 0  # queue files opened since this sampler was made
+        self.revalidate_every = max(1, revalidate_every)
+        self._samples = 0
+        self._dirs: dict[str, _DirListing] = {}
 
     # -- aggregates ------------------------------------------------------------------------
     def _apply(self, m: _Message, sign: int) -> None:
@@ -223,7 +230,6 @@ class QueueSampler:
     def _message(
         self,
         queue: str,
-        key: tuple[int, int],
         arrival: int,
         size: int,
         sender: str,
@@ -231,6 +237,7 @@ class QueueSampler:
         reasons: dict[str, DeferEntry],
     ) -> _Message:
         domains = [qshape_domain(r) for r in recipients]
+        by_domain = ((domains[0], 1),) if len(domains) == 1 else tuple(Counter(domains).items())
         deferrals: Counter[tuple[str, str]] = Counter()
         if queue == "deferred":
             for r, d in zip(recipients, domains, strict=True):
@@ -239,11 +246,13 @@ class QueueSampler:
                 deferrals[(self._group(d), klass)] += 1
         return _Message(
             queue,
-            key,
+            0,
+            0,
+            0,
             arrival,
             size,
             qshape_domain(sender),
-            tuple(Counter(domains).items()),
+            by_domain,
             len(recipients),
             tuple(deferrals.items()),
         )
@@ -266,38 +275,58 @@ class QueueSampler:
             complete, counted = self._sample_showq(errors), None
         return self._snapshot(source, started, complete, errors, counted)
 
-    def _list_spool(self, errors: Counter[str]) -> Iterator[tuple[str, str, str, os.stat_result]]:
+    def _list_spool(self, errors: Counter[str]) -> dict[str, tuple[str, str, int]]:
+        """queue id -> (queue, path, inode): directory reads only, no stat per file."""
+        listing: dict[str, tuple[str, str, int]] = {}
         for q in QUEUE_NAMES:
-            yield from _walk(self.queue_dir / q, q, 0, errors)
+            for qid, path, inode in _list_tree(str(self.queue_dir / q), self._dirs, errors):
+                listing[qid] = (q, path, inode)  # seen twice mid-rename: the later queue wins
+        return listing
 
     def _sample_spool(
         self, deadline: float | None, errors: Counter[str]
     ) -> tuple[bool, dict[str, list[int]] | None]:
-        listing: dict[str, tuple[str, str, os.stat_result]] = {}
-        for q, qid, path, st in self._list_spool(errors):
-            listing[qid] = (q, path, st)  # seen twice mid-rename: the later queue wins
+        self._samples += 1
+        listing = self._list_spool(errors)
         if len(listing) > self.huge_queue:
             counted = {q: [0, 0] for q in QUEUE_NAMES}
-            for q, _path, st in listing.values():
+            for q, _path, _inode in listing.values():
                 counted[q][0] += 1
-                counted[q][1] += st.st_size
             return False, counted
         for qid in [qid for qid in self._cache if qid not in listing]:
             self._drop(qid)
+        # A retry recreates the defer log: its inode is the cheap sign that reasons changed.
+        defer_root = str(self.queue_dir / "defer")
+        defer_logs = {qid: (p, i) for qid, p, i in _list_tree(defer_root, self._dirs, errors)}
         todo = []
-        for qid, (q, path, st) in listing.items():
+        turn, every = self._samples, self.revalidate_every
+        for qid, (q, path, inode) in listing.items():
             old = self._cache.get(qid)
-            key = (st.st_ino, st.st_ctime_ns)
-            if old is None or old.key != key or old.queue != q:
-                todo.append((qid, q, path, st, key))
-        defer_logs = _defer_index(self.queue_dir, errors) if todo else {}
+            defer_inode = defer_logs[qid][1] if q == "deferred" and qid in defer_logs else 0
+            if (
+                old is None
+                or old.inode != inode
+                or old.queue != q
+                or old.defer_inode != defer_inode
+            ):
+                todo.append((qid, q, path))
+            elif (inode + turn) % every == 0:
+                # What a listing cannot show - a retry between two samples whose new defer log
+                # got the old one's inode, recipients delivered since - shows in the file's
+                # ctime: each file is checked once every revalidate_every samples.
+                try:
+                    if os.stat(path, follow_symlinks=False).st_ctime_ns != old.ctime_ns:
+                        todo.append((qid, q, path))
+                except FileNotFoundError:
+                    self._drop(qid)
         complete = True
-        for i, (qid, q, path, st, key) in enumerate(todo):
+        for i, (qid, q, path) in enumerate(todo):
             if deadline is not None and i % 64 == 0 and time.monotonic() > deadline:
                 complete = False
                 errors["deadline_skipped"] += len(todo) - i
                 break
-            self._read_file(qid, q, path, st, key, defer_logs.get(qid), errors)
+            defer = defer_logs.get(qid)
+            self._read_file(qid, q, path, defer[0] if defer else None, errors)
         for m in self._cache.values():
             if m.error:
                 errors[m.error] += 1
@@ -308,11 +337,10 @@ class QueueSampler:
         qid: str,
         queue: str,
         path: str,
-        st: os.stat_result,
-        key: tuple[int, int],
         defer_log: str | None,
         errors: Counter[str],
     ) -> None:
+        self.files_read += 1
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:  # delivered or moved since the listing: seen next time
@@ -323,9 +351,16 @@ class QueueSampler:
             errors["unreadable"] += 1
             return
         try:
+            st = os.fstat(fd)
+            # Postfix marks a queue file complete with the owner execute bit (showq checks it
+            # too); until then cleanup or postdrop is still writing it.
+            if not stat.S_ISREG(st.st_mode) or (queue != "corrupt" and st.st_mode & 0o700 != 0o700):
+                self._drop(qid)
+                return
             env = parse_queue_file(lambda off, n: os.pread(fd, n, off), int(st.st_mtime))
         except QueueFileError as e:
-            self._put(qid, _Message(queue, key, 0, 0, "", (), 0, (), error=e.kind))
+            bad = _Message(queue, st.st_ino, st.st_ctime_ns, 0, 0, 0, "", (), 0, (), e.kind)
+            self._put(qid, bad)
             return
         except OSError:
             errors["unreadable"] += 1
@@ -333,16 +368,14 @@ class QueueSampler:
         finally:
             os.close(fd)
         reasons: dict[str, DeferEntry] = {}
+        defer_inode = 0
         if queue == "deferred" and defer_log:
-            with (
-                contextlib.suppress(OSError),
-                open(defer_log, encoding="utf-8", errors="replace") as f,
-            ):
-                reasons = {e.recipient: e for e in parse_defer_log(f.read())}
-        self._put(
-            qid,
-            self._message(queue, key, env.arrival, env.size, env.sender, env.recipients, reasons),
-        )
+            with contextlib.suppress(OSError):
+                text, defer_inode = _read_small(defer_log)
+                reasons = {e.recipient: e for e in parse_defer_log(text)}
+        m = self._message(queue, env.arrival, env.size, env.sender, env.recipients, reasons)
+        m.inode, m.ctime_ns, m.defer_inode = st.st_ino, st.st_ctime_ns, defer_inode
+        self._put(qid, m)
 
     def _sample_showq(self, errors: Counter[str]) -> bool:
         data = read_showq(self.queue_dir / "public" / "showq")
@@ -355,9 +388,7 @@ class QueueSampler:
             recipients = tuple(r for r, _why in msg.recipients)
             self._put(
                 msg.queue_id,
-                self._message(
-                    msg.queue, (0, 0), msg.arrival, msg.size, msg.sender, recipients, reasons
-                ),
+                self._message(msg.queue, msg.arrival, msg.size, msg.sender, recipients, reasons),
             )
         return True
 
@@ -409,6 +440,20 @@ class QueueSampler:
         return snap
 
 
+def _read_small(path: str) -> tuple[str, int]:
+    """A defer log's text and inode."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        inode = os.fstat(fd).st_ino
+        data = os.read(fd, 1 << 16)
+        if len(data) == 1 << 16:  # a long one: many recipients
+            while chunk := os.read(fd, 1 << 16):
+                data += chunk
+        return data.decode("utf-8", "replace"), inode
+    finally:
+        os.close(fd)
+
+
 def _bump(
     msgs: Counter[tuple[str, str, str, int]],
     rcpts: Counter[tuple[str, str, str, int]],
@@ -445,56 +490,55 @@ def _top_domains(
     return out
 
 
-def _walk(
-    directory: Path | str, queue: str, depth: int, errors: Counter[str]
-) -> Iterator[tuple[str, str, str, os.stat_result]]:
-    """(queue, queue id, path, stat) of every finished queue file under a (hashed) queue."""
-    try:
-        it = os.scandir(directory)
-    except FileNotFoundError:
-        return
-    except OSError:
-        errors["unreadable"] += 1
-        return
-    with it:
-        for entry in it:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # moved on between readdir and stat
-            if stat.S_ISDIR(st.st_mode):
-                if depth < 16:
-                    yield from _walk(entry.path, queue, depth + 1, errors)
-                continue
-            if not stat.S_ISREG(st.st_mode) or not _QUEUE_ID.fullmatch(entry.name):
-                continue
-            # Postfix marks a queue file complete with the owner execute bit (showq does too);
-            # corrupt files keep whatever mode they had.
-            if queue != "corrupt" and st.st_mode & 0o700 != 0o700:
-                continue
-            yield queue, entry.name, entry.path, st
+@dataclass(slots=True)
+class _DirListing:
+    mtime_ns: int
+    reusable: bool  # listed long enough after its last change that no change can hide
+    files: list[tuple[str, str, int]]  # (queue id, path, inode)
+    subdirs: list[str]
 
 
-def _defer_index(queue_dir: Path, errors: Counter[str]) -> dict[str, str]:
-    """queue id -> path of its defer logfile, whatever the hashing of the defer directory."""
-    index = {}
-    stack = [str(queue_dir / "defer")]
+def _list_tree(
+    root: str, cache: dict[str, _DirListing], errors: Counter[str]
+) -> list[tuple[str, str, int]]:
+    """(queue id, path, inode) of the files under a (hashed) queue directory, without a stat
+    per file; a directory whose mtime has not moved since it was last read is not read again."""
+    files: list[tuple[str, str, int]] = []
+    stack = [(root, 0)]
     while stack:
+        path, depth = stack.pop()
         try:
-            it = os.scandir(stack.pop())
+            mtime_ns = os.stat(path).st_mtime_ns
         except FileNotFoundError:
+            cache.pop(path, None)
             continue
         except OSError:
             errors["unreadable"] += 1
             continue
-        with it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    if len(stack) < 4096:
-                        stack.append(entry.path)
-                else:
-                    index[entry.name] = entry.path
-    return index
+        known = cache.get(path)
+        if known is None or not known.reusable or known.mtime_ns != mtime_ns:
+            # Directory times tick coarsely: a listing made within a second of a change may
+            # miss a later change in the same tick, so it is not reused.
+            reusable = time.time_ns() - mtime_ns > 1_000_000_000
+            known = _DirListing(mtime_ns, reusable, [], [])
+            try:
+                with os.scandir(path) as it:
+                    for entry in it:
+                        name = entry.name
+                        if entry.is_dir(follow_symlinks=False):
+                            known.subdirs.append(entry.path)
+                        elif len(name) >= 6 and name.isascii() and name.isalnum():
+                            known.files.append((name, entry.path, entry.inode()))
+            except FileNotFoundError:
+                continue
+            except OSError:
+                errors["unreadable"] += 1
+                continue
+            cache[path] = known
+        files.extend(known.files)
+        if depth < 16:
+            stack.extend((d, depth + 1) for d in known.subdirs)
+    return files
 
 
 # -- showq -------------------------------------------------------------------------------
@@ -514,7 +558,10 @@ def read_showq(socket_path: Path, timeout: float = 60.0) -> bytes:
     """Everything the showq service says on one connection (it speaks first, then closes)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
-        s.connect(str(socket_path))
+        try:
+            s.connect(str(socket_path))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot reach showq at {socket_path}: {e.strerror}") from e
         chunks = []
         while True:
             chunk = s.recv(1 << 16)
