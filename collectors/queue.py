@@ -10,13 +10,16 @@ changes the ctime - and keeps running totals that it adjusts for new and gone me
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import contextlib
+import json
 import os
 import re
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -684,3 +687,117 @@ class BackgroundQueueSampler:
         while not self._stop.is_set():
             self.sample_once()
             self._stop.wait(self.interval_s)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def bucket_labels(edges: tuple[int, ...]) -> list[str]:
+    """qshape's column heads: each bucket's upper edge in minutes, the last one "edge+"."""
+    return [str(e) for e in edges] + [f"{edges[-1]}+"]
+
+
+def snapshot_to_json(snap: QueueSnapshot) -> dict[str, object]:
+    def cells(
+        table: dict[tuple[str, str, str, int], tuple[int, int]], name: str
+    ) -> list[dict[str, object]]:
+        return [
+            {"queue": q, "kind": k, name: d, "bucket": b, "messages": m, "recipients": r}
+            for (q, k, d, b), (m, r) in sorted(table.items())
+        ]
+
+    return {
+        "instance": snap.instance,
+        "source": snap.source,
+        "taken_at": snap.taken_at,
+        "duration_s": snap.duration_s,
+        "complete": snap.complete,
+        "age_edges_min": list(snap.age_edges_min),
+        "bucket_labels": bucket_labels(snap.age_edges_min),
+        "queues": {
+            q: {
+                "messages": s.messages,
+                "recipients": s.recipients,
+                "bytes": s.bytes,
+                "oldest_age_s": s.oldest_age_s,
+            }
+            for q, s in snap.queues.items()
+        },
+        "shape": cells(snap.shape, "group"),
+        "domains": cells(snap.domain_shape, "domain"),
+        "deferral_classes": [
+            {"group": g, "class": c, "recipients": n}
+            for (g, c), n in sorted(snap.deferral_classes.items())
+        ],
+        "errors": dict(snap.errors),
+    }
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def format_table(snap: QueueSnapshot, kind: str = "recipient") -> str:
+    """Per queue: depth, bytes and oldest age, then qshape's table (domain x age bucket)."""
+    heads = ["T", *bucket_labels(snap.age_edges_min)]
+    lines = []
+    state = "" if snap.complete else ", incomplete"
+    lines.append(f"instance {snap.instance} (read from {snap.source}{state})")
+    for q in QUEUE_NAMES:
+        s = snap.queues.get(q, QueueStats())
+        if not s.messages:
+            continue
+        lines.append(
+            f"\n{q}: {s.messages} messages, {s.recipients} recipients, {s.bytes} bytes,"
+            f" oldest {_age(s.oldest_age_s)}"
+        )
+        rows: dict[str, list[int]] = {}
+        column = 1 if kind == "recipient" else 0  # qshape counts recipients, or senders
+        for (qq, k, domain, b), counts in snap.domain_shape.items():
+            if qq == q and k == kind:
+                row = rows.setdefault(domain, [0] * len(heads))
+                row[0] += counts[column]
+                row[b + 1] += counts[column]
+        if not rows:
+            continue
+        total = [sum(col) for col in zip(*rows.values(), strict=True)]
+        ordered = [("TOTAL", total)] + sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        width = max(len(d) for d, _ in ordered)
+        widths = [max(len(h), len(str(total[i])), 2) + 1 for i, h in enumerate(heads)]
+        lines.append(" " * width + "".join(h.rjust(w) for h, w in zip(heads, widths, strict=True)))
+        for d, row in ordered:
+            cells = "".join(str(n).rjust(w) for n, w in zip(row, widths, strict=True))
+            lines.append(d.rjust(width) + cells)
+    if snap.deferral_classes:
+        lines.append("\nwhy deferred mail waits (recipients):")
+        for (g, c), n in sorted(snap.deferral_classes.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  {g:>12} {c:<12} {n}")
+    if snap.errors:
+        lines.append("\nskipped: " + ", ".join(f"{k} {v}" for k, v in sorted(snap.errors.items())))
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`mailpulse queue`: every instance found from the Postfix config directory."""
+    try:
+        instances = discover_instances(args.postfix_config)
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"mailpulse queue: cannot read Postfix's configuration: {e}", file=sys.stderr)
+        return 1
+    status = 0
+    for inst in instances:
+        sampler = QueueSampler(
+            inst.config_dir, inst.name, queue_dir=inst.queue_dir, source=args.source
+        )
+        try:
+            snap = sampler.sample()
+        except OSError as e:
+            print(f"mailpulse queue: {inst.name}: {e}", file=sys.stderr)
+            status = 1
+            continue
+        if args.json:
+            print(json.dumps(snapshot_to_json(snap), sort_keys=True))
+        else:
+            print(format_table(snap, "sender" if args.sender else "recipient"))
+    return status

@@ -6,6 +6,7 @@ qshape reads the same directory, so the expected numbers come from qshape, not f
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -394,3 +395,51 @@ def test_instances_found_from_multi_instance_directories(tmp_path: Path) -> None
         ("postfix", tmp_path / "q-main"),
         ("postfix-bulk1", tmp_path / "q-bulk"),
     ]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "mailpulse", "queue", *args], capture_output=True, text=True
+    )
+
+
+def test_command_line_table_and_json_equal_qshape(tmp_path: Path) -> None:
+    require_programs("qshape", "postconf")
+    spool = tmp_path / "spool"
+    make_spool(spool, int(time.time()))
+    cfg = tmp_path / "etc"
+    cfg.mkdir()
+    (cfg / "main.cf").write_text(f"queue_directory = {spool}\n")
+    expected = qshape(str(spool / "deferred"))
+
+    out = run_cli("-c", str(cfg), "--json")
+    assert out.returncode == 0, out.stderr
+    snap = json.loads(out.stdout)
+    assert snap["source"] == "spool" and snap["instance"] == "postfix"
+    rows: dict[str, list[int]] = {}
+    for cell in snap["domains"]:
+        if cell["queue"] == "deferred" and cell["kind"] == "recipient":
+            row = rows.setdefault(cell["domain"], [0] * 11)
+            row[0] += cell["recipients"]
+            row[cell["bucket"] + 1] += cell["recipients"]
+    assert {d: r for d, r in expected.items() if d != "TOTAL"} == rows
+    assert snap["queues"]["deferred"]["recipients"] == expected["TOTAL"][0]
+    assert snap["errors"] == {"garbage": 1, "truncated": 2}
+
+    table = run_cli("-c", str(cfg))
+    assert table.returncode == 0, table.stderr
+    printed = {
+        parts[0]: [int(x) for x in parts[1:]]
+        for parts in (line.split() for line in table.stdout.splitlines())
+        if parts and parts[0] in expected
+    }
+    assert printed == expected
+    assert "read from spool" in table.stdout and "skipped: garbage 1, truncated 2" in table.stdout
+
+    # bad input: a config directory that is not there
+    missing = run_cli("-c", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1
+    assert "cannot read Postfix's configuration" in missing.stderr
+    assert "Traceback" not in missing.stderr
