@@ -141,6 +141,14 @@ def discover_instances(config_dir: Path | None = None) -> list[PostfixInstance]:
     return found
 
 
+def samplers_for_host(config_dir: Path | None = None, **options: object) -> list[QueueSampler]:
+    """One sampler per Postfix instance found from config_dir, labelled with its syslog_name."""
+    return [
+        QueueSampler(i.config_dir, i.name, queue_dir=i.queue_dir, **options)  # type: ignore[arg-type]
+        for i in discover_instances(config_dir)
+    ]
+
+
 # -- the sampler -----------------------------------------------------------------------------
 
 
@@ -329,7 +337,7 @@ class QueueSampler:
                 errors["deadline_skipped"] += len(todo) - i
                 break
             defer = defer_logs.get(qid)
-            self._read_file(qid, q, path, defer[0] if defer else None, errors)
+            self._read_file(qid, q, path, defer if q == "deferred" else None, errors)
         for m in self._cache.values():
             if m.error:
                 errors[m.error] += 1
@@ -340,7 +348,7 @@ class QueueSampler:
         qid: str,
         queue: str,
         path: str,
-        defer_log: str | None,
+        defer_log: tuple[str, int] | None,  # (path, inode) from the listing
         errors: Counter[str],
     ) -> None:
         self.files_read += 1
@@ -362,7 +370,10 @@ class QueueSampler:
                 return
             env = parse_queue_file(lambda off, n: os.pread(fd, n, off), int(st.st_mtime))
         except QueueFileError as e:
-            bad = _Message(queue, st.st_ino, st.st_ctime_ns, 0, 0, 0, "", (), 0, (), e.kind)
+            # A file in the corrupt queue is broken by definition: count it as a message there.
+            error = "" if queue == "corrupt" else e.kind
+            arrival, size = int(st.st_mtime), st.st_size
+            bad = _Message(queue, st.st_ino, st.st_ctime_ns, 0, arrival, size, "", (), 0, (), error)
             self._put(qid, bad)
             return
         except OSError:
@@ -372,10 +383,11 @@ class QueueSampler:
             os.close(fd)
         reasons: dict[str, DeferEntry] = {}
         defer_inode = 0
-        if queue == "deferred" and defer_log:
+        if defer_log:
             with contextlib.suppress(OSError):
-                text, defer_inode = _read_small(defer_log)
+                text = _read_small(defer_log[0])
                 reasons = {e.recipient: e for e in parse_defer_log(text)}
+                defer_inode = defer_log[1]
         m = self._message(queue, env.arrival, env.size, env.sender, env.recipients, reasons)
         m.inode, m.ctime_ns, m.defer_inode = st.st_ino, st.st_ctime_ns, defer_inode
         self._put(qid, m)
@@ -443,16 +455,15 @@ class QueueSampler:
         return snap
 
 
-def _read_small(path: str) -> tuple[str, int]:
-    """A defer log's text and inode."""
+def _read_small(path: str) -> str:
+    """A defer log's text."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        inode = os.fstat(fd).st_ino
         data = os.read(fd, 1 << 16)
         if len(data) == 1 << 16:  # a long one: many recipients
             while chunk := os.read(fd, 1 << 16):
                 data += chunk
-        return data.decode("utf-8", "replace"), inode
+        return data.decode("utf-8", "replace")
     finally:
         os.close(fd)
 

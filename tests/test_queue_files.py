@@ -26,6 +26,7 @@ from mailpulse.collectors.queue import (
     deferral_class,
     discover_instances,
     parse_showq,
+    samplers_for_host,
 )
 
 from tests.conftest import require_programs
@@ -395,6 +396,14 @@ def test_instances_found_from_multi_instance_directories(tmp_path: Path) -> None
         ("postfix", tmp_path / "q-main"),
         ("postfix-bulk1", tmp_path / "q-bulk"),
     ]
+    (tmp_path / "q-bulk" / "deferred").mkdir(parents=True)
+    (tmp_path / "q-bulk" / "deferred" / "DDDDD0001").write_bytes(queue_file(1, "a@b", ["c@d"]))
+    os.chmod(tmp_path / "q-bulk" / "deferred" / "DDDDD0001", 0o700)
+    snaps = [s.sample() for s in samplers_for_host(main, source="spool")]
+    assert [(s.instance, s.queues["deferred"].messages) for s in snaps] == [
+        ("postfix", 0),
+        ("postfix-bulk1", 1),
+    ]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -443,3 +452,19 @@ def test_command_line_table_and_json_equal_qshape(tmp_path: Path) -> None:
     assert missing.returncode == 1
     assert "cannot read Postfix's configuration" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_corrupt_queue_files_are_counted_there(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    (spool / "corrupt").mkdir(parents=True)
+    # bad input: what Postfix moved aside - garbage and a truncated file, mode 0400
+    for qid, data in (
+        ("CCCCC0001", b"\x07garbage"),
+        ("CCCCC0002", queue_file(1, "a@b", ["c@d"])[:30]),
+    ):
+        p = spool / "corrupt" / qid
+        p.write_bytes(data)
+        os.chmod(p, 0o400)
+    snap = QueueSampler(queue_dir=spool, source="spool").sample()
+    assert snap.queues["corrupt"].messages == 2 and snap.queues["corrupt"].bytes == 8 + 30
+    assert not snap.errors
