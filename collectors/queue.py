@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from mailpulse.bounce.classify import classify
 from mailpulse.collectors.qfile import (
@@ -40,6 +41,8 @@ from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import DEFAULT_AGE_EDGES_MIN, QUEUE_NAMES, QueueSnapshot, QueueStats
 
 OTHER_DOMAINS = "(other)"
+
+T = TypeVar("T")
 
 # Deferral classes, as an operator sorts deferred mail.
 DEFERRAL_CLASSES = (
@@ -155,9 +158,8 @@ def samplers_for_host(config_dir: Path | None = None, **options: object) -> list
 @dataclass(slots=True)
 class _Message:
     queue: str
-    inode: int  # of the queue file: a new inode is a new file
-    ctime_ns: int  # changes when Postfix renames the file or marks recipients done
-    defer_inode: int  # of its defer log (0: none); a retry writes a new one
+    directory: str  # where the file is (one string shared by all files of a directory)
+    ctime_ns: int  # changes when Postfix renames the file, retries it or marks recipients done
     arrival: int
     size: int
     sender_domain: str
@@ -165,6 +167,14 @@ class _Message:
     recipients: int
     deferrals: tuple[tuple[tuple[str, str], int], ...]  # (group, class) -> recipients
     error: str = ""  # a file that could not be read: counted, not shown
+
+
+@dataclass(slots=True)
+class _Dir:
+    mtime_ns: int
+    reusable: bool  # read long enough after its last change that no change can hide
+    names: frozenset[str]  # queue files in it
+    subdirs: tuple[str, ...]
 
 
 class QueueSampler:
@@ -200,7 +210,11 @@ class QueueSampler:
         self.files_read = 0  # queue files opened since this sampler was made
         self.revalidate_every = max(1, revalidate_every)
         self._samples = 0
-        self._dirs: dict[str, _DirListing] = {}
+        self._dirs: dict[str, _Dir] = {}
+        # queue ids in turns: each sample re-checks one turn's files for changes in place
+        self._turns: list[set[str]] = [set() for _ in range(self.revalidate_every)]
+        self._not_ready: dict[str, tuple[str, str]] = {}  # qid -> (queue, directory)
+        self._shared: dict[object, object] = {}  # one copy of the tuples most messages share
 
     # -- aggregates ------------------------------------------------------------------------
     def _apply(self, m: _Message, sign: int) -> None:
@@ -224,6 +238,8 @@ class QueueSampler:
         old = self._cache.get(qid)
         if old is not None:
             self._apply(old, -1)
+        else:
+            self._turns[hash(qid) % self.revalidate_every].add(qid)
         self._cache[qid] = m
         self._apply(m, +1)
 
@@ -231,6 +247,10 @@ class QueueSampler:
         old = self._cache.pop(qid, None)
         if old is not None:
             self._apply(old, -1)
+            self._turns[hash(qid) % self.revalidate_every].discard(qid)
+
+    def _share(self, value: T) -> T:
+        return self._shared.setdefault(value, value)  # type: ignore[return-value]
 
     def _group(self, domain: str) -> str:
         g = self._group_of.get(domain)
@@ -257,15 +277,14 @@ class QueueSampler:
                 deferrals[(self._group(d), klass)] += 1
         return _Message(
             queue,
-            0,
-            0,
+            "",
             0,
             arrival,
             size,
-            qshape_domain(sender),
-            by_domain,
+            self._share(qshape_domain(sender)),
+            self._share(by_domain),
             len(recipients),
-            tuple(deferrals.items()),
+            self._share(tuple(deferrals.items())),
         )
 
     # -- sampling --------------------------------------------------------------------------
@@ -286,77 +305,69 @@ class QueueSampler:
             complete, counted = self._sample_showq(errors), None
         return self._snapshot(source, started, complete, errors, counted)
 
-    def _list_spool(self, errors: Counter[str]) -> dict[str, tuple[str, str, int]]:
-        """queue id -> (queue, path, inode): directory reads only, no stat per file."""
-        listing: dict[str, tuple[str, str, int]] = {}
-        for q in QUEUE_NAMES:
-            for qid, path, inode in _list_tree(str(self.queue_dir / q), self._dirs, errors):
-                listing[qid] = (q, path, inode)  # seen twice mid-rename: the later queue wins
-        return listing
-
     def _sample_spool(
         self, deadline: float | None, errors: Counter[str]
     ) -> tuple[bool, dict[str, list[int]] | None]:
+        """Re-read only what changed: new names in directories whose mtime moved, files still
+        being written, and one turn of files whose ctime moved (a retry, recipients delivered:
+        what a directory listing cannot show)."""
         self._samples += 1
-        listing = self._list_spool(errors)
-        if len(listing) > self.huge_queue:
+        added: list[tuple[str, str, str]] = []  # (qid, queue, directory)
+        gone: list[tuple[str, str]] = []  # (qid, queue)
+        for q in QUEUE_NAMES:
+            _diff_tree(os.path.join(self.queue_dir, q), q, self._dirs, added, gone, errors)
+        total = sum(len(d.names) for d in self._dirs.values())
+        if total > self.huge_queue:
             counted = {q: [0, 0] for q in QUEUE_NAMES}
-            for q, _path, _inode in listing.values():
-                counted[q][0] += 1
+            for path, d in self._dirs.items():
+                q = os.path.relpath(path, self.queue_dir).split(os.sep, 1)[0]
+                if q in counted:
+                    counted[q][0] += len(d.names)
             return False, counted
-        for qid in [qid for qid in self._cache if qid not in listing]:
-            self._drop(qid)
-        # A retry recreates the defer log: its inode is the cheap sign that reasons changed.
-        defer_root = str(self.queue_dir / "defer")
-        defer_logs = {qid: (p, i) for qid, p, i in _list_tree(defer_root, self._dirs, errors)}
-        todo = []
-        turn, every = self._samples, self.revalidate_every
-        for qid, (q, path, inode) in listing.items():
-            old = self._cache.get(qid)
-            defer_inode = defer_logs[qid][1] if q == "deferred" and qid in defer_logs else 0
-            if (
-                old is None
-                or old.inode != inode
-                or old.queue != q
-                or old.defer_inode != defer_inode
-            ):
-                todo.append((qid, q, path))
-            elif (inode + turn) % every == 0:
-                # What a listing cannot show - a retry between two samples whose new defer log
-                # got the old one's inode, recipients delivered since - shows in the file's
-                # ctime: each file is checked once every revalidate_every samples.
-                try:
-                    if os.stat(path, follow_symlinks=False).st_ctime_ns != old.ctime_ns:
-                        todo.append((qid, q, path))
-                except FileNotFoundError:
-                    self._drop(qid)
+        for qid, q in gone:
+            m = self._cache.get(qid)
+            if m is not None and m.queue == q:  # not already seen in its next queue
+                self._drop(qid)
+            self._not_ready.pop(qid, None)
+        todo = added + [(qid, q, where) for qid, (q, where) in self._not_ready.items()]
+        self._not_ready.clear()
+        for qid in list(self._turns[self._samples % self.revalidate_every]):
+            m = self._cache[qid]
+            try:
+                if os.stat(f"{m.directory}/{qid}").st_ctime_ns != m.ctime_ns:
+                    todo.append((qid, m.queue, m.directory))
+            except FileNotFoundError:
+                self._drop(qid)
         complete = True
-        for i, (qid, q, path) in enumerate(todo):
+        for i, (qid, q, directory) in enumerate(todo):
             if deadline is not None and i % 64 == 0 and time.monotonic() > deadline:
                 complete = False
                 errors["deadline_skipped"] += len(todo) - i
+                for qid2, q2, d2 in todo[i:]:  # read them next time
+                    self._not_ready[qid2] = (q2, d2)
                 break
-            defer = defer_logs.get(qid)
-            self._read_file(qid, q, path, defer if q == "deferred" else None, errors)
+            self._read_file(qid, q, directory, errors)
         for m in self._cache.values():
             if m.error:
                 errors[m.error] += 1
         return complete, None
 
-    def _read_file(
-        self,
-        qid: str,
-        queue: str,
-        path: str,
-        defer_log: tuple[str, int] | None,  # (path, inode) from the listing
-        errors: Counter[str],
-    ) -> None:
+    def _defer_log_path(self, qid: str, directory: str) -> str:
+        """defer/ is hashed like deferred/ unless the configuration says otherwise."""
+        sub = os.path.relpath(directory, os.path.join(self.queue_dir, "deferred"))
+        if sub == ".":
+            return os.path.join(self.queue_dir, "defer", qid)
+        return os.path.join(self.queue_dir, "defer", sub, qid)
+
+    def _read_file(self, qid: str, queue: str, directory: str, errors: Counter[str]) -> None:
         self.files_read += 1
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(f"{directory}/{qid}", os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:  # delivered or moved since the listing: seen next time
             errors["vanished"] += 1
-            self._drop(qid)
+            m = self._cache.get(qid)
+            if m is not None and m.queue == queue:
+                self._drop(qid)
             return
         except OSError:
             errors["unreadable"] += 1
@@ -366,14 +377,14 @@ class QueueSampler:
             # Postfix marks a queue file complete with the owner execute bit (showq checks it
             # too); until then cleanup or postdrop is still writing it.
             if not stat.S_ISREG(st.st_mode) or (queue != "corrupt" and st.st_mode & 0o700 != 0o700):
-                self._drop(qid)
+                self._not_ready[qid] = (queue, directory)
                 return
             env = parse_queue_file(lambda off, n: os.pread(fd, n, off), int(st.st_mtime))
         except QueueFileError as e:
             # A file in the corrupt queue is broken by definition: count it as a message there.
             error = "" if queue == "corrupt" else e.kind
             arrival, size = int(st.st_mtime), st.st_size
-            bad = _Message(queue, st.st_ino, st.st_ctime_ns, 0, arrival, size, "", (), 0, (), error)
+            bad = _Message(queue, directory, st.st_ctime_ns, arrival, size, "", (), 0, (), error)
             self._put(qid, bad)
             return
         except OSError:
@@ -382,14 +393,12 @@ class QueueSampler:
         finally:
             os.close(fd)
         reasons: dict[str, DeferEntry] = {}
-        defer_inode = 0
-        if defer_log:
+        if queue == "deferred":
             with contextlib.suppress(OSError):
-                text = _read_small(defer_log[0])
+                text = _read_small(self._defer_log_path(qid, directory))
                 reasons = {e.recipient: e for e in parse_defer_log(text)}
-                defer_inode = defer_log[1]
         m = self._message(queue, env.arrival, env.size, env.sender, env.recipients, reasons)
-        m.inode, m.ctime_ns, m.defer_inode = st.st_ino, st.st_ctime_ns, defer_inode
+        m.directory, m.ctime_ns = directory, st.st_ctime_ns
         self._put(qid, m)
 
     def _sample_showq(self, errors: Counter[str]) -> bool:
@@ -504,55 +513,58 @@ def _top_domains(
     return out
 
 
-@dataclass(slots=True)
-class _DirListing:
-    mtime_ns: int
-    reusable: bool  # listed long enough after its last change that no change can hide
-    files: list[tuple[str, str, int]]  # (queue id, path, inode)
-    subdirs: list[str]
-
-
-def _list_tree(
-    root: str, cache: dict[str, _DirListing], errors: Counter[str]
-) -> list[tuple[str, str, int]]:
-    """(queue id, path, inode) of the files under a (hashed) queue directory, without a stat
-    per file; a directory whose mtime has not moved since it was last read is not read again."""
-    files: list[tuple[str, str, int]] = []
-    stack = [(root, 0)]
+def _diff_tree(
+    root: str,
+    queue: str,
+    dirs: dict[str, _Dir],
+    added: list[tuple[str, str, str]],
+    gone: list[tuple[str, str]],
+    errors: Counter[str],
+) -> None:
+    """What came and went under a (hashed) queue directory since the last call: one stat per
+    directory, and a listing only of the directories whose mtime moved."""
+    stack = [root]
     while stack:
-        path, depth = stack.pop()
+        path = stack.pop()
+        known = dirs.get(path)
         try:
             mtime_ns = os.stat(path).st_mtime_ns
+            if known is not None and known.reusable and known.mtime_ns == mtime_ns:
+                stack.extend(known.subdirs)
+                continue
+            # Directory times tick coarsely: a listing made within a second of a change may
+            # miss a later change in the same tick, so it is read again next time.
+            reusable = time.time_ns() - mtime_ns > 1_000_000_000
+            entries = os.listdir(path)
         except FileNotFoundError:
-            cache.pop(path, None)
-            continue
+            entries, reusable, mtime_ns = [], False, 0
         except OSError:
             errors["unreadable"] += 1
             continue
-        known = cache.get(path)
-        if known is None or not known.reusable or known.mtime_ns != mtime_ns:
-            # Directory times tick coarsely: a listing made within a second of a change may
-            # miss a later change in the same tick, so it is not reused.
-            reusable = time.time_ns() - mtime_ns > 1_000_000_000
-            known = _DirListing(mtime_ns, reusable, [], [])
-            try:
-                with os.scandir(path) as it:
-                    for entry in it:
-                        name = entry.name
-                        if entry.is_dir(follow_symlinks=False):
-                            known.subdirs.append(entry.path)
-                        elif len(name) >= 6 and name.isascii() and name.isalnum():
-                            known.files.append((name, entry.path, entry.inode()))
-            except FileNotFoundError:
-                continue
-            except OSError:
-                errors["unreadable"] += 1
-                continue
-            cache[path] = known
-        files.extend(known.files)
-        if depth < 16:
-            stack.extend((d, depth + 1) for d in known.subdirs)
-    return files
+        # Postfix's hashed queues hold one-character directories and queue-id files.
+        subdirs = tuple(f"{path}/{e}" for e in entries if len(e) == 1)
+        names = frozenset(e for e in entries if len(e) >= 6 and e.isascii() and e.isalnum())
+        old = known.names if known is not None else frozenset()
+        if names != old:
+            path = sys.intern(path)
+            added.extend((qid, queue, path) for qid in names - old)
+            gone.extend((qid, queue) for qid in old - names)
+        for d in known.subdirs if known is not None else ():
+            if d not in subdirs:  # a hash directory removed: everything in it went
+                _forget(d, queue, dirs, gone)
+        if mtime_ns:
+            dirs[path] = _Dir(mtime_ns, reusable, names, subdirs)
+        else:
+            dirs.pop(path, None)
+        stack.extend(subdirs)
+
+
+def _forget(path: str, queue: str, dirs: dict[str, _Dir], gone: list[tuple[str, str]]) -> None:
+    known = dirs.pop(path, None)
+    if known is not None:
+        gone.extend((qid, queue) for qid in known.names)
+        for d in known.subdirs:
+            _forget(d, queue, dirs, gone)
 
 
 # -- showq -------------------------------------------------------------------------------
@@ -685,8 +697,8 @@ class BackgroundQueueSampler:
     def sample_once(self) -> QueueSnapshot | None:
         try:
             snap = self.sampler.sample(self.deadline_s)
-        except (OSError, subprocess.SubprocessError, ValueError) as e:
-            # a stopped Postfix, a spool gone read-only...: keep serving the last good one
+        except Exception as e:  # whatever went wrong, outputs keep serving the last good one
+            # a stopped Postfix, an unreadable spool...: counted and said, never a dead thread
             self.failures += 1
             self.last_error = f"{type(e).__name__}: {e}"
             return None
