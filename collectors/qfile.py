@@ -179,10 +179,12 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 def qshape_domain(address: str) -> str:
     """The domain qshape files an address under: lower case, after the last @, no edge dots."""
-    a = address.translate(_ASCII_LOWER)  # qshape's lc() works on bytes: ASCII only
-    if a == "":
+    if address == "":
         return "MAILER-DAEMON"
-    d = a.rpartition("@")[2].replace("..", ".")
+    d = address[address.rfind("@") + 1 :]
+    d = d.lower() if d.isascii() else d.translate(_ASCII_LOWER)  # qshape's lc(): ASCII only
+    if ".." in d:
+        d = d.replace("..", ".")
     if len(d) > 1 and d[0] == ".":
         d = d[1:]
     if len(d) > 1 and d[-1] == ".":

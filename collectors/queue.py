@@ -215,10 +215,13 @@ class QueueSampler:
         self._turns: list[set[str]] = [set() for _ in range(self.revalidate_every)]
         self._not_ready: dict[str, tuple[str, str]] = {}  # qid -> (queue, directory)
         self._shared: dict[object, object] = {}  # one copy of the tuples most messages share
+        self._defer_dirs: dict[str, str] = {}
+        self._errors: Counter[str] = Counter()  # unreadable files in the cache, by kind
 
     # -- aggregates ------------------------------------------------------------------------
     def _apply(self, m: _Message, sign: int) -> None:
         if m.error:
+            self._errors[m.error] += sign
             return
         q, arr = m.queue, m.arrival
         totals = self._queue_totals[q]
@@ -347,17 +350,17 @@ class QueueSampler:
                     self._not_ready[qid2] = (q2, d2)
                 break
             self._read_file(qid, q, directory, errors)
-        for m in self._cache.values():
-            if m.error:
-                errors[m.error] += 1
+        errors.update(+self._errors)
         return complete, None
 
     def _defer_log_path(self, qid: str, directory: str) -> str:
-        """defer/ is hashed like deferred/ unless the configuration says otherwise."""
-        sub = os.path.relpath(directory, os.path.join(self.queue_dir, "deferred"))
-        if sub == ".":
-            return os.path.join(self.queue_dir, "defer", qid)
-        return os.path.join(self.queue_dir, "defer", sub, qid)
+        """defer/ is hashed like deferred/ (Postfix's default hash_queue_names)."""
+        prefix = self._defer_dirs.get(directory)
+        if prefix is None:
+            sub = os.path.relpath(directory, os.path.join(self.queue_dir, "deferred"))
+            prefix = os.path.join(self.queue_dir, "defer", sub) if sub != "." else ""
+            prefix = self._defer_dirs[directory] = prefix or os.path.join(self.queue_dir, "defer")
+        return f"{prefix}/{qid}"
 
     def _read_file(self, qid: str, queue: str, directory: str, errors: Counter[str]) -> None:
         self.files_read += 1
