@@ -3,9 +3,10 @@
 Two ways in, picked automatically: the spool (queue files' envelope records, read directly;
 root or the postfix user) and the showq service (what `postqueue -j` reads; no root, only
 access to the public/ directory). From the spool, sampling is incremental: a queued message's
-arrival time, sender and recipients do not change while it sits in a queue, so a sample
-re-reads only files whose (inode, ctime) it has not seen - a rename between queues or a retry
-changes the ctime - and keeps running totals that it adjusts for new and gone messages only.
+arrival time, sender and recipients do not change while it sits in a queue, so a sample lists
+only the directories whose mtime moved, reads only the queue ids new in them (a queue id
+encodes the file's inode), re-checks one turn of known files by ctime (a retry or a delivered
+recipient changes it), and adjusts running totals for what came and went.
 """
 
 from __future__ import annotations
@@ -201,22 +202,27 @@ class QueueSampler:
         self.source = source
         self.huge_queue = huge_queue
         self.top_domains = top_domains
+        self.revalidate_every = max(1, revalidate_every)
+        self.files_read = 0  # queue files opened since this sampler was made
+        self._samples = 0
+        self._group_of: dict[str, str] = {}
+        self._shared: dict[object, object] = {}  # one copy of the tuples most messages share
+        self._defer_dirs: dict[str, str] = {}
+        self._source = ""  # what the cache was built from
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget every message: the next sample reads the whole queue again."""
         self._cache: dict[str, _Message] = {}
         self._msgs: Counter[tuple[str, str, str, int]] = Counter()
         self._rcpts: Counter[tuple[str, str, str, int]] = Counter()
         self._queue_totals: dict[str, list[int]] = {q: [0, 0, 0] for q in QUEUE_NAMES}
         self._deferrals: Counter[tuple[str, str]] = Counter()
-        self._group_of: dict[str, str] = {}
-        self.files_read = 0  # queue files opened since this sampler was made
-        self.revalidate_every = max(1, revalidate_every)
-        self._samples = 0
+        self._errors: Counter[str] = Counter()  # unreadable files in the cache, by kind
         self._dirs: dict[str, _Dir] = {}
         # queue ids in turns: each sample re-checks one turn's files for changes in place
         self._turns: list[set[str]] = [set() for _ in range(self.revalidate_every)]
         self._not_ready: dict[str, tuple[str, str]] = {}  # qid -> (queue, directory)
-        self._shared: dict[object, object] = {}  # one copy of the tuples most messages share
-        self._defer_dirs: dict[str, str] = {}
-        self._errors: Counter[str] = Counter()  # unreadable files in the cache, by kind
 
     # -- aggregates ------------------------------------------------------------------------
     def _apply(self, m: _Message, sign: int) -> None:
@@ -301,6 +307,9 @@ class QueueSampler:
         started = time.monotonic()
         deadline = started + deadline_s if deadline_s is not None else None
         source = self.pick_source()
+        if source != self._source or source == "showq":  # showq lists everything each time
+            self._reset()
+            self._source = source
         errors: Counter[str] = Counter()
         if source == "spool":
             complete, counted = self._sample_spool(deadline, errors)
@@ -326,6 +335,7 @@ class QueueSampler:
                 q = os.path.relpath(path, self.queue_dir).split(os.sep, 1)[0]
                 if q in counted:
                     counted[q][0] += len(d.names)
+            self._reset()  # what was listed was not read: the next sample starts over
             return False, counted
         for qid, q in gone:
             m = self._cache.get(qid)
@@ -406,8 +416,6 @@ class QueueSampler:
 
     def _sample_showq(self, errors: Counter[str]) -> bool:
         data = read_showq(self.queue_dir / "public" / "showq")
-        for qid in list(self._cache):
-            self._drop(qid)
         for msg in parse_showq(data, errors):
             reasons = {
                 r: DeferEntry(r, "", why) for r, why in msg.recipients if why

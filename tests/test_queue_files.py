@@ -224,10 +224,13 @@ def test_deadline_and_huge_queue_fallback(tmp_path: Path) -> None:
     assert full.complete
     assert depth(full) == depth(QueueSampler(queue_dir=spool, source="spool").sample())
 
-    huge = QueueSampler(queue_dir=spool, source="spool", huge_queue=10).sample()
+    counting = QueueSampler(queue_dir=spool, source="spool", huge_queue=10)
+    huge = counting.sample()
     assert not huge.complete and not huge.shape
     # counted from the directory listing alone: every file named like a queue id (not tmp.1)
     assert huge.queues["deferred"].messages == files - 1
+    counting.huge_queue = 1000  # the queue shrank below the limit: read in full again
+    assert depth(counting.sample()) == depth(full)
 
 
 def test_bad_queue_files_raise_clear_errors() -> None:
