@@ -471,3 +471,22 @@ def test_corrupt_queue_files_are_counted_there(tmp_path: Path) -> None:
     snap = QueueSampler(queue_dir=spool, source="spool").sample()
     assert snap.queues["corrupt"].messages == 2 and snap.queues["corrupt"].bytes == 8 + 30
     assert not snap.errors
+
+
+def test_file_that_vanishes_before_it_is_read(tmp_path: Path) -> None:
+    # bad input: a queue file delivered (removed) between the listing and the read, in the
+    # same tick of the directory's clock - so the directory looks unchanged
+    spool = tmp_path / "spool"
+    now = int(time.time())
+    for i in range(5):
+        put(spool, "deferred", f"EEEEE000{i}", queue_file(now, "s@x.test", [f"r{i}@y.test"]))
+    hashed = spool / "deferred" / "E"
+    os.utime(hashed, (now - 100, now - 100))
+    sampler = QueueSampler(queue_dir=spool, source="spool")
+    cut = sampler.sample(deadline_s=0.0)  # listed, nothing read yet
+    assert not cut.complete and cut.queues["deferred"].messages == 0
+    (hashed / "EEEEE0003").unlink()
+    os.utime(hashed, (now - 100, now - 100))
+    snap = sampler.sample()
+    assert snap.complete and snap.errors == {"vanished": 1}
+    assert snap.queues["deferred"].messages == 4 and snap.queues["deferred"].recipients == 4
