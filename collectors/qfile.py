@@ -168,7 +168,8 @@ class DeferEntry:
 
 
 _OLD_STYLE = re.compile(r"^<(.*)>: (.*)$", re.M)
-_NAME_VALUE = re.compile(r"^([A-Za-z0-9_]+)[ \t]*=[ \t]*(.*?)[ \t]*$", re.M)
+# Only the three names used; greedy values, stripped after (a lazy match is slow).
+_NAME_VALUE = re.compile(r"^(recipient|status|reason)[ \t]*=[ \t]*(.*)$", re.M)
 
 
 def parse_defer_log(text: str) -> list[DeferEntry]:
@@ -178,7 +179,7 @@ def parse_defer_log(text: str) -> list[DeferEntry]:
     2.3 wrote "<recipient>: reason" lines instead, and both may appear in one entry.
     """
     out: list[DeferEntry] = []
-    for block in text.split("\n\n"):
+    for block in text.split("\n\n") if "\n\n" in text.rstrip("\n") else (text,):
         fields = dict(_NAME_VALUE.findall(block))
         if "recipient" not in fields:
             m = _OLD_STYLE.search(block)
@@ -187,7 +188,11 @@ def parse_defer_log(text: str) -> list[DeferEntry]:
             fields.setdefault("recipient", m.group(1))
             fields.setdefault("reason", m.group(2))
         out.append(
-            DeferEntry(fields["recipient"], fields.get("status", ""), fields.get("reason", ""))
+            DeferEntry(
+                fields["recipient"].rstrip(" \t"),
+                fields.get("status", "").rstrip(" \t"),
+                fields.get("reason", "").rstrip(" \t"),
+            )
         )
     return out
 
