@@ -1,0 +1,854 @@
+"""Queue collector: qshape's and mailq's view of a Postfix instance as a QueueSnapshot.
+
+Two ways in, picked automatically: the spool (queue files' envelope records, read directly;
+root or the postfix user) and the showq service (what `postqueue -j` reads; no root, only
+access to the public/ directory). From the spool, sampling is incremental: a queued message's
+arrival time, sender and recipients do not change while it sits in a queue, so a sample lists
+only the directories whose mtime moved, reads only the queue ids new in them (a queue id
+encodes the file's inode), re-checks one turn of known files by ctime (a retry or a delivered
+recipient changes it), and adjusts running totals for what came and went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import json
+import os
+import re
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from mailpulse.bounce.classify import classify
+from mailpulse.collectors.qfile import (
+    DeferEntry,
+    QueueFileError,
+    parse_defer_log,
+    parse_queue_file,
+    qshape_domain,
+)
+
+from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
+from mailpulse.events import DEFAULT_AGE_EDGES_MIN, QUEUE_NAMES, QueueSnapshot, QueueStats
+
+OTHER_DOMAINS = "(other)"
+
+# Deferral classes, as an operator sorts deferred mail.
+DEFERRAL_CLASSES = (
+    "connection",
+    "dns",
+    "tls",
+    "greylisting",
+    "ratelimit",
+    "blocklisted",
+    "mailboxfull",
+    "other",
+)
+_REASON_CLASS = {
+    "networkerror": "connection",
+    "hostunknown": "dns",
+    "securityerror": "tls",
+    "speeding": "ratelimit",
+    "toomanyconn": "ratelimit",
+    "blocked": "blocklisted",
+    "badreputation": "blocklisted",
+    "mailboxfull": "mailboxfull",
+}
+# What the shared classifier does not tell apart: greylisting is one kind of policy refusal,
+# TLS failures and timeouts are logged by Postfix itself without a reply code.
+_TEXT_CLASS = (
+    (re.compile(r"gr[ae]ylist", re.I), "greylisting"),
+    (re.compile(r"\bTLS\b|\bSSL\b|certificate|STARTTLS", re.I), "tls"),
+    (re.compile(r"name service error|host not found|domain not found|\bno MX\b", re.I), "dns"),
+    (
+        re.compile(
+            r"connection (refused|timed out|reset)|timed out while|lost connection"
+            r"|no route to host|network is unreachable",
+            re.I,
+        ),
+        "connection",
+    ),
+)
+_REPLY_CODE = re.compile(r"\bsaid: ([245]\d\d)\b")
+_ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+@lru_cache(maxsize=16384)
+def deferral_class(status: str, text: str) -> str:
+    """One of DEFERRAL_CLASSES for the reason Postfix keeps for a deferred recipient."""
+    for pattern, klass in _TEXT_CLASS[:2]:
+        if pattern.search(text):
+            return klass
+    m = _REPLY_CODE.search(text)
+    if not status:
+        e = _ENHANCED.search(text)
+        status = e.group(1) if e else ""
+    verdict = classify(status, m.group(1) if m else "", text)
+    if verdict.reason in _REASON_CLASS:
+        return _REASON_CLASS[verdict.reason]
+    for pattern, klass in _TEXT_CLASS[2:]:
+        if pattern.search(text):
+            return klass
+    return "other"
+
+
+# -- Postfix instances ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostfixInstance:
+    name: str  # syslog_name, the label logs and queue samples share
+    config_dir: Path | None  # None: Postfix's default
+    queue_dir: Path
+
+
+def postconf(config_dir: Path | None, *names: str) -> dict[str, str]:
+    argv = ["postconf", "-x"]  # -x: values with $names expanded
+    if config_dir is not None:
+        argv += ["-c", str(config_dir)]
+    out = subprocess.run(
+        [*argv, *names], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    values = {}
+    for line in out.splitlines():
+        name, sep, value = line.partition(" = ")
+        if sep:
+            values[name.strip()] = value.strip()
+    return values
+
+
+def _instance(config_dir: Path | None) -> PostfixInstance:
+    cf = postconf(config_dir, "syslog_name", "queue_directory")
+    return PostfixInstance(cf["syslog_name"], config_dir, Path(cf["queue_directory"]))
+
+
+def discover_instances(config_dir: Path | None = None) -> list[PostfixInstance]:
+    """config_dir's instance and those postmulti runs beside it (multi_instance_directories)."""
+    main = _instance(config_dir)
+    extra = postconf(config_dir, "multi_instance_directories").get("multi_instance_directories")
+    found = [main]
+    for d in re.split(r"[\s,]+", extra or ""):
+        if d:
+            found.append(_instance(Path(d)))
+    return found
+
+
+def samplers_for_host(config_dir: Path | None = None, **options: object) -> list[QueueSampler]:
+    """One sampler per Postfix instance found from config_dir, labelled with its syslog_name."""
+    return [
+        QueueSampler(i.config_dir, i.name, queue_dir=i.queue_dir, **options)  # type: ignore[arg-type]
+        for i in discover_instances(config_dir)
+    ]
+
+
+# -- the sampler -----------------------------------------------------------------------------
+
+
+# What a queued message counts for, shared by every message alike (bulk mail: most of them):
+# (queue, directory, sender domain, ((recipient domain, recipients), ...), recipients,
+#  (((group, deferral class), recipients), ...), error). A file that could not be read has
+# an error ("truncated", "garbage") and counts for nothing else.
+_Shape = tuple[
+    str, str, str, tuple[tuple[str, int], ...], int, tuple[tuple[tuple[str, str], int], ...], str
+]
+
+# Per message, 28 bytes: ctime (changes when Postfix renames the file, retries it or marks
+# recipients done), arrival, size, and the index of its shape.
+_ENTRY = struct.Struct("=qqqI")
+
+# Queue and defer files are read without touching their access time: deferred files carry
+# their next retry time as mtime, in the future, so with relatime every read would write the
+# inode. Allowed for the files' owner (postfix) and root; others fall back to plain reads.
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+@dataclass(slots=True)
+class _Dir:
+    mtime_ns: int
+    reusable: bool  # read long enough after its last change that no change can hide
+    names: frozenset[str]  # queue files in it
+    subdirs: tuple[str, ...]
+
+
+class QueueSampler:
+    """Samples one Postfix instance's queue; each call to sample() builds on the previous one."""
+
+    def __init__(
+        self,
+        config_dir: Path | None = None,
+        instance: str = "postfix",
+        age_edges_min: tuple[int, ...] = DEFAULT_AGE_EDGES_MIN,
+        groups: DomainGroups = DEFAULT_GROUPS,
+        *,
+        queue_dir: Path | None = None,
+        source: str = "auto",  # "auto", "spool" or "showq"
+        huge_queue: int = 2_000_000,  # beyond this many files: count them, do not read them
+        top_domains: int = 100,
+        revalidate_every: int = 10,
+    ) -> None:
+        self.config_dir = config_dir
+        self.instance = instance
+        self.age_edges_min = tuple(age_edges_min)
+        self.groups = groups
+        self.queue_dir = queue_dir or _instance(config_dir).queue_dir
+        self.source = source
+        self.huge_queue = huge_queue
+        self.top_domains = top_domains
+        self.revalidate_every = max(1, revalidate_every)
+        self.files_read = 0  # queue files opened since this sampler was made
+        self._samples = 0
+        self._group_of: dict[str, str] = {}
+        self._defer_dirs: dict[str, str] = {}
+        self._open_flags = os.O_RDONLY | os.O_NOFOLLOW | _NOATIME
+        self._source = ""  # what the cache was built from
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget every message: the next sample reads the whole queue again."""
+        self._cache: dict[str, bytes] = {}  # queue id -> _ENTRY
+        self._shapes: list[_Shape] = []
+        self._shape_ids: dict[_Shape, int] = {}
+        self._shape_refs: list[int] = []  # messages per shape; a shape no one has is reused
+        self._free_ids: list[int] = []
+        # (queue, "sender"|"recipient", domain, arrival) -> [messages, recipients]
+        self._cells: dict[tuple[str, str, str, int], list[int]] = {}
+        self._queue_totals: dict[str, list[int]] = {q: [0, 0, 0] for q in QUEUE_NAMES}
+        self._deferrals: Counter[tuple[str, str]] = Counter()
+        self._errors: Counter[str] = Counter()  # unreadable files in the cache, by kind
+        self._dirs: dict[str, _Dir] = {}
+        self._not_ready: dict[str, tuple[str, str]] = {}  # qid -> (queue, directory)
+
+    # -- aggregates ------------------------------------------------------------------------
+    def _apply(self, shape: _Shape, arrival: int, size: int, sign: int) -> None:
+        q, _directory, sender_domain, by_domain, recipients, deferrals, error = shape
+        if error:
+            self._errors[error] += sign
+            return
+        totals = self._queue_totals[q]
+        totals[0] += sign
+        totals[1] += sign * recipients
+        totals[2] += sign * size
+        cells = self._cells
+        for key, n in (((q, "sender", sender_domain, arrival), recipients),) + tuple(
+            ((q, "recipient", d, arrival), n) for d, n in by_domain
+        ):
+            cell = cells.get(key)
+            if cell is None:
+                cells[key] = [sign, sign * n]
+            else:
+                cell[0] += sign
+                cell[1] += sign * n
+                if not cell[0]:
+                    del cells[key]
+        if q == "deferred":
+            for k, n in deferrals:
+                self._deferrals[k] += sign * n
+                if not self._deferrals[k]:
+                    del self._deferrals[k]
+
+    def _put(self, qid: str, shape: _Shape, ctime_ns: int, arrival: int, size: int) -> None:
+        self._drop(qid)
+        sid = self._shape_ids.get(shape)
+        if sid is None:
+            if self._free_ids:
+                sid = self._free_ids.pop()
+                self._shapes[sid] = shape
+            else:
+                sid = len(self._shapes)
+                self._shapes.append(shape)
+                self._shape_refs.append(0)
+            self._shape_ids[shape] = sid
+        self._shape_refs[sid] += 1
+        self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, sid)
+        self._apply(shape, arrival, size, +1)
+
+    def _drop(self, qid: str) -> None:
+        entry = self._cache.pop(qid, None)
+        if entry is None:
+            return
+        _ctime, arrival, size, sid = _ENTRY.unpack(entry)
+        shape = self._shapes[sid]
+        self._apply(shape, arrival, size, -1)
+        self._shape_refs[sid] -= 1
+        if not self._shape_refs[sid]:
+            del self._shape_ids[shape]
+            self._free_ids.append(sid)
+
+    def _queue_of(self, qid: str) -> str | None:
+        entry = self._cache.get(qid)
+        return None if entry is None else self._shapes[_ENTRY.unpack(entry)[3]][0]
+
+    def _group(self, domain: str) -> str:
+        g = self._group_of.get(domain)
+        if g is None:
+            g = self._group_of[domain] = self.groups.group(domain)
+        return g
+
+    def _shape(
+        self,
+        queue: str,
+        directory: str,
+        sender: str,
+        recipients: tuple[str, ...],
+        reasons: dict[str, DeferEntry],
+    ) -> _Shape:
+        domains = [qshape_domain(r) for r in recipients]
+        by_domain = ((domains[0], 1),) if len(domains) == 1 else tuple(Counter(domains).items())
+        deferrals: Counter[tuple[str, str]] = Counter()
+        if queue == "deferred":
+            for r, d in zip(recipients, domains, strict=True):
+                e = reasons.get(r)
+                klass = deferral_class(e.status, e.reason) if e else "other"
+                deferrals[(self._group(d), klass)] += 1
+        return (
+            queue,
+            directory,
+            qshape_domain(sender),
+            by_domain,
+            len(recipients),
+            tuple(deferrals.items()),
+            "",
+        )
+
+    # -- sampling --------------------------------------------------------------------------
+    def pick_source(self) -> str:
+        if self.source != "auto":
+            return self.source
+        readable = os.access(self.queue_dir / "deferred", os.R_OK | os.X_OK)
+        return "spool" if readable else "showq"
+
+    def sample(self, deadline_s: float | None = None) -> QueueSnapshot:
+        started = time.monotonic()
+        deadline = started + deadline_s if deadline_s is not None else None
+        source = self.pick_source()
+        if source != self._source or source == "showq":  # showq lists everything each time
+            self._reset()
+            self._source = source
+        errors: Counter[str] = Counter()
+        if source == "spool":
+            complete, counted = self._sample_spool(deadline, errors)
+        else:
+            complete, counted = self._sample_showq(errors), None
+        return self._snapshot(source, started, complete, errors, counted)
+
+    def _sample_spool(
+        self, deadline: float | None, errors: Counter[str]
+    ) -> tuple[bool, dict[str, list[int]] | None]:
+        """Re-read only what changed: new names in directories whose mtime moved, files still
+        being written, and one turn of files whose ctime moved (a retry, recipients delivered:
+        what a directory listing cannot show)."""
+        self._samples += 1
+        todo: list[tuple[str, str, Iterable[str]]] = []  # (queue, directory, queue ids)
+        gone: list[tuple[str, str]] = []  # (qid, queue)
+        for q in QUEUE_NAMES:
+            _diff_tree(os.path.join(self.queue_dir, q), q, self._dirs, todo, gone, errors)
+        total = sum(len(d.names) for d in self._dirs.values())
+        if total > self.huge_queue:
+            counted = {q: [0, 0] for q in QUEUE_NAMES}
+            for path, d in self._dirs.items():
+                q = os.path.relpath(path, self.queue_dir).split(os.sep, 1)[0]
+                if q in counted:
+                    counted[q][0] += len(d.names)
+            self._reset()  # what was listed was not read: the next sample starts over
+            return False, counted
+        for qid, q in gone:
+            if self._queue_of(qid) == q:  # not already seen in its next queue
+                self._drop(qid)
+            self._not_ready.pop(qid, None)
+        todo.extend((q, where, (qid,)) for qid, (q, where) in self._not_ready.items())
+        self._not_ready.clear()
+        every, turn = self.revalidate_every, self._samples % self.revalidate_every
+        for qid in [qid for qid in self._cache if hash(qid) % every == turn]:
+            ctime_ns, _arrival, _size, sid = _ENTRY.unpack(self._cache[qid])
+            q, directory = self._shapes[sid][:2]
+            try:
+                if os.stat(f"{directory}/{qid}").st_ctime_ns != ctime_ns:
+                    todo.append((q, directory, (qid,)))
+            except FileNotFoundError:
+                self._drop(qid)
+        late = False
+        i = 0
+        for q, directory, qids in todo:
+            for qid in qids:
+                if deadline is not None and not late and i % 64 == 0:
+                    late = time.monotonic() > deadline
+                i += 1
+                if late:  # read them next time
+                    errors["deadline_skipped"] += 1
+                    self._not_ready[qid] = (q, directory)
+                else:
+                    self._read_file(qid, q, directory, errors)
+        errors.update(+self._errors)
+        return not late, None
+
+    def _defer_log_path(self, qid: str, directory: str) -> str:
+        """defer/ is hashed like deferred/ (Postfix's default hash_queue_names)."""
+        prefix = self._defer_dirs.get(directory)
+        if prefix is None:
+            sub = os.path.relpath(directory, os.path.join(self.queue_dir, "deferred"))
+            prefix = os.path.join(self.queue_dir, "defer", sub) if sub != "." else ""
+            prefix = self._defer_dirs[directory] = prefix or os.path.join(self.queue_dir, "defer")
+        return f"{prefix}/{qid}"
+
+    def _open(self, path: str) -> int:
+        try:
+            return os.open(path, self._open_flags)
+        except PermissionError:
+            if not self._open_flags & _NOATIME:
+                raise
+            self._open_flags &= ~_NOATIME  # not the files' owner: plain reads from now on
+            return os.open(path, self._open_flags)
+
+    def _read_file(self, qid: str, queue: str, directory: str, errors: Counter[str]) -> None:
+        self.files_read += 1
+        try:
+            fd = self._open(f"{directory}/{qid}")
+        except FileNotFoundError:  # delivered or moved since the listing: seen next time
+            errors["vanished"] += 1
+            if self._queue_of(qid) == queue:
+                self._drop(qid)
+            return
+        except OSError:
+            errors["unreadable"] += 1
+            return
+        try:
+            st = os.fstat(fd)
+            # Postfix marks a queue file complete with the owner execute bit (showq checks it
+            # too); until then cleanup or postdrop is still writing it.
+            if not stat.S_ISREG(st.st_mode) or (queue != "corrupt" and st.st_mode & 0o700 != 0o700):
+                self._not_ready[qid] = (queue, directory)
+                return
+            env = parse_queue_file(lambda off, n: os.pread(fd, n, off), int(st.st_mtime))
+        except QueueFileError as e:
+            # A file in the corrupt queue is broken by definition: count it as a message there.
+            error = "" if queue == "corrupt" else e.kind
+            bad: _Shape = (queue, directory, "", (), 0, (), error)
+            self._put(qid, bad, st.st_ctime_ns, int(st.st_mtime), st.st_size)
+            return
+        except OSError:
+            errors["unreadable"] += 1
+            return
+        finally:
+            os.close(fd)
+        reasons: dict[str, DeferEntry] = {}
+        if queue == "deferred":
+            with contextlib.suppress(OSError):
+                text = self._read_small(self._defer_log_path(qid, directory))
+                reasons = {e.recipient: e for e in parse_defer_log(text)}
+        shape = self._shape(queue, directory, env.sender, env.recipients, reasons)
+        self._put(qid, shape, st.st_ctime_ns, env.arrival, env.size)
+
+    def _read_small(self, path: str) -> str:
+        """A defer log's text."""
+        fd = self._open(path)
+        try:
+            data = os.read(fd, 1 << 16)
+            if len(data) == 1 << 16:  # a long one: many recipients
+                while chunk := os.read(fd, 1 << 16):
+                    data += chunk
+            return data.decode("utf-8", "replace")
+        finally:
+            os.close(fd)
+
+    def _sample_showq(self, errors: Counter[str]) -> bool:
+        data = read_showq(self.queue_dir / "public" / "showq")
+        for msg in parse_showq(data, errors):
+            reasons = {
+                r: DeferEntry(r, "", why) for r, why in msg.recipients if why
+            }  # showq lists each recipient once, with its reason when it has one
+            recipients = tuple(r for r, _why in msg.recipients)
+            shape = self._shape(msg.queue, "", msg.sender, recipients, reasons)
+            self._put(msg.queue_id, shape, 0, msg.arrival, msg.size)
+        return True
+
+    # -- the snapshot ----------------------------------------------------------------------
+    def _snapshot(
+        self,
+        source: str,
+        started: float,
+        complete: bool,
+        errors: Counter[str],
+        counted: dict[str, list[int]] | None,
+    ) -> QueueSnapshot:
+        now = time.time()
+        now_s = int(now)  # qshape's clock has whole seconds
+        edges = [e * 60 for e in self.age_edges_min]
+        snap = QueueSnapshot(
+            instance=self.instance,
+            source=source,
+            taken_at=now,
+            duration_s=0.0,
+            age_edges_min=self.age_edges_min,
+            errors=dict(errors),
+            complete=complete,
+        )
+        if counted is not None:  # a huge queue: depth and bytes only
+            snap.queues = {q: QueueStats(messages=n, bytes=b) for q, (n, b) in counted.items()}
+            snap.duration_s = time.monotonic() - started
+            return snap
+        oldest: dict[str, int] = {}
+        shape: dict[tuple[str, str, str, int], list[int]] = {}
+        raw: dict[tuple[str, str, str, int], list[int]] = {}
+        for (q, kind, domain, arrival), (m, r) in self._cells.items():
+            b = bisect.bisect_right(edges, now_s - arrival)
+            for table, name in ((shape, self._group(domain)), (raw, domain)):
+                cell = table.setdefault((q, kind, name, b), [0, 0])
+                cell[0] += m
+                cell[1] += r
+            if kind == "sender" and (q not in oldest or arrival < oldest[q]):
+                oldest[q] = arrival
+        snap.queues = {
+            q: QueueStats(n, r, b, float(max(0, now_s - oldest[q])) if q in oldest else 0.0)
+            for q, (n, r, b) in self._queue_totals.items()
+        }
+        snap.shape = {k: (v[0], v[1]) for k, v in shape.items()}
+        snap.domain_shape = _top_domains(raw, self.top_domains)
+        snap.deferral_classes = dict(self._deferrals)
+        snap.duration_s = time.monotonic() - started
+        return snap
+
+
+def _top_domains(
+    raw: dict[tuple[str, str, str, int], list[int]], top: int
+) -> dict[tuple[str, str, str, int], tuple[int, int]]:
+    """Keep the top domains of each (queue, kind) by recipients; fold the rest together."""
+    totals: Counter[tuple[str, str, str]] = Counter()
+    for (q, kind, d, _b), (_m, r) in raw.items():
+        totals[(q, kind, d)] += r
+    keep: set[tuple[str, str, str]] = set()
+    by_qk: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for (q, kind, d), r in totals.items():
+        by_qk.setdefault((q, kind), []).append((r, d))
+    for (q, kind), rows in by_qk.items():
+        rows.sort(key=lambda row: (-row[0], row[1]))
+        keep.update((q, kind, d) for _r, d in rows[:top])
+    out: dict[tuple[str, str, str, int], tuple[int, int]] = {}
+    for (q, kind, d, b), (m, r) in raw.items():
+        name = d if (q, kind, d) in keep else OTHER_DOMAINS
+        pm, pr = out.get((q, kind, name, b), (0, 0))
+        out[(q, kind, name, b)] = (pm + m, pr + r)
+    return out
+
+
+def _diff_tree(
+    root: str,
+    queue: str,
+    dirs: dict[str, _Dir],
+    added: list[tuple[str, str, Iterable[str]]],
+    gone: list[tuple[str, str]],
+    errors: Counter[str],
+) -> None:
+    """What came and went under a (hashed) queue directory since the last call: one stat per
+    directory, and a listing only of the directories whose mtime moved."""
+    stack = [root]
+    while stack:
+        path = stack.pop()
+        known = dirs.get(path)
+        try:
+            mtime_ns = os.stat(path).st_mtime_ns
+            if known is not None and known.reusable and known.mtime_ns == mtime_ns:
+                stack.extend(known.subdirs)
+                continue
+            # Directory times tick coarsely: a listing made within a second of a change may
+            # miss a later change in the same tick, so it is read again next time.
+            reusable = time.time_ns() - mtime_ns > 1_000_000_000
+            entries = os.listdir(path)
+        except FileNotFoundError:
+            entries, reusable, mtime_ns = [], False, 0
+        except OSError:
+            errors["unreadable"] += 1
+            continue
+        # Postfix's hashed queues hold one-character directories and queue-id files.
+        subdirs = tuple(f"{path}/{e}" for e in entries if len(e) == 1)
+        names = frozenset(e for e in entries if len(e) >= 6 and e.isascii() and e.isalnum())
+        old = known.names if known is not None else frozenset()
+        if names != old:
+            path = sys.intern(path)
+            added.append((queue, path, names - old if old else names))
+            gone.extend((qid, queue) for qid in old - names)
+        for d in known.subdirs if known is not None else ():
+            if d not in subdirs:  # a hash directory removed: everything in it went
+                _forget(d, queue, dirs, gone)
+        if mtime_ns:
+            dirs[path] = _Dir(mtime_ns, reusable, names, subdirs)
+        else:
+            dirs.pop(path, None)
+        stack.extend(subdirs)
+
+
+def _forget(path: str, queue: str, dirs: dict[str, _Dir], gone: list[tuple[str, str]]) -> None:
+    known = dirs.pop(path, None)
+    if known is not None:
+        gone.extend((qid, queue) for qid in known.names)
+        for d in known.subdirs:
+            _forget(d, queue, dirs, gone)
+
+
+# -- showq -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ShowqMessage:
+    queue: str
+    queue_id: str
+    arrival: int
+    size: int
+    sender: str
+    recipients: tuple[tuple[str, str], ...]  # (address, reason) - reason "" when none
+
+
+def read_showq(socket_path: Path, timeout: float = 60.0) -> bytes:
+    """Everything the showq service says on one connection (it speaks first, then closes)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(socket_path))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot reach showq at {socket_path}: {e.strerror}") from e
+        chunks = []
+        while True:
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_showq(data: bytes, errors: Counter[str] | None = None) -> list[ShowqMessage]:
+    """showq's attribute stream: NUL-terminated names and values, an empty name ends a list.
+
+    It opens with protocol=mail_queue_list_protocol; then each message is queue_name, queue_id,
+    time, size, forced_expire, sender and then recipient/reason pairs (newer versions add
+    original_recipient and log_class), ended by an empty name; an empty name alone ends all.
+    """
+    errors = errors if errors is not None else Counter()
+    words = data.split(b"\0")
+    if words and words[-1] == b"":
+        words.pop()  # the terminator of the last string
+    out: list[ShowqMessage] = []
+    i = 0
+    # protocol announcement: name, value, end
+    if words[:3] != [b"protocol", b"mail_queue_list_protocol", b""]:
+        errors["showq_protocol"] += 1
+        return out
+    i = 3
+    fields: dict[str, str] = {}
+    rcpts: list[tuple[str, str]] = []
+    pending: str | None = None
+    while i < len(words):
+        name = words[i].decode("utf-8", "replace")
+        if name == "":
+            if not fields:
+                break  # end of the listing
+            try:
+                out.append(
+                    ShowqMessage(
+                        fields["queue_name"],
+                        fields["queue_id"],
+                        int(fields["time"]),
+                        int(fields["size"]),
+                        fields.get("sender", ""),
+                        tuple(rcpts),
+                    )
+                )
+            except (KeyError, ValueError):
+                errors["showq_garbage"] += 1
+            fields, rcpts, pending = {}, [], None
+            i += 1
+            continue
+        if i + 1 >= len(words):
+            errors["showq_truncated"] += 1
+            break
+        value = words[i + 1].decode("utf-8", "replace")
+        i += 2
+        if name == "recipient":
+            pending = value
+            rcpts.append((value, ""))
+        elif name == "reason" and pending is not None:
+            rcpts[-1] = (pending, value)
+        elif name not in ("original_recipient", "log_class"):
+            fields[name] = value
+    else:
+        if fields:
+            errors["showq_truncated"] += 1
+    return out
+
+
+# -- in the background -------------------------------------------------------------------
+
+
+class BackgroundQueueSampler:
+    """Samples every interval_s in a thread; outputs read latest() and never wait on the spool."""
+
+    def __init__(
+        self, sampler: QueueSampler, interval_s: float = 60.0, deadline_s: float | None = None
+    ) -> None:
+        self.sampler = sampler
+        self.interval_s = interval_s
+        self.deadline_s = deadline_s if deadline_s is not None else max(1.0, interval_s * 0.8)
+        self.failures = 0
+        self.last_error = ""
+        self._latest: QueueSnapshot | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="queue-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def latest(self) -> QueueSnapshot | None:
+        """The last good snapshot (its age is time.time() - taken_at), None before the first."""
+        with self._lock:
+            return self._latest
+
+    def sample_once(self) -> QueueSnapshot | None:
+        try:
+            snap = self.sampler.sample(self.deadline_s)
+        except Exception as e:  # whatever went wrong, outputs keep serving the last good one
+            # a stopped Postfix, an unreadable spool...: counted and said, never a dead thread
+            self.failures += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            return None
+        with self._lock:
+            self._latest = snap
+        return snap
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample_once()
+            self._stop.wait(self.interval_s)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def bucket_labels(edges: tuple[int, ...]) -> list[str]:
+    """qshape's column heads: each bucket's upper edge in minutes, the last one "edge+"."""
+    return [str(e) for e in edges] + [f"{edges[-1]}+"]
+
+
+def snapshot_to_json(snap: QueueSnapshot) -> dict[str, object]:
+    def cells(
+        table: dict[tuple[str, str, str, int], tuple[int, int]], name: str
+    ) -> list[dict[str, object]]:
+        return [
+            {"queue": q, "kind": k, name: d, "bucket": b, "messages": m, "recipients": r}
+            for (q, k, d, b), (m, r) in sorted(table.items())
+        ]
+
+    return {
+        "instance": snap.instance,
+        "source": snap.source,
+        "taken_at": snap.taken_at,
+        "duration_s": snap.duration_s,
+        "complete": snap.complete,
+        "age_edges_min": list(snap.age_edges_min),
+        "bucket_labels": bucket_labels(snap.age_edges_min),
+        "queues": {
+            q: {
+                "messages": s.messages,
+                "recipients": s.recipients,
+                "bytes": s.bytes,
+                "oldest_age_s": s.oldest_age_s,
+            }
+            for q, s in snap.queues.items()
+        },
+        "shape": cells(snap.shape, "group"),
+        "domains": cells(snap.domain_shape, "domain"),
+        "deferral_classes": [
+            {"group": g, "class": c, "recipients": n}
+            for (g, c), n in sorted(snap.deferral_classes.items())
+        ],
+        "errors": dict(snap.errors),
+    }
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def format_table(snap: QueueSnapshot, kind: str = "recipient") -> str:
+    """Per queue: depth, bytes and oldest age, then qshape's table (domain x age bucket)."""
+    heads = ["T", *bucket_labels(snap.age_edges_min)]
+    lines = []
+    state = "" if snap.complete else ", incomplete"
+    lines.append(f"instance {snap.instance} (read from {snap.source}{state})")
+    for q in QUEUE_NAMES:
+        s = snap.queues.get(q, QueueStats())
+        if not s.messages:
+            continue
+        lines.append(
+            f"\n{q}: {s.messages} messages, {s.recipients} recipients, {s.bytes} bytes,"
+            f" oldest {_age(s.oldest_age_s)}"
+        )
+        rows: dict[str, list[int]] = {}
+        column = 1 if kind == "recipient" else 0  # qshape counts recipients, or senders
+        for (qq, k, domain, b), counts in snap.domain_shape.items():
+            if qq == q and k == kind:
+                row = rows.setdefault(domain, [0] * len(heads))
+                row[0] += counts[column]
+                row[b + 1] += counts[column]
+        if not rows:
+            continue
+        total = [sum(col) for col in zip(*rows.values(), strict=True)]
+        ordered = [("TOTAL", total)] + sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        width = max(len(d) for d, _ in ordered)
+        widths = [max(len(h), len(str(total[i])), 2) + 1 for i, h in enumerate(heads)]
+        lines.append(" " * width + "".join(h.rjust(w) for h, w in zip(heads, widths, strict=True)))
+        for d, row in ordered:
+            cells = "".join(str(n).rjust(w) for n, w in zip(row, widths, strict=True))
+            lines.append(d.rjust(width) + cells)
+    if snap.deferral_classes:
+        lines.append("\nwhy deferred mail waits (recipients):")
+        for (g, c), n in sorted(snap.deferral_classes.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  {g:>12} {c:<12} {n}")
+    if snap.errors:
+        lines.append("\nskipped: " + ", ".join(f"{k} {v}" for k, v in sorted(snap.errors.items())))
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`mailpulse queue`: every instance found from the Postfix config directory."""
+    try:
+        instances = discover_instances(args.postfix_config)
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"mailpulse queue: cannot read Postfix's configuration: {e}", file=sys.stderr)
+        return 1
+    status = 0
+    for inst in instances:
+        sampler = QueueSampler(
+            inst.config_dir, inst.name, queue_dir=inst.queue_dir, source=args.source
+        )
+        try:
+            snap = sampler.sample()
+        except OSError as e:
+            print(f"mailpulse queue: {inst.name}: {e}", file=sys.stderr)
+            status = 1
+            continue
+        if args.json:
+            print(json.dumps(snapshot_to_json(snap), sort_keys=True))
+        else:
+            print(format_table(snap, "sender" if args.sender else "recipient"))
+    return status
