@@ -25,6 +25,12 @@ def _not_built(what: str) -> Handler:
     return run
 
 
+def _agent(args: argparse.Namespace) -> int:
+    from mailpulse.agent import main as agent_main
+
+    return agent_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailpulse", description="Watch Postfix mass-mailing nodes.")
     p.add_argument("--version", action="version", version=f"mailpulse {__version__}")
@@ -33,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="the node agent")
     _common(agent)
     agent.add_argument("--check-config", action="store_true")
-    agent.set_defaults(run=_not_built("the agent"))
+    agent.add_argument("--web.config.file", dest="web_config_file", type=Path)
+    agent.add_argument("--web.listen-address", dest="listen", metavar="HOST:PORT")
+    agent.set_defaults(run=_agent)
 
     logs = sub.add_parser("logs", help="parse and summarise Postfix logs")
     logs_sub = logs.add_subparsers(dest="logs_command", required=True)
