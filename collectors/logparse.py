@@ -1,0 +1,784 @@
+"""Postfix log lines -> LogRecord: pure functions over bytes, no I/O.
+
+One syslog header split (both timestamp styles), one dispatch on the service name, then str
+methods; regexes only for the few shapes that need them. Never raises on any input: a line that
+is not Postfix's gives None, a Postfix line nobody understands gives kind "unknown".
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+# Longest line we look at: a longer one is cut there and flagged, not read into memory twice.
+MAX_LINE = 64 * 1024
+
+# Postfix daemons and tools, by the name they log under (the last part of the syslog name).
+SERVICES = frozenset(
+    [
+        "smtp",
+        "lmtp",
+        "local",
+        "virtual",
+        "pipe",
+        "error",
+        "retry",
+        "discard",
+        "relay",
+        "qmgr",
+        "nqmgr",
+        "oqmgr",
+        "cleanup",
+        "pickup",
+        "smtpd",
+        "postscreen",
+        "dnsblog",
+        "tlsproxy",
+        "anvil",
+        "scache",
+        "bounce",
+        "defer",
+        "trace",
+        "master",
+        "postfix-script",
+        "postsuper",
+        "postqueue",
+        "postdrop",
+        "sendmail",
+        "postmap",
+        "postalias",
+        "postlog",
+        "postlogd",
+        "tlsmgr",
+        "trivial-rewrite",
+        "verify",
+        "showq",
+        "flush",
+        "proxymap",
+        "spawn",
+        "qmqpd",
+        "postconf",
+        "postmulti",
+        "script",
+    ]
+)
+DELIVERY_SERVICES = frozenset(
+    ["smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard", "relay"]
+)
+LEVELS = ("warning", "fatal", "panic", "error", "info")
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1
+    )
+}
+# Short ids are hex; long ids (enable_long_queue_ids) use a vowel-free base-52 alphabet.
+_QID = re.compile(r"([0-9A-F]{5,24}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,24}): ")
+_REPLY = re.compile(r"([245]\d\d)(?:[ -]([245]\.\d{1,3}\.\d{1,3})\b)?")
+_IN_REPLY = re.compile(r" \(in reply to (.+?)(?: command)?\)$")
+_CLIENT = re.compile(r"(\S*?)\[([^\]]*)\](?::(\d+))?")
+
+
+class LogRecord:
+    """One parsed Postfix line. `fields` holds what its kind carries (see the handlers)."""
+
+    __slots__ = (
+        "time",
+        "node",
+        "instance",
+        "program",
+        "service",
+        "pid",
+        "kind",
+        "queue_id",
+        "fields",
+    )
+
+    def __init__(
+        self,
+        time: float,
+        node: str,
+        instance: str,
+        program: str,
+        service: str,
+        pid: str,
+        kind: str,
+        queue_id: str,
+        fields: dict[str, str],
+    ) -> None:
+        self.time = time
+        self.node = node
+        self.instance = instance
+        self.program = program
+        self.service = service
+        self.pid = pid
+        self.kind = kind
+        self.queue_id = queue_id
+        self.fields = fields
+
+    def get(self, name: str, default: str = "") -> str:
+        v = getattr(self, name, None) if name in self.__slots__ else None
+        if v is not None and name != "fields":
+            return str(v)
+        return self.fields.get(name, default)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {k: getattr(self, k) for k in self.__slots__ if k != "fields"}
+        d.update(self.fields)
+        return d
+
+    def __repr__(self) -> str:
+        return f"LogRecord({self.to_json()!r})"
+
+
+# -- timestamps ------------------------------------------------------------------------------
+# Lines come in bursts within one second: a one-entry cache per style makes conversion cheap.
+_last_classic: list[Any] = [None, 0.0]
+_last_iso: list[Any] = [None, 0.0]
+
+
+def _classic_time(mon: str, day: str, clock: str, year: str = "") -> float | None:
+    """`Nov 28 17:33:59[.123]` in local time; the year is guessed when the line has none."""
+    dot = clock.find(".")
+    frac = 0.0
+    if dot > 0:
+        try:
+            frac = float(clock[dot:])
+        except ValueError:
+            return None
+        clock = clock[:dot]
+    key = (mon, day, clock, year)
+    if _last_classic[0] == key:
+        return float(_last_classic[1]) + frac
+    m = _MONTHS.get(mon)
+    try:
+        hh, mm, ss = clock.split(":")
+        d, h, mi, s = int(day), int(hh), int(mm), int(ss)
+        now = time.time()
+        y = int(year) if year else time.localtime(now).tm_year
+        t = time.mktime((y, m or 0, d, h, mi, s, 0, 0, -1))
+        if not year and t > now + 86400 * 2:  # a December line read in January
+            t = time.mktime((y - 1, m or 0, d, h, mi, s, 0, 0, -1))
+    except (ValueError, OverflowError, TypeError):
+        return None
+    if not m:
+        return None
+    _last_classic[0], _last_classic[1] = key, t
+    return t + frac
+
+
+def _iso_time(stamp: str) -> float | None:
+    """RFC 3339 as rsyslog writes it: `2026-11-28T17:33:59.123456+01:00` (zone optional)."""
+    base, rest = stamp[:19], stamp[19:]
+    frac = 0.0
+    if rest.startswith("."):
+        i = 1
+        while i < len(rest) and rest[i].isdigit():
+            i += 1
+        try:
+            frac = float(rest[:i])
+        except ValueError:
+            return None
+        rest = rest[i:]
+    key = (base, rest)
+    if _last_iso[0] == key:
+        return float(_last_iso[1]) + frac
+    try:
+        dt = datetime.fromisoformat(base + (rest if rest != "Z" else "+00:00"))
+        t = dt.timestamp()
+    except (ValueError, OverflowError):
+        return None
+    _last_iso[0], _last_iso[1] = key, t
+    return t + frac
+
+
+# -- the line --------------------------------------------------------------------------------
+def parse_line(line: bytes | str) -> LogRecord | None:
+    """One log line -> LogRecord, or None when it is not a Postfix line. Never raises."""
+    try:
+        return _parse(line)
+    except Exception:  # noqa: BLE001 - garbage must be counted by the caller, never crash it
+        return _broken(line)
+
+
+def _broken(line: bytes | str) -> LogRecord | None:
+    return LogRecord(0.0, "", "", "", "", "", "unknown", "", {"reason": "parser error"})
+
+
+def _parse(line: bytes | str) -> LogRecord | None:
+    if isinstance(line, bytes):
+        cut = len(line) > MAX_LINE
+        if cut:
+            line = line[:MAX_LINE]
+        s = line.decode("utf-8", "replace")
+    else:
+        cut = len(line) > MAX_LINE
+        s = line[:MAX_LINE] if cut else line
+    if "\x00" in s:
+        s = s.replace("\x00", "")
+    s = s.rstrip("\r\n")
+    if s[:1].isdigit():
+        if s[4:5] == "-":  # RFC 3339
+            parts = s.split(None, 3)
+            if len(parts) < 4:
+                return None
+            stamp, node, tag, msg = parts
+            t = _iso_time(stamp)
+        else:  # "2026 Nov 28 17:33:59 host tag: msg" (a template with the year first)
+            parts = s.split(None, 6)
+            if len(parts) < 7:
+                return None
+            year, mon, day, clock, node, tag, msg = parts
+            t = _classic_time(mon, day, clock, year)
+    else:
+        parts = s.split(None, 5)
+        if len(parts) < 6:
+            return None
+        mon, day, clock, node, tag, msg = parts
+        if ":" not in clock:  # "Nov 28 2026 17:33:59 host tag: msg"
+            parts = s.split(None, 6)
+            if len(parts) < 7:
+                return None
+            mon, day, year, clock, node, tag, msg = parts
+            t = _classic_time(mon, day, clock, year)
+        else:
+            t = _classic_time(mon, day, clock)
+    if t is None or tag[-1:] != ":":
+        return None
+    name = tag[:-1]
+    pid = ""
+    if name[-1:] == "]":
+        b = name.rfind("[")
+        if b < 0:
+            return None
+        pid, name = name[b + 1 : -1], name[:b]
+    instance, slash, program = name.partition("/")
+    service = program.rpartition("/")[2] if slash else instance
+    if service not in SERVICES and not (slash and instance.startswith("postfix")):
+        return None
+    rec = LogRecord(t, node, instance, program or instance, service, pid, "unknown", "", {})
+    handler = _HANDLERS.get(service, _generic)
+    handler(rec, msg)
+    if rec.kind == "unknown":
+        rec.fields["message"] = msg[:500]
+    if cut:
+        rec.fields["cut"] = "1"
+    return rec
+
+
+# -- pieces shared by the handlers -----------------------------------------------------------
+def _level(rec: LogRecord, msg: str) -> bool:
+    """`warning: ...` and friends: kind is the level, fields message."""
+    colon = msg.find(": ")
+    if 0 < colon < 8 and msg[:colon] in LEVELS:
+        rec.kind = msg[:colon]
+        rec.fields["level"] = msg[:colon]
+        rest = msg[colon + 2 :]
+        m = _QID.match(rest)  # "warning: 9BECF3F19D: ..." names a message
+        if m and rec.kind != "info":
+            rec.queue_id = m.group(1)
+            rest = rest[m.end() :]
+        rec.fields["message"] = rest
+        return True
+    return False
+
+
+def _queue_id(rec: LogRecord, msg: str) -> str | None:
+    """Strip a leading queue id (or NOQUEUE) and return the rest, or None if there is none."""
+    m = _QID.match(msg)
+    if m:
+        rec.queue_id = m.group(1)
+        return msg[m.end() :]
+    if msg.startswith("NOQUEUE: "):
+        rec.queue_id = "NOQUEUE"
+        return msg[9:]
+    return None
+
+
+def _client(fields: dict[str, str], text: str, prefix: str = "client") -> None:
+    m = _CLIENT.match(text)
+    if m:
+        name = "client_name" if prefix == "client" else prefix + "_host"
+        fields[name], fields[prefix + "_ip"] = m.group(1), m.group(2)
+        if m.group(3):
+            fields[prefix + "_port"] = m.group(3)
+
+
+def _relay(fields: dict[str, str], relay: str) -> None:
+    fields["relay"] = relay
+    b = relay.find("[")
+    if b < 0:
+        fields["relay_host"] = relay
+        return
+    e = relay.find("]", b)
+    fields["relay_host"] = relay[:b]
+    inside = relay[b + 1 : e]
+    if "/" in inside:  # a UNIX-domain socket: "host[private/dovecot-lmtp]"
+        fields["relay_service"] = inside
+    else:
+        fields["relay_ip"] = inside
+    if relay[e + 1 : e + 2] == ":":
+        fields["relay_port"] = relay[e + 2 :]
+
+
+def reply_codes(text: str) -> tuple[str, str]:
+    """(reply code, enhanced code) as the remote sent them, from a reply text; "" if none."""
+    if text[:3].isdigit():
+        pos = 0
+    else:
+        pos = text.find(" said: ")
+        if pos < 0:
+            pos = text.find("talk to me: ")  # "refused to talk to me: 450 4.3.2 ..."
+            if pos < 0:
+                return "", ""
+            pos += 12
+        else:
+            pos += 7
+    m = _REPLY.match(text, pos)
+    if not m:
+        return "", ""
+    return m.group(1), m.group(2) or ""
+
+
+def _keyvalues(fields: dict[str, str], text: str, sep: str) -> None:
+    for item in text.split(sep):
+        k, eq, v = item.partition("=")
+        if eq:
+            if v[:1] == "<" and v[-1:] == ">":
+                v = v[1:-1]
+            fields[k.strip()] = v
+
+
+# -- handlers, one per service group ---------------------------------------------------------
+def _delivery(rec: LogRecord, msg: str) -> None:
+    rest = _queue_id(rec, msg)
+    if rest is None:
+        _smtp_other(rec, msg)
+        return
+    if rest.startswith("to="):
+        i = rest.find(", status=")
+        if i > 0:
+            f = rec.fields
+            head, tail = rest[:i], rest[i + 9 :]
+            sp = tail.find(" ")
+            status = tail if sp < 0 else tail[:sp]
+            reply = "" if sp < 0 else tail[sp + 1 :]
+            if reply[:1] == "(" and reply[-1:] == ")":
+                reply = reply[1:-1]
+            # to=<a>, orig_to=<b>, relay=h[ip]:port, conn_use=2, delay=1, delays=a/b/c/d, dsn=x
+            if head.startswith("to=<"):
+                e = head.find(">, ", 4)
+                if e > 0:
+                    f["to"] = head[4:e]
+                    head = head[e + 3 :]
+            _keyvalues(f, head, ", ")
+            relay = f.get("relay")
+            if relay is not None:
+                _relay(f, relay)
+            f["status"] = status
+            f["reply"] = reply
+            rec.kind = "delivery" if status in _FINAL else "verify"
+            return
+    _smtp_trouble(rec, rest)
+
+
+_FINAL = frozenset(("sent", "deferred", "bounced", "expired"))
+
+
+_TROUBLE_HEADS = (("lost connection with ", "lost_connection"), ("conversation with ", "timeout"))
+
+
+def _smtp_trouble(rec: LogRecord, rest: str) -> None:
+    """Per-message lines of smtp/lmtp that are not a recipient's status (no outcome)."""
+    f = rec.fields
+    if _level(rec, rest):
+        return
+    said = rest.find(" said: ")
+    if rest.startswith("host ") and said > 0:
+        rec.kind = "remote_reply"
+        _client(f, rest[5:said], "relay")
+        text = rest[said + 7 :]
+        m = _IN_REPLY.search(text)
+        if m:
+            f["stage"] = m.group(1)
+            text = text[: m.start()]
+        f["reply"] = text
+        f["reply_code"], f["dsn"] = reply_codes(text)
+        return
+    if rest.startswith("host ") and " refused to talk to me: " in rest:
+        rec.kind = "remote_reply"
+        host, _, text = rest[5:].partition(" refused to talk to me: ")
+        _client(f, host, "relay")
+        f["reply"] = text
+        f["reply_code"], f["dsn"] = reply_codes(text)
+        return
+    for head, kind in _TROUBLE_HEADS:
+        if rest.startswith(head):
+            rec.kind = kind
+            host, _, why = rest[len(head) :].partition(" while ")
+            if kind == "timeout":
+                host = host.removesuffix(" timed out")
+            _client(f, host, "relay")
+            f["stage"] = why
+            return
+    if rest.startswith("SASL authentication failed"):
+        rec.kind = "auth_failed"
+        server, _, text = rest.partition(" said: ")
+        _client(f, server.rpartition(" ")[2], "relay")
+        f["reply"] = text
+        f["reply_code"], f["dsn"] = reply_codes(text)
+        return
+    if rest.startswith("enabling PIX workarounds"):
+        rec.kind = "ignored"
+        f["reason"] = "PIX workaround notice"
+        return
+    rec.kind = "unknown"
+
+
+def _smtp_other(rec: LogRecord, msg: str) -> None:
+    f = rec.fields
+    if _level(rec, msg):
+        return
+    if msg.startswith("connect to "):
+        rec.kind = "connect_failed"
+        host, _, why = msg[11:].partition(": ")
+        _client(f, host, "relay")
+        f["message"] = why
+        return
+    if " TLS connection established " in msg or msg.startswith(
+        ("certificate verification failed", "SSL_connect error", "server certificate")
+    ):
+        rec.kind = "ignored"
+        f["reason"] = "TLS session detail"
+        return
+    rec.kind = "unknown"
+
+
+def _qmgr(rec: LogRecord, msg: str) -> None:
+    rest = _queue_id(rec, msg)
+    f = rec.fields
+    if rest is None:
+        if not _level(rec, msg):
+            rec.kind = "unknown"
+        return
+    if rest.startswith("from="):
+        if ", status=expired" in rest:
+            rec.kind = "expired"
+            f["from"] = rest[6 : rest.find(">,")] if rest[5:6] == "<" else rest[5:].split(",")[0]
+            f["status"] = "expired"
+            f["reply"] = rest.partition(", status=expired, ")[2]
+            return
+        rec.kind = "queued"
+        body, _, state = rest.partition(" (")
+        _keyvalues(f, body, ", ")
+        f["queue"] = state.rstrip(")").removeprefix("queue ")
+        return
+    if rest == "removed":
+        rec.kind = "removed"
+        return
+    if rest.startswith("skipped"):
+        rec.kind = "ignored"
+        f["reason"] = "message still being delivered"
+        return
+    if not _level(rec, rest):
+        rec.kind = "unknown"
+
+
+def _cleanup(rec: LogRecord, msg: str) -> None:
+    if _level(rec, msg):
+        return
+    rest = _queue_id(rec, msg)
+    f = rec.fields
+    if rest is None:
+        rec.kind = "unknown"
+        return
+    if rest.startswith("message-id="):
+        rec.kind = "message_id"
+        f["message_id"] = rest[11:]
+        return
+    if rest.startswith(("milter-reject: ", "reject: ", "discard: ", "hold: ")):
+        _reject(rec, rest)
+        return
+    if _level(rec, rest):
+        # header/body checks: "QID: warning: header Subject: ... from host[ip]; from=<> to=<>"
+        message = f["message"]
+        text, _, kv = message.partition("; from=")
+        f["message"] = text
+        if kv:
+            _keyvalues(f, "from=" + kv.partition(": ")[0], " ")
+        return
+    if rest.startswith(("milter-", "prepend: ", "replace: ", "redirect: ", "filter: ")):
+        rec.kind = "ignored"
+        f["reason"] = "header or body check action"
+        return
+    rec.kind = "unknown"
+
+
+# smtpd/postscreen "NOQUEUE: reject: RCPT from host[ip]:port: 550 5.1.1 <x>: text; from=<..>"
+_REJECT = re.compile(
+    r"(reject|reject_warning|discard|filter|hold|milter-reject|redirect): (\S+) from "
+    r"(\S*?\[[^\]]*\](?::\d+)?): (.*)$"
+)
+
+
+def _reject(rec: LogRecord, rest: str) -> None:
+    f = rec.fields
+    m = _REJECT.match(rest)
+    if not m:
+        rec.kind = "unknown"
+        return
+    rec.kind = "reject"
+    f["action"], f["stage"] = m.group(1), m.group(2)
+    _client(f, m.group(3))
+    text = m.group(4)
+    semi = text.rfind("; from=")
+    if semi < 0:
+        semi = text.rfind("; to=")
+    if semi >= 0:
+        kv = text[semi + 2 :]
+        text = text[:semi]
+        _keyvalues(f, kv, ", " if ">, " in kv else " ")
+    f["reply"] = text
+    f["reply_code"], f["dsn"] = reply_codes(text)
+
+
+def _smtpd(rec: LogRecord, msg: str) -> None:
+    f = rec.fields
+    if msg.startswith("connect from "):
+        rec.kind = "connect"
+        _client(f, msg[13:])
+        return
+    if msg.startswith("disconnect from "):
+        rec.kind = "disconnect"
+        host, _, counters = msg[16:].partition(" ")
+        _client(f, host)
+        if counters:
+            f["commands"] = counters
+        return
+    rest = _queue_id(rec, msg)
+    if rest is not None:
+        if rest.startswith("client="):
+            rec.kind = "client"
+            client, _, more = rest[7:].partition(", ")
+            _client(f, client)
+            if more:
+                _keyvalues(f, more, ", ")
+            return
+        if rest.startswith(("reject", "discard: ", "filter: ", "hold: ", "milter-", "redirect: ")):
+            _reject(rec, rest)
+            return
+        if _level(rec, rest):
+            return
+        rec.kind = "unknown"
+        return
+    if _level(rec, msg):
+        # "warning: host[ip]: SASL LOGIN authentication failed: ..." names the client
+        message = f["message"]
+        m = _CLIENT.match(message)
+        if m and message[m.end() : m.end() + 2] == ": ":
+            _client(f, message[: m.end()])
+            f["message"] = message[m.end() + 2 :]
+        return
+    for head in ("lost connection after ", "timeout after "):
+        if msg.startswith(head):
+            rec.kind = "lost_connection" if head[0] == "l" else "timeout"
+            stage, _, client = msg[len(head) :].partition(" from ")
+            f["stage"] = stage.split(" (", 1)[0]
+            _client(f, client)
+            return
+    if msg.startswith(("SSL_accept error from ", "bare <LF> received after ")):
+        rec.kind = "lost_connection"
+        if msg[0] == "S":
+            client, _, why = msg[22:].partition(": ")
+            f["message"] = why
+        else:
+            f["stage"], _, client = msg[25:].partition(" from ")
+        _client(f, client)
+        return
+    if msg.startswith(("proxy-accept: ", "proxy-reject: ")):
+        rec.kind = "proxy"
+        f["action"] = msg[6:12]
+        body = msg[14:]
+        f["stage"], _, text = body.partition(": ")
+        text, _, kv = text.partition("; ")
+        f["reply"] = text
+        f["reply_code"], f["dsn"] = reply_codes(text)
+        _keyvalues(f, kv, " ")
+        return
+    if (
+        "TLS connection established" in msg
+        or msg.startswith(("improper command pipelining", "discarding EHLO keywords"))
+        or msg.startswith(("Anonymous TLS", "Untrusted TLS", "Trusted TLS", "Verified TLS"))
+    ):
+        rec.kind = "ignored"
+        f["reason"] = "session detail"
+        return
+    rec.kind = "unknown"
+
+
+_PS_ACTIONS = (
+    "PASS NEW",
+    "PASS OLD",
+    "WHITELIST VETO",
+    "ALLOWLIST VETO",
+    "WHITELISTED",
+    "ALLOWLISTED",
+    "BLACKLISTED",
+    "DENYLISTED",
+    "DISCONNECT",
+    "CONNECT from",
+    "PREGREET",
+    "DNSBL rank",
+    "HANGUP",
+    "COMMAND TIME LIMIT",
+    "COMMAND COUNT LIMIT",
+    "COMMAND LENGTH LIMIT",
+    "COMMAND PIPELINING",
+    "NON-SMTP COMMAND",
+    "BARE NEWLINE",
+)
+_PS_CLIENT = re.compile(r"\[([^\]]*)\]:(\d+)")
+_AFTER = re.compile(r" after (\S+)")
+
+
+def _postscreen(rec: LogRecord, msg: str) -> None:
+    f = rec.fields
+    if msg.startswith("NOQUEUE: "):
+        rec.queue_id = "NOQUEUE"
+        body = msg[9:]
+        if body.startswith("reject: CONNECT from "):
+            rec.kind = "reject"
+            f["action"], f["stage"] = "reject", "CONNECT"
+            m = _PS_CLIENT.search(body)
+            if m:
+                f["client_ip"], f["client_port"] = m.group(1), m.group(2)
+            f["reply"] = body[body.find("]:") :].partition(": ")[2]
+            return
+        _reject(rec, body)
+        return
+    if _level(rec, msg):
+        return
+    for action in _PS_ACTIONS:
+        if msg.startswith(action):
+            rec.kind = "postscreen"
+            f["action"] = action.removesuffix(" from")
+            m = _PS_CLIENT.search(msg)
+            if m:
+                f["client_ip"], f["client_port"] = m.group(1), m.group(2)
+            if action.startswith(("COMMAND", "NON-SMTP", "BARE")):
+                a = _AFTER.search(msg, m.end() if m else 0)
+                if a:
+                    f["stage"] = a.group(1).rstrip(":")
+            return
+    if msg.startswith("cache "):
+        rec.kind = "ignored"
+        f["reason"] = "cache cleanup statistics"
+        return
+    rec.kind = "unknown"
+
+
+def _bounce(rec: LogRecord, msg: str) -> None:
+    rest = _queue_id(rec, msg)
+    f = rec.fields
+    if rest is not None and " notification: " in rest:
+        rec.kind = "notification"
+        what, _, qid = rest.partition(" notification: ")
+        f["notification"] = what  # "sender non-delivery", "sender delay", "postmaster ..."
+        f["notification_queue_id"] = qid
+        return
+    if not _level(rec, msg if rest is None else rest):
+        rec.kind = "unknown"
+
+
+def _master(rec: LogRecord, msg: str) -> None:
+    f = rec.fields
+    for head, action in (("daemon started", "start"), ("reload", "reload")):
+        if msg.startswith(head + " -- version "):
+            rec.kind = "master"
+            f["action"] = action
+            version, _, conf = msg[len(head) + 12 :].partition(", configuration ")
+            f["version"], f["config"] = version, conf
+            return
+    if msg.startswith("terminating on signal "):
+        rec.kind = "master"
+        f["action"] = "stop"
+        f["signal"] = msg[22:]
+        return
+    if not _level(rec, msg):
+        rec.kind = "unknown"
+
+
+def _pickup(rec: LogRecord, msg: str) -> None:
+    rest = _queue_id(rec, msg)
+    if rest is not None and rest.startswith("uid="):
+        rec.kind = "pickup"
+        _keyvalues(rec.fields, rest, " ")
+        return
+    _generic(rec, msg)
+
+
+def _postsuper(rec: LogRecord, msg: str) -> None:
+    rest = _queue_id(rec, msg)
+    f = rec.fields
+    if rest is not None:
+        if rest == "removed":
+            rec.kind = "removed"
+            return
+        rec.kind = "admin"
+        f["action"] = rest
+        return
+    head, sep, count = msg.partition(": ")
+    if sep and count.split(" ", 1)[0].isdigit():
+        rec.kind = "admin"
+        f["action"], f["count"] = head, count.split(" ", 1)[0]
+        return
+    _generic(rec, msg)
+
+
+# Daemons whose informational lines carry no delivery fact: understood, counted, not read.
+_IGNORED = {
+    "anvil": "connection statistics",
+    "scache": "connection cache statistics",
+    "dnsblog": "DNSBL lookup detail",
+    "tlsproxy": "TLS proxy session detail",
+    "verify": "address verification cache",
+    "tlsmgr": "TLS session cache",
+    "postfix-script": "start/stop script message",
+}
+
+
+def _generic(rec: LogRecord, msg: str) -> None:
+    if _level(rec, msg):
+        return
+    why = _IGNORED.get(rec.service)
+    if why:
+        rec.kind = "ignored"
+        rec.fields["reason"] = why
+        if rec.service == "postfix-script":
+            rec.kind = "master"
+            rec.fields["action"] = msg
+        return
+    rest = _queue_id(rec, msg)
+    if rest is not None and _level(rec, rest):
+        return
+    rec.kind = "unknown"
+
+
+_HANDLERS = {s: _delivery for s in DELIVERY_SERVICES}
+_HANDLERS.update(
+    qmgr=_qmgr,
+    nqmgr=_qmgr,
+    oqmgr=_qmgr,
+    cleanup=_cleanup,
+    smtpd=_smtpd,
+    postscreen=_postscreen,
+    bounce=_bounce,
+    defer=_bounce,
+    trace=_bounce,
+    master=_master,
+    pickup=_pickup,
+    postsuper=_postsuper,
+)

@@ -1,0 +1,310 @@
+"""The log parser and correlator on single lines: the shared grok corpus, both timestamp
+styles, instance names, the dsn rewrite, content filters, the bounded table, and garbage."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from mailpulse.collectors.maillog import Correlator, events_from_lines, parse_line
+
+# grok field -> our LogRecord field (fields[] or attribute)
+GROK_TO_OURS = {
+    "postfix_queueid": "queue_id",
+    "postfix_client_hostname": "client_name",
+    "postfix_client_ip": "client_ip",
+    "postfix_client_port": "client_port",
+    "postfix_relay_hostname": "relay_host",
+    "postfix_relay_ip": "relay_ip",
+    "postfix_relay_port": "relay_port",
+    "postfix_relay_service": "relay_service",
+    "postfix_status": "status",
+    "postfix_smtp_response": "reply",
+    "postfix_error_response": "reply",
+    "postfix_local_response": "reply",
+    "postfix_pipe_response": "reply",
+    "postfix_smtp_stage": "stage",
+    "postfix_smtp_lostconn_reason": "stage",
+    "postfix_status_code": "reply_code",
+    "postfix_status_code_enhanced": "dsn",
+    "postfix_proxy_status_code": "reply_code",
+    "postfix_proxy_status_code_enhanced": "dsn",
+    "postfix_proxy_smtp_stage": "stage",
+    "postfix_action": "action",
+    "postfix_message_level": "level",
+    "postfix_message": "message",
+    "postfix_from": "from",
+    "postfix_version": "version",
+    "postfix_config_path": "config",
+    "postfix_bounce_queueid": "notification_queue_id",
+    "postfix_command_counter_data": "commands",
+    "postfix_postsuper_summary_action": "action",
+    "postfix_postsuper_summary_count": "count",
+}
+
+# Corpus files that hold a fragment of a line (what a grok sub-pattern matches), and the
+# whole line we put it in to check our reading of that fragment.
+FRAGMENTS = {
+    "relay": "7EE668039: to=<a@b.example>, relay={data}, delay=1, delays=1/0/0/0, dsn=2.0.0, "
+    "status=sent (250 ok)",
+    "delays": "7EE668039: to=<a@b.example>, relay=local, delay=1, delays={data}, dsn=2.0.0, "
+    "status=sent (delivered)",
+    "command_counter_data": "disconnect from unknown[192.0.2.1] {data}",
+}
+SERVICE_OF = {"trivial_rewrite": "trivial-rewrite", "script": "postfix-script"}
+
+
+def _case_line(name: str, data: str) -> tuple[str, str]:
+    family = name.rsplit("_", 1)[0]
+    if family in FRAGMENTS:
+        return "smtpd" if family.startswith("command") else "smtp", FRAGMENTS[family].format(
+            data=data
+        )
+    if family == "tls_features":
+        family = "smtp"
+    return SERVICE_OF.get(family, family), data
+
+
+def test_every_grok_corpus_case_parses_into_its_fields(shared_corpus: Path) -> None:
+    cases = sorted((shared_corpus / "postfix-lines" / "grok-tests").glob("*.yaml"))
+    assert len(cases) > 150
+    wrong: list[str] = []
+    compared = ignored = 0
+    for path in cases:
+        case = yaml.safe_load(path.read_text())
+        data, results = str(case["data"]), case.get("results") or {}
+        if path.stem.startswith("tls_features") and not data[:1].isdigit():
+            # A bare tls= value ("dane/requiretls"): only ever a part of a delivery line.
+            if not data[:1].isalnum():
+                wrong.append(f"{path.stem}: unexpected fragment {data!r}")
+            ignored += 1
+            continue
+        service, message = _case_line(path.stem, data)
+        line = f"Nov 28 17:33:59 mx1 postfix/{service}[4242]: {message}".encode()
+        rec = parse_line(line)
+        if rec is None or rec.kind == "unknown":
+            wrong.append(f"{path.stem}: not understood: {rec!r}")
+            continue
+        if rec.kind == "ignored":
+            assert rec.fields["reason"], path.stem
+            ignored += 1
+            continue
+        if path.stem.startswith("delays"):
+            assert rec.fields["delays"] == data
+            compared += 1
+        for grok, value in results.items():
+            ours = GROK_TO_OURS.get(grok)
+            if ours is None:
+                continue
+            got = rec.get(ours)
+            want = str(value).strip()
+            if grok == "postfix_message" and want == rec.kind:
+                got = rec.kind  # "removed" is a kind of its own here
+            if got.strip() != want:
+                wrong.append(f"{path.stem}: {grok}={want!r}, we have {ours}={got!r}")
+            compared += 1
+    assert not wrong, "\n".join(wrong)
+    assert compared > 350 and ignored < 50, (compared, ignored)
+
+
+def test_timestamp_styles_and_node() -> None:
+    tail = "postfix/qmgr[7]: 0F5383D: removed"
+    local = datetime(2026, 11, 28, 17, 33, 59).timestamp()  # naive: the machine's local time
+    cases = {
+        f"Nov 28 17:33:59 mx1 {tail}": local,
+        f"Nov 28 17:33:59.250 mx1 {tail}": local + 0.25,
+        f"Nov 28 2026 17:33:59 mx1 {tail}": local,
+        f"2026 Nov 28 17:33:59 mx1 {tail}": local,
+        f"2026-11-28T17:33:59.123456+01:00 mx1 {tail}": datetime(
+            2026, 11, 28, 16, 33, 59, 123456, tzinfo=UTC
+        ).timestamp(),
+        f"2026-11-28T17:33:59Z mx1 {tail}": datetime(
+            2026, 11, 28, 17, 33, 59, tzinfo=UTC
+        ).timestamp(),
+    }
+    for line, want in cases.items():
+        rec = parse_line(line.encode())
+        assert rec is not None, line
+        assert rec.node == "mx1" and rec.kind == "removed" and rec.queue_id == "0F5383D"
+        if "2026 " not in line and "T" not in line[:11]:
+            # No year on the line: the parser guesses this year or the last one.
+            assert abs(rec.time - want) % (365 * 86400) < 2 * 86400 or rec.time == want
+        else:
+            assert rec.time == pytest.approx(want, abs=1e-6), line
+
+
+def test_instance_and_program_split() -> None:
+    rec = parse_line(
+        b"Nov 28 17:33:59 n2 postfix-bulk1/smtp[1]: 8A1C0: to=<u@x.example>, "
+        b"relay=none, delay=1, delays=1/0/0/0, dsn=4.4.1, status=deferred (x)"
+    )
+    assert rec is not None
+    assert (rec.instance, rec.program, rec.service, rec.pid) == (
+        "postfix-bulk1",
+        "smtp",
+        "smtp",
+        "1",
+    )
+    rec = parse_line(b"Nov 28 17:33:59 n2 postfix/submission/smtpd[99]: connect from a[192.0.2.9]")
+    assert rec is not None
+    assert (rec.instance, rec.program, rec.service) == ("postfix", "submission/smtpd", "smtpd")
+    assert rec.kind == "connect" and rec.fields["client_ip"] == "192.0.2.9"
+    # Not Postfix's: another daemon, or a syslog line without a program.
+    assert parse_line(b"Nov 28 17:33:59 n2 dovecot[5]: imap-login: Login: user=<a>") is None
+    assert parse_line(b"Nov 28 17:33:59 n2 kernel: eth0 link up") is None
+
+
+def test_long_queue_ids_and_delivery_fields() -> None:
+    line = (
+        b"2026-11-28T17:33:59.5+00:00 mx1 postfix/smtp[9]: 4RzD1k0bXHz9rwN: to=<A@Gmail.COM>, "
+        b"orig_to=<list@ours.example>, relay=gmail-smtp-in.l.google.com[2a00:1450::1b]:25, "
+        b"conn_use=3, delay=2.5, delays=0.1/0.2/1.1/1.1, dsn=2.0.0, status=sent (250 2.0.0 OK)"
+    )
+    (ev,) = events_from_lines([line])
+    assert ev.queue_id == "4RzD1k0bXHz9rwN" and ev.recipient == "A@Gmail.COM"
+    assert ev.domain == "gmail.com" and ev.orig_recipient == "list@ours.example"
+    assert ev.relay == "gmail-smtp-in.l.google.com[2a00:1450::1b]:25"
+    assert (ev.status, ev.dsn, ev.reply_code, ev.reason) == ("sent", "2.0.0", "250", "delivered")
+    assert ev.delay == 2.5 and ev.delays == (0.1, 0.2, 1.1, 1.1)
+
+
+def test_x00_dsn_rewrite_keeps_the_remote_codes() -> None:
+    # The remote said 550 with a 4.x.x enhanced code: Postfix logs dsn=5.0.0.
+    line = (
+        b"Nov 28 17:33:59 mx1 postfix/smtp[9]: 1A2B3C4D: to=<u@x.example>, relay=mx.x.example"
+        b"[192.0.2.5]:25, delay=1, delays=0/0/0/1, dsn=5.0.0, status=bounced (host mx.x.example"
+        b"[192.0.2.5] said: 550 4.2.2 <u@x.example>: mailbox full (in reply to RCPT TO command))"
+    )
+    (ev,) = events_from_lines([line])
+    assert (ev.dsn, ev.reply_code, ev.extra["logged_dsn"]) == ("4.2.2", "550", "5.0.0")
+    assert ev.reason == "mailboxfull"
+    # No enhanced code at all: Postfix's X.0.0 is all there is.
+    (ev,) = events_from_lines([line.replace(b"550 4.2.2 <u@x.example>: mailbox full", b"550 no")])
+    assert (ev.dsn, ev.reply_code) == ("5.0.0", "550") and "logged_dsn" not in ev.extra
+
+
+def _line(qid: str, rcpt: str, relay: str, status: str, dsn: str, text: str) -> bytes:
+    return (
+        f"Nov 28 17:33:59 mx1 postfix/smtp[9]: {qid}: to=<{rcpt}>, relay={relay}, delay=1, "
+        f"delays=0/0/0/1, dsn={dsn}, status={status} ({text})"
+    ).encode()
+
+
+def test_content_filter_relays_are_counted_apart() -> None:
+    c = Correlator(content_filters=["127.0.0.1:10025"])
+    lines = [
+        _line(
+            "AAAA1",
+            "u@x.example",
+            "127.0.0.1[127.0.0.1]:10025",
+            "sent",
+            "2.0.0",
+            "250 2.0.0 Ok: queued as BBBB2",
+        ),
+        _line("BBBB2", "u@x.example", "mx.x.example[192.0.2.5]:25", "sent", "2.0.0", "250 ok"),
+    ]
+    events = list(events_from_lines(lines, c))
+    assert [e.queue_id for e in events] == ["BBBB2"]
+    assert c.stats["content_filter_relays"] == 1 and c.stats["events.sent"] == 1
+
+
+def test_error_agent_deferrals_and_expiry() -> None:
+    c = Correlator()
+    lines = [
+        b"Nov 28 17:33:59 mx1 postfix/qmgr[3]: 5E6F7A8B: from=<bounce-42@ours.example>, "
+        b"size=1234, nrcpt=2 (queue active)",
+        b"Nov 28 17:34:00 mx1 postfix/error[9]: 5E6F7A8B: to=<a@yahoo.com>, relay=none, delay=63,"
+        b" delays=60/3/0/0, dsn=4.4.2, status=deferred (delivery temporarily suspended: lost "
+        b"connection with mta7.am0.yahoodns.net[98.136.216.22] while sending RCPT TO)",
+        b"Nov 28 17:34:00 mx1 postfix/error[9]: 5E6F7A8B: to=<b@yahoo.com>, relay=none, delay=63,"
+        b" delays=60/3/0/0, dsn=4.7.0, status=deferred (delivery temporarily suspended: host "
+        b"mta7.am0.yahoodns.net[98.136.216.22] said: 421 4.7.0 [TSS04] Messages from 192.0.2.1 "
+        b"temporarily deferred (in reply to MAIL FROM command))",
+        b"Nov 29 17:34:00 mx1 postfix/qmgr[3]: 5E6F7A8B: from=<bounce-42@ours.example>, "
+        b"status=expired, returned to sender",
+        b"Nov 29 17:34:00 mx1 postfix/qmgr[3]: 5E6F7A8B: removed",
+    ]
+    events = list(events_from_lines(lines, c))
+    deferred = [e for e in events if e.status == "deferred"]
+    assert [e.program for e in deferred] == ["error", "error"]
+    assert deferred[0].reason == "networkerror" and deferred[0].sender == "bounce-42@ours.example"
+    assert (deferred[1].reply_code, deferred[1].dsn) == ("421", "4.7.0")
+    expired = [e for e in events if e.status == "expired"]
+    assert sorted(e.recipient for e in expired) == ["a@yahoo.com", "b@yahoo.com"]
+    assert all(e.reason == "expired" and e.size == 1234 for e in expired)
+    assert c.stats["events.deferred"] == 2 and c.stats["events.expired"] == 2
+    assert not c.messages  # removed: the table forgets the message
+
+
+def test_queue_id_table_is_bounded_and_counts_evictions() -> None:
+    c = Correlator(max_messages=10)
+    for i in range(100):
+        c.feed_line(
+            f"Nov 28 17:33:59 mx1 postfix/qmgr[3]: {i + 0xA0000:X}: from=<s@x>, size=1, "
+            "nrcpt=1 (queue active)"
+        )
+    assert len(c.messages) == 10 and c.stats["evictions"] == 90
+
+
+def test_other_record_kinds_are_counted() -> None:
+    c = Correlator()
+    lines = [
+        b"Nov 28 17:33:59 mx1 postfix/smtpd[5]: NOQUEUE: reject: RCPT from x[192.0.2.7]: 554 "
+        b"5.7.1 <a@b>: Relay access denied; from=<s@x> to=<a@b> proto=ESMTP helo=<x>",
+        b"Nov 28 17:33:59 mx1 postfix/smtp[5]: warning: no MX host for x.example has a valid "
+        b"address record",
+        b"Nov 28 17:33:59 mx1 postfix/master[1]: daemon started -- version 3.7.11, configuration "
+        b"/etc/postfix",
+        b"Nov 28 17:33:59 mx1 postfix/smtpd[5]: something new in Postfix 9.9",
+        b"Nov 28 17:33:59 mx1 postfix/smtpd[5]: another thing nobody parses yet",
+        b"Nov 28 17:33:59 mx1 sshd[5]: Accepted publickey for root",
+    ]
+    assert list(events_from_lines(lines, c)) == []
+    s = c.stats
+    assert s["lines"] == 6 and s["not_postfix"] == 1
+    assert s["records.reject"] == 1 and s["rejects.reject"] == 1
+    assert s["records.warning"] == 1 and s["records.master"] == 1
+    assert s["unparsed.smtpd"] == 2
+    assert c.samples["smtpd"] == ["something new in Postfix 9.9", "another thing nobody parses yet"]
+
+
+GOOD = _line(
+    "C0FFEE1",
+    "u@x.example",
+    "mx[192.0.2.5]:25",
+    "bounced",
+    "5.1.1",
+    "host mx[192.0.2.5] said: 550 5.1.1 <u@x.example>: user unknown (in reply to RCPT TO command)",
+)
+
+
+def test_cut_lines_never_crash_and_never_invent_an_outcome() -> None:
+    # Bad input: the same delivery line cut at every byte (a writer killed mid-line).
+    for i in range(len(GOOD)):
+        rec = parse_line(GOOD[:i])
+        assert rec is None or rec.kind in ("unknown", "delivery", "verify")
+        if rec is not None and rec.kind == "delivery":
+            # cut inside the reply text: the outcome is there, the text shorter
+            assert rec.fields["status"] == "bounced"
+
+
+def test_nul_bytes_invalid_utf8_and_huge_lines() -> None:
+    # Bad input: NUL bytes, bytes that are not UTF-8, a 64 KiB reply text, random bytes.
+    rec = parse_line(GOOD.replace(b"user unknown", b"us\x00er \xff\xfe unknown"))
+    assert rec is not None and rec.kind == "delivery" and "\ufffd" in rec.fields["reply"]
+    huge = GOOD.replace(b"user unknown", b"x" * 70_000)
+    rec = parse_line(huge)
+    assert rec is not None and rec.kind == "delivery" and rec.fields.get("cut") == "1"
+    assert rec.fields["status"] == "bounced"
+    rng = random.Random(5)
+    for _ in range(3000):
+        blob = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+        parse_line(blob)
+        parse_line(GOOD[: rng.randrange(len(GOOD))] + blob)
+    c = Correlator()
+    events = list(events_from_lines([huge, b"\x00" * 100, b"", b"\xff" * 70_000, GOOD], c))
+    assert [e.status for e in events] == ["bounced", "bounced"]
+    assert c.stats["lines"] == 5 and c.stats["cut_lines"] == 1
