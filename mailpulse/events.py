@@ -77,3 +77,6 @@ class QueueSnapshot:
     # read problems, counted and skipped: "vanished", "truncated", "garbage", ...
     errors: dict[str, int] = field(default_factory=dict)
     complete: bool = True  # False when a huge queue fell back to counting or a deadline hit
+    # The same as shape with raw domains as qshape prints them (top domains per queue and kind,
+    # the rest under "(other)"): for the command line and checks, never a metric label.
+    domain_shape: dict[tuple[str, str, str, int], tuple[int, int]] = field(default_factory=dict)
