@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,27 +140,27 @@ class Accounting:
         return {PROMOTED_META: json.dumps(sorted(self.domains.promoted))}
 
 
-def flatten_stats(stats: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """A collector's stats (maybe nested per program) as flat name -> number."""
-    out: dict[str, float] = {}
-    for k, v in stats.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten_stats(v, name + "/"))
-        elif isinstance(v, int | float) and not isinstance(v, bool):
-            out[name] = float(v)
-    return out
+MAX_PROGRAM_LABELS = 64  # programs named in parse errors; the rest count as "other"
 
 
-def stats_series(name: str) -> SeriesKey:
-    """Where one of the log collector's stats goes in the catalogue."""
-    if name.startswith(("unparsed/", "unparsed_")):
-        return ("mailpulse_log_parse_errors_total", (name.split("/", 1)[-1].split("_", 1)[-1],))
-    if name in ("evictions", "evicted", "evicted_queue_ids"):
-        return ("mailpulse_log_evicted_queue_ids_total", ())
-    if name in ("lines", "lines_seen"):
+def stats_series(name: str, programs: set[str]) -> SeriesKey | None:
+    """Where one of the log correlator's stats counters goes in the catalogue (None: nowhere,
+    e.g. events per status, which mailpulse_deliveries_total already counts)."""
+    head, _, tail = name.partition(".")
+    if name == "lines":
         return ("mailpulse_log_lines_total", ())
-    return ("mailpulse_log_records_total", (name,))
+    if name == "evictions":
+        return ("mailpulse_log_evicted_queue_ids_total", ())
+    if head == "unparsed":
+        if tail not in programs and len(programs) >= MAX_PROGRAM_LABELS:
+            tail = "other"
+        programs.add(tail)
+        return ("mailpulse_log_parse_errors_total", (tail,))
+    if head == "events":
+        return None
+    if head == "records":
+        return ("mailpulse_log_records_total", (tail,))
+    return ("mailpulse_log_records_total", (name.replace(".", "_"),))
 
 
 @dataclass
@@ -220,7 +220,8 @@ class LogPipeline(threading.Thread):
         self.meta_key = f"checkpoint:{key}"
         safe = base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
         self.checkpoint_path = cfg.state_dir / "checkpoints" / f"{safe}.ckpt"
-        self.stats_seen: dict[str, float] = {}
+        self.stats_seen: dict[str, int] = {}
+        self.programs: set[str] = set()
 
     def _restore_checkpoint(self) -> None:
         """The state's copy wins: it is the one that matches the counters."""
@@ -234,7 +235,7 @@ class LogPipeline(threading.Thread):
             os.replace(tmp, self.checkpoint_path)
 
     def run(self) -> None:
-        from mailpulse.collectors.maillog import Correlator, LogFollower, parse_line
+        from mailpulse.collectors.maillog import Correlator, LogFollower
 
         self._restore_checkpoint()
         follower: Any = (
@@ -246,7 +247,7 @@ class LogPipeline(threading.Thread):
         while not self.stop_event.is_set():
             started = time.monotonic()
             try:
-                n = self._batch(follower, correlator, parse_line)
+                n = self._batch(follower, correlator)
                 self.status = SourceStatus(True, time.time(), time.monotonic() - started)
             except Exception:
                 log.exception("log source %s failed; retrying", self.source or "journal")
@@ -255,29 +256,25 @@ class LogPipeline(threading.Thread):
             if n == 0:
                 self.stop_event.wait(self.cfg.log_poll_s)
 
-    def _batch(self, follower: Any, correlator: Any, parse_line: Any) -> int:
+    def _batch(self, follower: Any, correlator: Any) -> int:
         n = 0
         for line in follower.read_lines(self.cfg.log_read_bytes):
             n += 1
-            record = parse_line(line)
-            if record is None:
-                continue
-            for ev in correlator.feed(record):
+            for ev in correlator.feed_line(line):
                 self.accounting.apply(ev)
         if n == 0:
             return 0
-        stats = flatten_stats(getattr(correlator, "stats", {}) or {})
-        if not any(stats_series(k)[0] == "mailpulse_log_lines_total" for k in stats):
-            self.state.inc("mailpulse_log_lines_total", (), n)
-        for k, v in stats.items():
-            delta = v - self.stats_seen.get(k, 0.0)
-            if delta > 0:
-                name, labels = stats_series(k)
-                self.state.inc(name, labels, delta)
-        self.stats_seen = stats
+        for k, v in correlator.stats.items():
+            delta = v - self.stats_seen.get(k, 0)
+            series = stats_series(k, self.programs) if delta > 0 else None
+            if series is not None:
+                self.state.inc(*series, delta)
+        self.stats_seen = dict(correlator.stats)
         follower.save_checkpoint()
-        checkpoint = base64.b64encode(self.checkpoint_path.read_bytes()).decode()
-        self.state.commit({self.meta_key: checkpoint, **self.accounting.promoted_meta()})
+        meta = self.accounting.promoted_meta()
+        with contextlib.suppress(FileNotFoundError):  # no file to follow yet: nothing to mark
+            meta[self.meta_key] = base64.b64encode(self.checkpoint_path.read_bytes()).decode()
+        self.state.commit(meta)
         return n
 
 
@@ -289,7 +286,12 @@ class QueueWatch:
 
         self.samplers = {
             inst.name: BackgroundQueueSampler(
-                QueueSampler(inst.config_dir, instance=inst.name, groups=groups),
+                QueueSampler(
+                    inst.config_dir,
+                    instance=inst.name,
+                    groups=groups,
+                    queue_dir=inst.queue_directory,
+                ),
                 cfg.queue_interval_s,
             )
             for inst in instances
