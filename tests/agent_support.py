@@ -159,12 +159,15 @@ class Prometheus:
             self.proc.kill()
 
 
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(
+    pred: Callable[[], bool], timeout: float, what: str, show: Callable[[], object] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(OSError):
             if pred():
                 return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            seen = f"; last seen: {show()}" if show else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{seen}")
         time.sleep(0.25)
