@@ -203,22 +203,22 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(
         "mailpulse_source_up",
         GAUGE,
-        "1 when the agent's last read of a source (log, queue, host) worked.",
-        ("source", "instance"),
+        "1 when the agent's last read of a source worked; target: log file, Postfix instance.",
+        ("source", "target"),
         snmp_column=30,
     ),
     Metric(
         "mailpulse_source_sample_age_seconds",
         GAUGE,
         "Seconds since a source was last read successfully.",
-        ("source", "instance"),
+        ("source", "target"),
         unit="seconds",
     ),
     Metric(
         "mailpulse_source_scan_duration_seconds",
         GAUGE,
         "How long the last read of a source took.",
-        ("source", "instance"),
+        ("source", "target"),
         unit="seconds",
     ),
     Metric(
