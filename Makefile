@@ -12,7 +12,7 @@ LAB := $(PY) -m lab --root $(LAB_DIR)
 # today that the benchmarks compare against. The -dev packages build easysnmp and rrdtool.
 APT_PACKAGES := postfix libsnmp-dev librrd-dev rrdtool snmpd snmp smitools \
 	prometheus prometheus-alertmanager prometheus-postfix-exporter mtail pflogsumm \
-	redis-server haproxy python3-venv python3-dev gcc make procps
+	redis-server haproxy python3-venv python3-dev gcc make procps openssl
 
 .PHONY: deps venv demo test lint lab-up lab-down clean
 

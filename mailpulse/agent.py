@@ -556,9 +556,9 @@ def main(args: Any) -> int:
             from dataclasses import replace
 
             cfg = replace(cfg, **overrides)
+        load_web_config(cfg.web_config_file)
         instances = discover_instances(cfg)
         sources = find_log_sources(cfg, instances)
-        load_web_config(cfg.web_config_file)
     except (ConfigError, WebConfigError) as e:
         print(f"mailpulse agent: {e}", file=sys.stderr)
         return 2

@@ -170,3 +170,18 @@ def test_host_sampler_sees_the_lab_postfix_processes_and_limits(lab) -> None:  #
     size = sample[("mailpulse_spool_filesystem_bytes", ("postfix", "size"))]
     assert size == st.f_blocks * st.f_frsize
     assert sample[("mailpulse_host_load_average", ("1m",))] >= 0
+
+
+def test_check_config_refuses_a_bad_web_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "mailpulse.yaml"
+    cfg.write_text("logs:\n  files: [/dev/null]\n")
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  prom: hunter2\n")  # bad input: a clear-text password
+    r = subprocess.run(
+        [sys.executable, "-m", "mailpulse", "agent", "--config", str(cfg), "--check-config"]
+        + ["--web.config.file", str(web)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert f"{web}: basic_auth_users.prom: expected a bcrypt hash" in r.stderr
