@@ -208,6 +208,7 @@ class LogPipeline(threading.Thread):
         accounting: Accounting,
         cfg: Config,
         stop: threading.Event,
+        batch_lock: threading.Lock,
     ) -> None:
         super().__init__(name=f"log:{source or 'journal'}", daemon=True)
         self.source = source
@@ -215,6 +216,9 @@ class LogPipeline(threading.Thread):
         self.accounting = accounting
         self.cfg = cfg
         self.stop_event = stop
+        # A commit writes every pending counter: two sources' batches must not interleave, or
+        # one would commit the other's counts without its checkpoint.
+        self.batch_lock = batch_lock
         self.status = SourceStatus()
         key = str(source) if source else "journal"
         self.meta_key = f"checkpoint:{key}"
@@ -247,7 +251,8 @@ class LogPipeline(threading.Thread):
         while not self.stop_event.is_set():
             started = time.monotonic()
             try:
-                n = self._batch(follower, correlator)
+                with self.batch_lock:
+                    n = self._batch(follower, correlator)
                 self.status = SourceStatus(True, time.time(), time.monotonic() - started)
             except Exception:
                 log.exception("log source %s failed; retrying", self.source or "journal")
@@ -398,14 +403,16 @@ class Agent:
             self.blocks,
         )
         sources: list[Path | None] = list(log_sources) if log_sources is not None else [None]
+        batch_lock = threading.Lock()
         self.logs = [
-            LogPipeline(s, self.state, self.accounting, cfg, self.stop_event) for s in sources
+            LogPipeline(s, self.state, self.accounting, cfg, self.stop_event, batch_lock)
+            for s in sources
         ]
         self.queues = QueueWatch(instances, cfg, self.groups) if instances else None
         self.host = HostSampler(instances)
         self._host_cache: tuple[float, dict[SeriesKey, float]] = (0.0, {})
         self._host_status = SourceStatus()
-        self._host_lock = threading.Lock()
+        self._host_thread = threading.Thread(target=self._sample_host, name="host", daemon=True)
         self.common = {"node": cfg.node, "role": cfg.role}
         web = load_web_config(cfg.web_config_file)
         collector = CatalogueCollector(self.state, self.live, self.common)
@@ -420,19 +427,23 @@ class Agent:
         )
 
     # -- what a scrape sees -------------------------------------------------------------------
+    def _sample_host(self) -> None:
+        """In its own thread: a scrape never waits for psutil's walk over the processes."""
+        while True:
+            started = time.monotonic()
+            try:
+                sample = self.host.sample()
+                status = SourceStatus(True, time.time(), time.monotonic() - started)
+            except Exception:
+                log.exception("host sample failed")
+                sample = self._host_cache[1]
+                status = SourceStatus(False, self._host_status.last_ok, time.monotonic() - started)
+            self._host_cache, self._host_status = (time.monotonic(), sample), status
+            if self.stop_event.wait(self.cfg.host_interval_s):
+                return
+
     def host_sample(self) -> dict[SeriesKey, float]:
-        with self._host_lock:
-            taken, sample = self._host_cache
-            if time.monotonic() - taken >= self.cfg.host_interval_s or not sample:
-                started = time.monotonic()
-                try:
-                    sample = self.host.sample()
-                    self._host_status = SourceStatus(True, time.time(), time.monotonic() - started)
-                except Exception:
-                    log.exception("host sample failed")
-                    self._host_status.up = False
-                self._host_cache = (time.monotonic(), sample)
-            return sample
+        return self._host_cache[1]
 
     def live(self) -> dict[SeriesKey, float]:
         out = dict(self.host_sample())
@@ -490,6 +501,7 @@ class Agent:
             p.start()
         if self.queues is not None:
             self.queues.start()
+        self._host_thread.start()
         self.http.start()
         if self.check is not None:
             self.check.start()

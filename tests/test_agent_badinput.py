@@ -65,6 +65,8 @@ def test_bad_lines_are_counted_and_a_missing_spool_shows_down(tmp_path: Path) ->
             return sum(v for (n, _), v in scrape(port).items() if n == name)
 
         wait_for(lambda: total("mailpulse_log_lines_total") == written_lines, 30, "the lines")
+        # The host is sampled in the background; its first sample may come after the lines.
+        wait_for(lambda: total("mailpulse_host_cpus") > 0, 30, "the first host sample")
         samples = scrape(port)
         by = {(n, frozenset(dict(labels).items())): v for (n, labels), v in samples.items()}
         deliveries = {

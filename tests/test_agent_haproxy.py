@@ -51,7 +51,7 @@ def test_haproxy_drains_the_blocked_node_and_weighs_the_other(
     agents = []
     check_ports = {}
     # The load of a shared test machine must not decide weights here: its limit is set far away.
-    common = "  load_high_per_cpu: 1000\n  growth_high_per_min: 1000000\n"
+    common = "  load_high_per_cpu: 1000000\n  growth_high_per_min: 1000000\n"
     settings = {
         # A low bar for "blocked" on the first node: its campaign has a few dnsbl rejections.
         "bulk1": "  block_min_failures: 3\n  block_share: 0.01\n  queue_high: 100000\n",
