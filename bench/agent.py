@@ -234,13 +234,15 @@ def main() -> int:
     for r in results:
         print(
             f"{r.name:30} {100 * r.cpu_share:10.2f} {r.rss_max_mb:8.1f} {r.p50_ms:8.2f}"
-            f" {r.p99_ms:8.2f} {r.scrapes:8d}" + (f"  ({r.failed} failed)" if r.failed else "")
+            f" {r.p99_ms:8.2f} {r.scrapes:8d}"
+            + (f"  ({r.failed} failed)" if r.failed else "")
+            + (f"  (read {r.lines_per_s:.0f} log lines/s)" if r.lines_per_s is not None else "")
         )
     if len(results) == 2 and all(r.scrapes for r in results):
         a, b = results
         print(
             f"mailpulse / postfix_exporter: CPU x{a.cpu_share / max(b.cpu_share, 1e-9):.2f},"
-            f" RSS x{a.rss_max_mb / b.rss_max_mb:.2f}, p99 latency x{a.p99_ms / b.p99_ms:.2f}"
+            f" RSS x{a.rss_max_mb / b.rss_max_mb:.2f}, p99 latency x{a.p99_ms / b.p99_ms:.3g}"
         )
         print("targets: CPU < 5% of a core, RSS < 80 MB, /metrics p99 < 50 ms")
     return 0

@@ -69,6 +69,10 @@ class State:
         self._lock = threading.Lock()
         self._counters: dict[SeriesKey, float] = {}
         self._histograms: dict[SeriesKey, Histogram] = {}
+        # What scrapes see: the values of the last commit.
+        self._pub_counters: dict[SeriesKey, float] = {}
+        self._pub_histograms: dict[SeriesKey, Histogram] = {}
+        self._commit_lock = threading.Lock()
         self._meta: dict[str, str] = {}
         self._dirty: set[SeriesKey] = set()
         self.set_aside: Path | None = None  # where a corrupt file went, if one did
@@ -111,6 +115,10 @@ class State:
             else:
                 self._counters[key] = float(value)
         self._meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        self._pub_counters = dict(self._counters)
+        self._pub_histograms = {
+            k: Histogram(list(h.counts), h.sum) for k, h in self._histograms.items()
+        }
 
     # -- updates, from the collector threads -------------------------------------------------
     def inc(self, name: str, labels: Labels, value: float = 1.0) -> None:
@@ -135,20 +143,25 @@ class State:
             return self._meta.get(key, default)
 
     def commit(self, meta: Mapping[str, str] | None = None) -> None:
-        """Write what changed and these meta values (e.g. a log checkpoint) in one transaction."""
-        with self._lock:
-            rows = []
-            for key in self._dirty:
-                name, labels = key
-                if key in self._histograms:
-                    h = self._histograms[key]
-                    value = json.dumps({"counts": h.counts, "sum": h.sum})
-                else:
-                    value = json.dumps(self._counters[key])
-                rows.append((name, json.dumps(labels), value))
-            self._dirty.clear()
+        """Write what changed and these meta values (e.g. a log checkpoint) in one transaction;
+        only then do scrapes see the new values, so a crash can never show a counter falling
+        back to its last committed value."""
+        with self._commit_lock:
+            with self._lock:
+                rows = []
+                published: dict[SeriesKey, float | Histogram] = {}
+                for key in self._dirty:
+                    name, labels = key
+                    if key in self._histograms:
+                        h = self._histograms[key]
+                        published[key] = Histogram(list(h.counts), h.sum)
+                        value = json.dumps({"counts": h.counts, "sum": h.sum})
+                    else:
+                        published[key] = self._counters[key]
+                        value = json.dumps(self._counters[key])
+                    rows.append((name, json.dumps(labels), value))
+                dirty, self._dirty = self._dirty, set()
             meta_rows = list((meta or {}).items())
-            self._meta.update(meta or {})
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
@@ -164,14 +177,24 @@ class State:
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                with self._lock:
+                    self._dirty |= dirty  # written with the next commit that works
                 raise
+            with self._lock:
+                self._meta.update(meta or {})
+                for key, v in published.items():
+                    if isinstance(v, Histogram):
+                        self._pub_histograms[key] = v
+                    else:
+                        self._pub_counters[key] = v
 
     # -- reads, from scrapes -----------------------------------------------------------------
     def snapshot(self) -> Snapshot:
+        """The values as last committed."""
         with self._lock:
             return Snapshot(
-                dict(self._counters),
-                {k: Histogram(list(h.counts), h.sum) for k, h in self._histograms.items()},
+                dict(self._pub_counters),
+                {k: Histogram(list(h.counts), h.sum) for k, h in self._pub_histograms.items()},
             )
 
     def close(self) -> None:

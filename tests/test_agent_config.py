@@ -124,6 +124,21 @@ def test_a_corrupt_state_file_is_set_aside_with_a_warning(
     assert State(path).snapshot().counters == {("mailpulse_log_lines_total", ()): 3.0}
 
 
+def test_scrapes_see_only_committed_values(tmp_path: Path) -> None:
+    # What a scrape showed must survive a kill -9, so it shows only what is on disk.
+    s = State(tmp_path / "s.sqlite")
+    s.inc("mailpulse_log_lines_total", (), 3)
+    s.observe("mailpulse_message_size_bytes", ("postfix",), (10.0,), 5.0)
+    assert s.snapshot().counters == {} and s.snapshot().histograms == {}
+    s.commit()
+    s.inc("mailpulse_log_lines_total", (), 4)
+    assert s.snapshot().counters == {("mailpulse_log_lines_total", ()): 3.0}
+    s.commit()
+    assert s.snapshot().counters == {("mailpulse_log_lines_total", ()): 7.0}
+    assert s.snapshot().histograms[("mailpulse_message_size_bytes", ("postfix",))].counts == [1, 0]
+    s.close()
+
+
 def test_a_counter_cannot_be_lowered(tmp_path: Path) -> None:
     s = State(tmp_path / "s.sqlite")
     with pytest.raises(ValueError, match="only go up"):

@@ -6,7 +6,9 @@ operator expects for the lab's domains, and every scrape's counters compared wit
 
 from __future__ import annotations
 
+import subprocess
 import threading
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -82,7 +84,7 @@ def without_dsn_deliveries(c: Counter[tuple[str, str, str]]) -> Counter[tuple[st
 @pytest.mark.lab
 @pytest.mark.slow
 def test_prometheus_sees_the_plan_through_a_kill_9(lab: Lab, tmp_path: Path) -> None:
-    require_programs("prometheus")
+    require_programs("prometheus", "promtool")
     port = free_port()
     config = write_agent_config(tmp_path / "mailpulse.yaml", [lab], port)
     agent = AgentProcess(config, tmp_path / "state", port, tmp_path / "agent.log").start()
@@ -142,6 +144,15 @@ def test_prometheus_sees_the_plan_through_a_kill_9(lab: Lab, tmp_path: Path) -> 
             if name == "mailpulse_source_up"
         }
         assert up == {"log": 1.0, "queue": 1.0, "host": 1.0}
+        # Everything a busy node exposes, queue matrix included, passes promtool's lint.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        assert "mailpulse_queue_shape_messages{" in text
+        assert "mailpulse_message_size_bytes_bucket{" in text
+        lint = subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stderr
         assert got[("sent", "delivered", "other")] == bounced  # one DSN per bounce, not two
 
         # Prometheus's own view, after a few more scrapes.

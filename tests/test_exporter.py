@@ -102,6 +102,7 @@ def test_metrics_follow_the_catalogue_and_promtool_accepts_them(state: State) ->
     fed += [event("yahoo.com", "deferred", "speeding", "4.7.0")] * 2
     for ev in fed:
         acc.apply(ev)
+    state.commit()
     from mailpulse.collectors.host import HostSampler
 
     server = serve(state, live=HostSampler([]).sample)
@@ -258,6 +259,7 @@ def test_100000_distinct_domains_stay_under_the_series_budget(state: State) -> N
     for _ in range(100):
         acc.apply(event("gmail.com"))
         fed += 1
+    state.commit()
     server = serve(state)
     try:
         _, body = get(f"http://127.0.0.1:{server.address[1]}/metrics")
