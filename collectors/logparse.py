@@ -137,6 +137,7 @@ class LogRecord:
 # -- timestamps ------------------------------------------------------------------------------
 # Lines come in bursts within one second: a one-entry cache per style makes conversion cheap.
 _last_classic: list[Any] = [None, 0.0]
+_FRACTION = re.compile(r"\.\d+")
 _last_iso: list[Any] = [None, 0.0]
 
 
@@ -175,14 +176,11 @@ def _iso_time(stamp: str) -> float | None:
     base, rest = stamp[:19], stamp[19:]
     frac = 0.0
     if rest.startswith("."):
-        i = 1
-        while i < len(rest) and rest[i].isdigit():
-            i += 1
-        try:
-            frac = float(rest[:i])
-        except ValueError:
+        m = _FRACTION.match(rest)
+        if m is None:
             return None
-        rest = rest[i:]
+        frac = float(m.group())
+        rest = rest[m.end() :]
     key = (base, rest)
     if _last_iso[0] == key:
         return float(_last_iso[1]) + frac
@@ -211,15 +209,85 @@ def _broken(line: bytes | str) -> LogRecord | None:
 def _parse(line: bytes | str) -> LogRecord | None:
     if isinstance(line, bytes):
         cut = len(line) > MAX_LINE
-        if cut:
-            line = line[:MAX_LINE]
-        s = line.decode("utf-8", "replace")
+        s = (line[:MAX_LINE] if cut else line).decode("utf-8", "replace")
     else:
         cut = len(line) > MAX_LINE
         s = line[:MAX_LINE] if cut else line
     if "\x00" in s:
         s = s.replace("\x00", "")
-    s = s.rstrip("\r\n")
+    if s[-1:] == "\n":
+        s = s.rstrip("\r\n")
+    # Fast path: the two usual timestamp layouts, then "host tag: " looked up in a cache
+    # (a busy node logs from a few hundred processes: the same few hundred headers).
+    if s[9:10] == ":" and s[3:4] == " ":  # "Nov 28 17:33:59[.fff] host tag: msg"
+        j = s.find(" ", 15)
+        t = _classic_stamp(s[:j])
+    elif s[4:5] == "-" and s[10:11] == "T":  # RFC 3339
+        j = s.find(" ")
+        t = _iso_time(s[:j])
+    else:
+        return _parse_slow(s, cut)
+    i = s.find(": ", j)
+    if t is None or i < 0 or j < 0:
+        return _parse_slow(s, cut)
+    hdr = _HEADERS.get(s[j + 1 : i])
+    if hdr is None:
+        hdr = _header(s[j + 1 : i].split(None, 1))
+        if len(_HEADERS) > 4096:
+            _HEADERS.clear()
+        _HEADERS[s[j + 1 : i]] = hdr
+    if not hdr:
+        return None
+    node, instance, program, service, pid, handler = hdr
+    rec = LogRecord(t, node, instance, program, service, pid, "unknown", "", {})
+    msg = s[i + 2 :]
+    handler(rec, msg)
+    if rec.kind == "unknown":
+        rec.fields["message"] = msg[:500]
+    if cut:
+        rec.fields["cut"] = "1"
+    return rec
+
+
+_HEADERS: dict[str, tuple[Any, ...]] = {}
+_last_stamp: list[Any] = ["", None]
+
+
+def _classic_stamp(stamp: str) -> float | None:
+    if stamp == _last_stamp[0]:
+        t: float | None = _last_stamp[1]
+        return t
+    parts = stamp.split()
+    if len(parts) != 3:
+        return None
+    t = _classic_time(*parts)
+    _last_stamp[0], _last_stamp[1] = stamp, t
+    return t
+
+
+def _header(parts: list[str]) -> tuple[Any, ...]:
+    """ "host postfix/smtp[123]" -> (node, instance, program, service, pid, handler), or ()
+    when the program is not Postfix's."""
+    if len(parts) != 2:
+        return ()
+    node, name = parts
+    if " " in name:
+        return ()
+    pid = ""
+    if name[-1:] == "]":
+        b = name.rfind("[")
+        if b < 0:
+            return ()
+        pid, name = name[b + 1 : -1], name[:b]
+    instance, slash, program = name.partition("/")
+    service = program.rpartition("/")[2] if slash else instance
+    if service not in SERVICES and not (slash and instance.startswith("postfix")):
+        return ()
+    return (node, instance, program or instance, service, pid, _HANDLERS.get(service, _generic))
+
+
+def _parse_slow(s: str, cut: bool) -> LogRecord | None:
+    """Other layouts: a year before or after the date, and anything odd."""
     if s[:1].isdigit():
         if s[4:5] == "-":  # RFC 3339
             parts = s.split(None, 3)
@@ -248,19 +316,11 @@ def _parse(line: bytes | str) -> LogRecord | None:
             t = _classic_time(mon, day, clock)
     if t is None or tag[-1:] != ":":
         return None
-    name = tag[:-1]
-    pid = ""
-    if name[-1:] == "]":
-        b = name.rfind("[")
-        if b < 0:
-            return None
-        pid, name = name[b + 1 : -1], name[:b]
-    instance, slash, program = name.partition("/")
-    service = program.rpartition("/")[2] if slash else instance
-    if service not in SERVICES and not (slash and instance.startswith("postfix")):
+    hdr = _header([node, tag[:-1]])
+    if not hdr:
         return None
-    rec = LogRecord(t, node, instance, program or instance, service, pid, "unknown", "", {})
-    handler = _HANDLERS.get(service, _generic)
+    node, instance, program, service, pid, handler = hdr
+    rec = LogRecord(t, node, instance, program, service, pid, "unknown", "", {})
     handler(rec, msg)
     if rec.kind == "unknown":
         rec.fields["message"] = msg[:500]
@@ -286,12 +346,18 @@ def _level(rec: LogRecord, msg: str) -> bool:
     return False
 
 
+_HEX = "0123456789ABCDEF"
+
+
 def _queue_id(rec: LogRecord, msg: str) -> str | None:
     """Strip a leading queue id (or NOQUEUE) and return the rest, or None if there is none."""
-    m = _QID.match(msg)
-    if m:
-        rec.queue_id = m.group(1)
-        return msg[m.end() :]
+    k = msg.find(": ", 5, 26)
+    if k > 0:
+        qid = msg[:k]
+        # str.strip is a cheap test for "only hex digits"; long ids go through the regex
+        if not qid.strip(_HEX) or (k >= 10 and _QID.match(msg)):
+            rec.queue_id = qid
+            return msg[k + 2 :]
     if msg.startswith("NOQUEUE: "):
         rec.queue_id = "NOQUEUE"
         return msg[9:]
@@ -435,6 +501,10 @@ def _smtp_trouble(rec: LogRecord, rest: str) -> None:
         rec.kind = "ignored"
         f["reason"] = "PIX workaround notice"
         return
+    if rest.startswith(("Cannot start TLS", "TLS is required", "Server certificate not")):
+        rec.kind = "ignored"
+        f["reason"] = "TLS session detail"
+        return
     rec.kind = "unknown"
 
 
@@ -449,7 +519,14 @@ def _smtp_other(rec: LogRecord, msg: str) -> None:
         f["message"] = why
         return
     if " TLS connection established " in msg or msg.startswith(
-        ("certificate verification failed", "SSL_connect error", "server certificate")
+        (
+            "certificate verification failed",
+            "SSL_connect error",
+            "server certificate",
+            "setting up TLS connection",
+            "Host offered STARTTLS",
+            "TLS ",
+        )
     ):
         rec.kind = "ignored"
         f["reason"] = "TLS session detail"
@@ -463,6 +540,9 @@ def _qmgr(rec: LogRecord, msg: str) -> None:
     if rest is None:
         if not _level(rec, msg):
             rec.kind = "unknown"
+        return
+    if rest.startswith("to="):  # qmgr defers or bounces itself ("mail transport unavailable")
+        _delivery(rec, msg)
         return
     if rest.startswith("from="):
         if ", status=expired" in rest:
@@ -499,6 +579,19 @@ def _cleanup(rec: LogRecord, msg: str) -> None:
         rec.kind = "message_id"
         f["message_id"] = rest[11:]
         return
+    if rest.startswith(("reject: header ", "reject: body ", "discard: header ", "discard: body ")):
+        # "reject: header Subject: x from host[ip]; from=<a> to=<b> proto=ESMTP helo=<h>: 5.7.1 y"
+        rec.kind = "reject"
+        f["action"], _, what = rest.partition(": ")
+        f["stage"] = what.split(" ", 1)[0]
+        head, _, kv = what.partition("; from=")
+        kv, _, text = kv.partition(": ")
+        _keyvalues(f, "from=" + kv, " ")
+        f["reply"] = text
+        f["reply_code"], f["dsn"] = reply_codes(text)
+        if not f["dsn"] and text[:1] in "245" and text[1:2] == ".":
+            f["dsn"] = text.split(" ", 1)[0]
+        return
     if rest.startswith(("milter-reject: ", "reject: ", "discard: ", "hold: ")):
         _reject(rec, rest)
         return
@@ -513,6 +606,10 @@ def _cleanup(rec: LogRecord, msg: str) -> None:
     if rest.startswith(("milter-", "prepend: ", "replace: ", "redirect: ", "filter: ")):
         rec.kind = "ignored"
         f["reason"] = "header or body check action"
+        return
+    if rest.startswith("resent-message-id="):
+        rec.kind = "ignored"
+        f["reason"] = "resent message id"
         return
     rec.kind = "unknown"
 
@@ -537,6 +634,8 @@ def _reject(rec: LogRecord, rest: str) -> None:
     semi = text.rfind("; from=")
     if semi < 0:
         semi = text.rfind("; to=")
+    if semi < 0:
+        semi = text.rfind("; proto=")
     if semi >= 0:
         kv = text[semi + 2 :]
         text = text[:semi]
@@ -608,9 +707,17 @@ def _smtpd(rec: LogRecord, msg: str) -> None:
         f["reply_code"], f["dsn"] = reply_codes(text)
         _keyvalues(f, kv, " ")
         return
+    if msg.startswith("too many errors after "):
+        rec.kind = "lost_connection"
+        stage, _, client = msg[22:].partition(" from ")
+        f["stage"] = stage
+        f["message"] = "too many errors"
+        _client(f, client)
+        return
     if (
         "TLS connection established" in msg
         or msg.startswith(("improper command pipelining", "discarding EHLO keywords"))
+        or msg.startswith(("setting up TLS connection", "TLS SNI"))
         or msg.startswith(("Anonymous TLS", "Untrusted TLS", "Trusted TLS", "Verified TLS"))
     ):
         rec.kind = "ignored"

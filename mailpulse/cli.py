@@ -31,6 +31,15 @@ def _agent(args: argparse.Namespace) -> int:
     return agent_main(args)
 
 
+def _logs(name: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        from mailpulse import report
+
+        return report.run_parse(args) if name == "parse" else report.run_report(args)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailpulse", description="Watch Postfix mass-mailing nodes.")
     p.add_argument("--version", action="version", version=f"mailpulse {__version__}")
@@ -50,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common(lp)
         lp.add_argument("files", nargs="*", type=Path)
         lp.add_argument("--json", action="store_true")
-        lp.set_defaults(run=_not_built(f"logs {name}"))
+        lp.set_defaults(run=_logs(name))
 
     queue = sub.add_parser("queue", help="qshape-style view of the queue")
     _common(queue)

@@ -308,3 +308,152 @@ def test_nul_bytes_invalid_utf8_and_huge_lines() -> None:
     events = list(events_from_lines([huge, b"\x00" * 100, b"", b"\xff" * 70_000, GOOD], c))
     assert [e.status for e in events] == ["bounced", "bounced"]
     assert c.stats["lines"] == 5 and c.stats["cut_lines"] == 1
+
+
+def general_road(lines: list[bytes]) -> tuple[list[dict[str, object]], dict[str, int]]:
+    c = Correlator()
+    events = [e.to_json() for line in lines for e in c.feed_line(line)]
+    return events, dict(c.stats)
+
+
+def fast_road(lines: list[bytes]) -> tuple[list[dict[str, object]], dict[str, int]]:
+    c = Correlator()
+    events = [e.to_json() for e in c.feed_lines(lines)]
+    return events, dict(c.stats)
+
+
+VARIANTS = [
+    b"Nov 28 17:33:59 mx1 postfix/smtpd[5]: 1A2B3C4D5E: client=a.example[192.0.2.7]",
+    b"Nov 28 17:33:59 mx1 postfix/cleanup[6]: 1A2B3C4D5E: message-id=<x@a.example>",
+    b"Nov 28 17:33:59 mx1 postfix/qmgr[3]: 1A2B3C4D5E: from=<s@ours.example>, size=1200, nrcpt=3 "
+    b"(queue active)",
+    _line(
+        "1A2B3C4D5E",
+        "u@x.example",
+        "mx[192.0.2.5]:25",
+        "deferred",
+        "4.2.2",
+        "host mx[192.0.2.5] said: 452 4.2.2 <u@x.example>: full (in reply to RCPT TO command)",
+    ),
+    b"Nov 28 17:34:00 mx1 postfix/smtp[9]: 1A2B3C4D5E: to=<v@x.example>, orig_to=<w@x.example>, "
+    b"relay=mx[192.0.2.5]:25, conn_use=2, delay=1.5, delays=0.1/0/0.4/1, dsn=5.0.0, "
+    b"status=bounced (host mx[192.0.2.5] said: 550 4.1.1 no (in reply to RCPT TO command))",
+    b"Nov 28 17:34:00 mx1 postfix/smtp[9]: 1A2B3C4D5E: to=<t@x.example>, relay=mx[192.0.2.5]:25,"
+    b" delay=3.6, delays=0.08/0.02/0.85/0.14, tls=dane, dsn=2.1.5, status=sent (250 2.0.0 Ok)",
+    b"Nov 28 17:34:00 mx1 postfix/local[9]: 1A2B3C4D5E: to=root@mx1, orig_to=postmaster, "
+    b"relay=local, delay=0.07, delays=0.04/0/0/0.03, dsn=2.0.0, status=sent (delivered to "
+    b"mailbox)",
+    b"Nov 28 17:34:00 mx1 postfix/smtp[9]: 1A2B3C4D5E: to=<c@x.example>, relay=127.0.0.1"
+    b"[127.0.0.1]:10025, delay=1, delays=1/0/0/0, dsn=2.0.0, status=sent (250 queued as 9F)",
+    b"Nov 28 17:34:00 mx1 postfix/smtp[9]: 1A2B3C4D5E: to=<q@x.example>, relay=none, delay=1, "
+    b"delays=1/0/0/0, dsn=2.0.0, status=deliverable (probe)",
+    b"2026-11-28T17:34:01.000123+01:00 mx2 postfix-bulk1/smtp[9]: 4RzD1k0bXHz9rwN: "
+    b"to=<g@gmail.com>, relay=gmail-smtp-in.l.google.com[2a00:1450::1b]:25, delay=2, "
+    b"delays=1/0/0/1, dsn=4.7.0, status=deferred (host gmail-smtp-in.l.google.com[2a00:1450::1b]"
+    b" said: 421-4.7.0 rate limited (in reply to end of DATA command))",
+    b"Nov 28 17:34:00 mx1 postfix/bounce[7]: 1A2B3C4D5E: sender non-delivery notification: 0F1E",
+    b"Nov 28 17:34:00 mx1 postfix/qmgr[3]: 1A2B3C4D5E: removed",
+    b"Nov 28 17:34:00 mx1 postfix/qmgr[3]: 1A2B3C4D5E: removed extra",
+    b"Nov 28 17:34:00 mx1 postfix/qmgr[3]: 4RzD1k0bXHz9rwN: from=<s@ours.example>, "
+    b"status=expired, returned to sender",
+    b"Nov 28 17:34:00 mx1 postfix/smtp[9]: 1A2B\x00C: to=<n@x.example>, relay=none, delay=1, "
+    b"delays=1/0/0/0, dsn=4.4.1, status=deferred (connect to x: Connection refused)",
+    b"Nov 28 17:34:00 mx1 postfix/smtp[9]: 1A2B3C4D5E: to=<bad\xff@x.example>, relay=none, "
+    b"delay=1, delays=1/0/0/0, dsn=4.4.1, status=deferred (x)",
+    b"Nov 28 17:34:00 mx1 postfix/smtp[9]: 1A2B3C4D5E: to=<cut@x.example>, relay=none, dela",
+    b"garbage",
+    b"",
+]
+
+
+def test_fast_road_equals_general_road_on_variants_and_garbage() -> None:
+    rng = random.Random(9)
+    lines = list(VARIANTS)
+    for _ in range(2000):  # the same lines cut short or with a byte changed
+        line = rng.choice(VARIANTS)
+        if rng.random() < 0.5:
+            line = line[: rng.randrange(len(line) + 1)]
+        elif line:
+            i = rng.randrange(len(line))
+            line = line[:i] + bytes([rng.randrange(256)]) + line[i + 1 :]
+        lines.append(line)
+    fast, general = fast_road(lines), general_road(lines)
+    assert fast[0] == general[0]
+    assert fast[1] == general[1]
+    assert fast[1]["events.deferred"] >= 3 and fast[1]["content_filter_relays"] >= 1
+
+
+def test_fast_road_equals_general_road_on_grok_corpus(shared_corpus: Path) -> None:
+    lines = []
+    for path in sorted((shared_corpus / "postfix-lines" / "grok-tests").glob("*.yaml")):
+        case = yaml.safe_load(path.read_text())
+        service, message = _case_line(path.stem, str(case["data"]))
+        lines.append(f"Nov 28 17:33:59 mx1 postfix/{service}[4242]: {message}".encode())
+    assert fast_road(lines) == general_road(lines)
+
+
+def test_more_real_world_shapes() -> None:
+    head = "Nov 28 17:33:59 mx1 postfix/"
+    cases = {
+        # qmgr logs a recipient's outcome itself when a transport is unavailable
+        "qmgr[3]: 3A4B5C6D7E: to=<u@x.example>, relay=none, delay=0.1, delays=0.1/0/0/0, "
+        "dsn=4.3.0, status=deferred (mail transport unavailable)": (
+            "delivery",
+            "status",
+            "deferred",
+        ),
+        "cleanup[4]: 3A4B5C6D7E: reject: header Subject: win big from x[192.0.2.1]; from=<a@x> "
+        "to=<b@y> proto=ESMTP helo=<x>: 5.7.1 message content rejected": ("reject", "dsn", "5.7.1"),
+        "cleanup[4]: 3A4B5C6D7E: resent-message-id=<a@b>": (
+            "ignored",
+            "reason",
+            "resent message id",
+        ),
+        "smtpd[5]: too many errors after RCPT from unknown[192.0.2.1]": (
+            "lost_connection",
+            "client_ip",
+            "192.0.2.1",
+        ),
+        "smtpd[5]: NOQUEUE: reject: MAIL from x[192.0.2.1]: 452 4.3.1 Insufficient system storage;"
+        " proto=ESMTP helo=<x>": ("reject", "reply", "452 4.3.1 Insufficient system storage"),
+        "smtp[6]: setting up TLS connection to mx.x.example[192.0.2.5]:25": (
+            "ignored",
+            "reason",
+            "TLS session detail",
+        ),
+    }
+    for message, (kind, field, value) in cases.items():
+        rec = parse_line((head + message).encode())
+        assert rec is not None and rec.kind == kind, (message, rec)
+        assert rec.get(field) == value, (message, rec)
+
+
+def test_reply_code_shortcut_agrees_with_the_regex() -> None:
+    from mailpulse.collectors.maillog import build_event
+    from mailpulse.collectors.maillog import reply_codes as codes
+
+    rng = random.Random(3)
+    base = [
+        "250 2.0.0 Ok",
+        "550-5.7.1 spam",
+        "421 4.7.0 later",
+        "250Ok",
+        "2.0.0 x",
+        "",
+        "5",
+        "host a[1.2.3.4] said: 550 5.1.1 no",
+        "25",
+        "450-",
+        "2\u00b23 x",
+        "350 go ahead",
+    ]
+    for _ in range(3000):
+        r = rng.choice(base)
+        if r and rng.random() < 0.5:
+            i = rng.randrange(len(r))
+            r = r[:i] + rng.choice("0123456789 -.x\u0663") + r[i + 1 :]
+        for dsn in ("2.0.0", "5.0.0", "4.0.0"):
+            ev = build_event(
+                0.0, "n", "i", "smtp", "Q", "a@b", "r", "sent", dsn, r, "1", "", "", None
+            )
+            assert ev.reply_code == codes(r)[0], r

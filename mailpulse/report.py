@@ -1,0 +1,225 @@
+"""`mailpulse logs parse` and `mailpulse logs report`: log files (or stdin) through the collector.
+
+The report is what pflogsumm gives an operator, in mailpulse's words: outcomes per status,
+reason, dsn, domain group, node and hour, and the replies behind the deferrals and bounces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import yaml
+
+from mailpulse.collectors.maillog import Correlator
+from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
+from mailpulse.events import STATUSES, DeliveryEvent
+
+TOP = 10
+# Parts of a reply that name one recipient or host; without them equal replies group together.
+_HOST_SAID = re.compile(r"^(?:delivery temporarily suspended: )?host \S+ said: ")
+_ADDRESS = re.compile(r"<[^<>\s]*@[^<>\s]*>|\[[0-9A-Fa-f.:]+\](?::\d+)?")
+_IN_REPLY = re.compile(r" \(in reply to [^)]*\)$")
+
+
+def normalise_reply(text: str) -> str:
+    text = _HOST_SAID.sub("", text)
+    text = _IN_REPLY.sub("", text)
+    return _ADDRESS.sub("<...>", text)[:200]
+
+
+def _open(path: Path) -> BinaryIO:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
+def input_lines(files: Iterable[Path]) -> Iterator[bytes]:
+    """Lines of these files in order ("-" or none: stdin), as bytes."""
+    paths = list(files)
+    if not paths or paths == [Path("-")]:
+        yield from sys.stdin.buffer
+        return
+    for p in paths:
+        if str(p) == "-":
+            yield from sys.stdin.buffer
+            continue
+        with _open(p) as f:
+            yield from f
+
+
+def correlator_from_config(config: Path | None) -> Correlator:
+    """`logs:` section of the config: content_filters (list of ip:port), max_messages."""
+    if config is None:
+        return Correlator()
+    data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    logs = data.get("logs") or {}
+    kw: dict[str, Any] = {}
+    if "content_filters" in logs:
+        kw["content_filters"] = [str(x) for x in logs["content_filters"]]
+    if "max_messages" in logs:
+        kw["max_messages"] = int(logs["max_messages"])
+    return Correlator(**kw)
+
+
+def event_json(ev: DeliveryEvent) -> dict[str, Any]:
+    d = ev.to_json()
+    if not d["extra"]:
+        del d["extra"]
+    return d
+
+
+def run_parse(args: argparse.Namespace) -> int:
+    c = correlator_from_config(args.config)
+    out = sys.stdout
+    write = out.write
+    try:
+        for ev in c.feed_lines(input_lines(args.files)):
+            if args.json:
+                write(json.dumps(event_json(ev)) + "\n")
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.time))
+                write(
+                    f"{stamp} {ev.node} {ev.instance}/{ev.program} {ev.queue_id} "
+                    f"{ev.recipient} {ev.status} {ev.dsn} {ev.reason}\n"
+                )
+    except BrokenPipeError:  # `| head`: the reader has all it wants
+        return 0
+    except OSError as e:
+        print(f"mailpulse: {e}", file=sys.stderr)
+        return 1
+    _print_unparsed(c)
+    return 0
+
+
+def _print_unparsed(c: Correlator) -> None:
+    unparsed = {k[9:]: v for k, v in c.stats.items() if k.startswith("unparsed.")}
+    if unparsed:
+        print(f"mailpulse: lines not understood, per program: {unparsed}", file=sys.stderr)
+
+
+class Report:
+    """Counts over a stream of events, plus the correlator's own counts."""
+
+    def __init__(self, groups: DomainGroups = DEFAULT_GROUPS) -> None:
+        self.groups = groups
+        self.status: Counter[str] = Counter()
+        self.by: dict[str, defaultdict[str, Counter[str]]] = {
+            k: defaultdict(Counter) for k in ("reason", "dsn", "dsn_class", "group", "node", "hour")
+        }
+        self.replies: dict[str, Counter[str]] = {"deferred": Counter(), "bounced": Counter()}
+        self.first = self.last = 0.0
+
+    def add(self, ev: DeliveryEvent) -> None:
+        s = ev.status
+        self.status[s] += 1
+        if ev.time:
+            self.first = ev.time if not self.first else min(self.first, ev.time)
+            self.last = max(self.last, ev.time)
+        by = self.by
+        if s != "sent":
+            by["reason"][ev.reason][s] += 1
+        by["dsn"][ev.dsn or "none"][s] += 1
+        by["dsn_class"][(ev.dsn[:1] + ".x.x") if ev.dsn else "none"][s] += 1
+        by["group"][self.groups.group(ev.domain, ev.relay)][s] += 1
+        by["node"][ev.node][s] += 1
+        by["hour"][time.strftime("%Y-%m-%d %H:00", time.localtime(ev.time))][s] += 1
+        if s in self.replies:
+            self.replies[s][normalise_reply(ev.reply_text)] += 1
+
+    def to_json(self, c: Correlator) -> dict[str, Any]:
+        stats = dict(c.stats)
+        return {
+            "first": self.first,
+            "last": self.last,
+            "status": {s: self.status.get(s, 0) for s in STATUSES},
+            **{k: {name: dict(cnt) for name, cnt in sorted(v.items())} for k, v in self.by.items()},
+            "top_replies": {
+                s: [{"reply": r, "count": n} for r, n in cnt.most_common(TOP)]
+                for s, cnt in self.replies.items()
+            },
+            "messages": {
+                "received": stats.get("records.client", 0) + stats.get("records.pickup", 0),
+                "queued": stats.get("records.queued", 0),
+                "removed": stats.get("records.removed", 0),
+                "notifications": stats.get("records.notification", 0),
+            },
+            "content_filter_relays": stats.get("content_filter_relays", 0),
+            "rejects": {k[8:]: v for k, v in stats.items() if k.startswith("rejects.")},
+            "warnings": {
+                lvl: stats.get("records." + lvl, 0)
+                for lvl in ("warning", "error", "fatal", "panic")
+            },
+            "lines": stats.get("lines", 0),
+            "not_postfix": stats.get("not_postfix", 0),
+            "unparsed": {k[9:]: v for k, v in stats.items() if k.startswith("unparsed.")},
+            "unparsed_samples": c.samples,
+            "evictions": stats.get("evictions", 0),
+        }
+
+
+def _table(title: str, rows: dict[str, dict[str, int]], limit: int | None = None) -> list[str]:
+    out = [f"\n{title}", f"  {'':<28}" + "".join(f"{s:>10}" for s in STATUSES)]
+    ranked = sorted(rows.items(), key=lambda kv: -sum(kv[1].values()))
+    for name, cnt in ranked[:limit]:
+        out.append(f"  {name[:28]:<28}" + "".join(f"{cnt.get(s, 0):>10}" for s in STATUSES))
+    return out
+
+
+def render_text(data: dict[str, Any]) -> str:
+    fmt = "%Y-%m-%d %H:%M:%S"
+    lines = [
+        "Postfix log summary (mailpulse)",
+        f"  from {time.strftime(fmt, time.localtime(data['first']))}"
+        f" to {time.strftime(fmt, time.localtime(data['last']))}"
+        if data["first"]
+        else "  no delivery in these lines",
+        "\nGrand totals",
+        *(f"  {s:<24}{n:>10}" for s, n in data["status"].items()),
+        *(f"  {k:<24}{n:>10}" for k, n in data["messages"].items()),
+        f"  {'content filter relays':<24}{data['content_filter_relays']:>10}",
+        *(f"  {'rejects ' + k:<24}{n:>10}" for k, n in sorted(data["rejects"].items())),
+        *(f"  {k + 's':<24}{n:>10}" for k, n in data["warnings"].items() if n),
+        f"  {'lines read':<24}{data['lines']:>10}",
+    ]
+    lines += _table("Per reason (failures)", data["reason"])
+    lines += _table("Per dsn class", data["dsn_class"])
+    lines += _table("Per dsn", data["dsn"], 20)
+    lines += _table("Per domain group", data["group"])
+    lines += _table("Per node", data["node"])
+    lines += _table("Per hour", dict(sorted(data["hour"].items())))
+    for s in ("deferred", "bounced"):
+        lines.append(f"\nTop {s} replies")
+        lines += [f"  {r['count']:>8}  {r['reply']}" for r in data["top_replies"][s]]
+    if data["unparsed"]:
+        lines.append("\nLines not understood, per program")
+        lines += [f"  {k:<24}{n:>10}" for k, n in data["unparsed"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_report(args: argparse.Namespace) -> int:
+    c = correlator_from_config(args.config)
+    rep = Report()
+    try:
+        for ev in c.feed_lines(input_lines(args.files)):
+            rep.add(ev)
+    except OSError as e:
+        print(f"mailpulse: {e}", file=sys.stderr)
+        return 1
+    data = rep.to_json(c)
+    # hour keys print in order in both outputs
+    data["hour"] = dict(sorted(data["hour"].items()))
+    if args.json:
+        json.dump(data, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(data))
+    return 0
