@@ -12,7 +12,8 @@ LAB := $(PY) -m lab --root $(LAB_DIR)
 # today that the benchmarks compare against. The -dev packages build easysnmp and rrdtool.
 APT_PACKAGES := postfix libsnmp-dev librrd-dev rrdtool snmpd snmp smitools \
 	prometheus prometheus-alertmanager prometheus-postfix-exporter mtail pflogsumm \
-	redis-server haproxy python3-venv python3-dev gcc make procps
+	redis-server haproxy python3-venv python3-dev gcc make procps \
+	time
 # The log collector's journal test writes a real journal file with systemd-journal-remote.
 APT_PACKAGES += systemd-journal-remote
 # The agent's TLS tests make their certificates with openssl.

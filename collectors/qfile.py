@@ -39,94 +39,95 @@ class Envelope:
     size: int  # message content size from the C record (what mailq and showq report)
 
 
-class _Reader:
-    """Buffered random access over a ByteSource: few reads for a file's envelope."""
+BLOCK = 8192  # one read holds the whole envelope of a typical queue file
 
-    BLOCK = 8192
-
-    def __init__(self, source: ByteSource) -> None:
-        self._source = source
-        self._base = 0
-        self._buf = b""
-
-    def get(self, offset: int, size: int) -> bytes:
-        end = offset + size
-        if offset < self._base or end > self._base + len(self._buf):
-            self._base = offset
-            self._buf = self._source(offset, max(size, self.BLOCK))
-        start = offset - self._base
-        return self._buf[start : start + size]
-
-    def record(self, offset: int) -> tuple[int, bytes, int]:
-        """(type, payload, next offset) of the record at offset."""
-        head = self.get(offset, 6)
-        if not head:
-            raise QueueFileError("truncated", f"no end record (stopped at offset {offset})")
-        rtype = head[0]
-        if rtype not in KNOWN_TYPES:
-            raise QueueFileError("garbage", f"record type {rtype:#04x} at offset {offset}")
-        length = shift = 0
-        i = 1
-        while True:
-            if i >= len(head):
-                raise QueueFileError("truncated", f"record length cut at offset {offset}")
-            byte = head[i]
-            i += 1
-            length |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                break
-            shift += 7
-            if shift > 28:
-                raise QueueFileError("garbage", f"record length too long at offset {offset}")
-        if length > MAX_RECORD:
-            raise QueueFileError("garbage", f"record of {length} bytes at offset {offset}")
-        payload = self.get(offset + i, length)
-        if len(payload) != length:
-            raise QueueFileError("truncated", f"record cut at offset {offset}")
-        return rtype, payload, offset + i + length
-
-
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
+# Record types whose payload the envelope needs: C T S R p (the rest is only stepped over).
+_A, _C, _T, _S, _R, _M, _P, _E = b"ACTSRMpE"
 
 
 def parse_queue_file(source: ByteSource, mtime: int = 0) -> Envelope:
     """The envelope of one queue file, or QueueFileError. Reads only what it needs."""
-    reader = _Reader(source)
     arrival: int | None = None
     sender: str | None = None
     recipients: list[str] = []
     content_size: int | None = None
-    size = 0
+    jumps: set[int] = set()
+    base = 0  # file offset of buf[0]
+    buf = source(0, BLOCK)
+    n = len(buf)
     offset = 0
+    known = KNOWN_TYPES
     for _ in range(MAX_RECORDS):
-        rtype, payload, offset = reader.record(offset)
-        if rtype == 0x52:  # R
-            recipients.append(_decode(payload))
-        elif rtype == 0x45:  # E
+        i = offset - base
+        # The common case first: the whole record in the buffer, a one-byte length.
+        if i >= 0 and i + 2 <= n and buf[i + 1] < 0x80 and i + 2 + buf[i + 1] <= n:
+            rtype = buf[i]
+            head = 2
+            length = buf[i + 1]
+            end = i + 2 + length
+            if rtype == _A:  # named attributes: most of an envelope, none needed here
+                offset += 2 + length
+                continue
+        else:
+            base, buf, i = offset, source(offset, BLOCK), 0
+            n = len(buf)
+            if not n:
+                raise QueueFileError("truncated", f"no end record (stopped at offset {offset})")
+            rtype = buf[0]
+            length, head = _varint(buf, offset)
+            end = head + length
+            if end > n:
+                buf = source(offset, max(BLOCK, end))
+                n = len(buf)
+                if end > n:
+                    raise QueueFileError("truncated", f"record cut at offset {offset}")
+        offset += head + length
+        if rtype == _R:
+            recipients.append(buf[i + head : end].decode("utf-8", "surrogateescape"))
+        elif rtype == _E:
             if sender is None:
                 raise QueueFileError("garbage", "no sender record")
-            return Envelope(
-                arrival if arrival is not None else mtime, sender, tuple(recipients), size
-            )
-        elif rtype == 0x54:  # T: "seconds microseconds"
             if arrival is None:
-                arrival = _int_field(payload, "time")
-        elif rtype == 0x53:  # S
+                arrival = mtime
+            return Envelope(arrival, sender, tuple(recipients), content_size or 0)
+        elif rtype == _S:
             if sender is None:
-                sender = _decode(payload)
-        elif rtype == 0x43:  # C: content size, data offset, recipient count, ...
+                sender = buf[i + head : end].decode("utf-8", "surrogateescape")
+        elif rtype == _T:  # "seconds microseconds"
+            if arrival is None:
+                arrival = _int_field(buf[i + head : end], "time")
+        elif rtype == _C:  # content size, data offset, recipient count, ...
             if content_size is None:
-                content_size = _int_field(payload, "size")
-                size = content_size
-        elif rtype == 0x4D:  # M: the content follows; skip it when its size is known
+                content_size = _int_field(buf[i + head : end], "size")
+        elif rtype == _M:  # the content follows; skip it when its size is known
             if content_size is not None:
                 offset += content_size
-        elif rtype == 0x70:  # p: pointer
-            target = _int_field(payload, "pointer")
+        elif rtype == _P:  # pointer: a non-zero target redirects reading
+            target = _int_field(buf[i + head : end], "pointer")
             if target > 0:
+                if target in jumps:
+                    raise QueueFileError("garbage", f"pointer loop at offset {target}")
+                jumps.add(target)
                 offset = target
+        elif rtype not in known:
+            raise QueueFileError("garbage", f"record type {rtype:#04x} at offset {offset}")
     raise QueueFileError("garbage", "too many records")
+
+
+def _varint(buf: bytes, offset: int) -> tuple[int, int]:
+    """(payload length, header size) of the record at the start of buf."""
+    length = shift = 0
+    for i in range(1, 6):
+        if i >= len(buf):
+            raise QueueFileError("truncated", f"record length cut at offset {offset}")
+        byte = buf[i]
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if length > MAX_RECORD:
+                raise QueueFileError("garbage", f"record of {length} bytes at offset {offset}")
+            return length, i + 1
+        shift += 7
+    raise QueueFileError("garbage", f"record length too long at offset {offset}")
 
 
 def _int_field(payload: bytes, what: str) -> int:
@@ -148,48 +149,42 @@ class DeferEntry:
     reason: str  # the text Postfix keeps, as mailq shows it
 
 
-_OLD_STYLE = re.compile(r"<(.*)>: (.*)")
+_OLD_STYLE = re.compile(r"^<(.*)>: (.*)$", re.M)
+_NAME_VALUE = re.compile(r"^([A-Za-z0-9_]+)[ \t]*=[ \t]*(.*?)[ \t]*$", re.M)
 
 
 def parse_defer_log(text: str) -> list[DeferEntry]:
     """Per-recipient entries of a defer (or bounce) logfile, as Postfix's bounce_log reads it.
 
-    Entries are separated by blank lines and hold "name=value" lines; Postfix versions before
+    Entries are separated by blank lines and hold "name = value" lines; Postfix versions before
     2.3 wrote "<recipient>: reason" lines instead, and both may appear in one entry.
     """
     out: list[DeferEntry] = []
-    fields: dict[str, str] = {}
-
-    def close() -> None:
-        if "recipient" in fields:
-            out.append(
-                DeferEntry(fields["recipient"], fields.get("status", ""), fields.get("reason", ""))
-            )
-        fields.clear()
-
-    for line in text.split("\n"):
-        if not line:
-            close()
-            continue
-        if line[0].isalnum():
-            name, sep, value = line.partition("=")
-            if sep:
-                fields[name.strip()] = value.strip()
-            continue
-        m = _OLD_STYLE.match(line)
-        if m:
+    for block in text.split("\n\n"):
+        fields = dict(_NAME_VALUE.findall(block))
+        if "recipient" not in fields:
+            m = _OLD_STYLE.search(block)
+            if not m:
+                continue
             fields.setdefault("recipient", m.group(1))
             fields.setdefault("reason", m.group(2))
-    close()
+        out.append(
+            DeferEntry(fields["recipient"], fields.get("status", ""), fields.get("reason", ""))
+        )
     return out
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def qshape_domain(address: str) -> str:
     """The domain qshape files an address under: lower case, after the last @, no edge dots."""
-    a = address.lower()
-    if a == "":
+    if address == "":
         return "MAILER-DAEMON"
-    d = a.rpartition("@")[2].replace("..", ".")
+    d = address[address.rfind("@") + 1 :]
+    d = d.lower() if d.isascii() else d.translate(_ASCII_LOWER)  # qshape's lc(): ASCII only
+    if ".." in d:
+        d = d.replace("..", ".")
     if len(d) > 1 and d[0] == ".":
         d = d[1:]
     if len(d) > 1 and d[-1] == ".":

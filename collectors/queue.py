@@ -3,26 +3,31 @@
 Two ways in, picked automatically: the spool (queue files' envelope records, read directly;
 root or the postfix user) and the showq service (what `postqueue -j` reads; no root, only
 access to the public/ directory). From the spool, sampling is incremental: a queued message's
-arrival time, sender and recipients do not change while it sits in a queue, so a sample
-re-reads only files whose (inode, ctime) it has not seen - a rename between queues or a retry
-changes the ctime - and keeps running totals that it adjusts for new and gone messages only.
+arrival time, sender and recipients do not change while it sits in a queue, so a sample lists
+only the directories whose mtime moved, reads only the queue ids new in them (a queue id
+encodes the file's inode), re-checks one turn of known files by ctime (a retry or a delivered
+recipient changes it), and adjusts running totals for what came and went.
 """
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import contextlib
+import json
 import os
 import re
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from mailpulse.bounce.classify import classify
 from mailpulse.collectors.qfile import (
@@ -36,8 +41,9 @@ from mailpulse.collectors.qfile import (
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import DEFAULT_AGE_EDGES_MIN, QUEUE_NAMES, QueueSnapshot, QueueStats
 
-_QUEUE_ID = re.compile(r"[A-Za-z0-9]{6,}")
 OTHER_DOMAINS = "(other)"
+
+T = TypeVar("T")
 
 # Deferral classes, as an operator sorts deferred mail.
 DEFERRAL_CLASSES = (
@@ -79,6 +85,7 @@ _REPLY_CODE = re.compile(r"\bsaid: ([245]\d\d)\b")
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
 
+@lru_cache(maxsize=16384)
 def deferral_class(status: str, text: str) -> str:
     """One of DEFERRAL_CLASSES for the reason Postfix keeps for a deferred recipient."""
     for pattern, klass in _TEXT_CLASS[:2]:
@@ -108,7 +115,7 @@ class PostfixInstance:
 
 
 def postconf(config_dir: Path | None, *names: str) -> dict[str, str]:
-    argv = ["postconf"]
+    argv = ["postconf", "-x"]  # -x: values with $names expanded
     if config_dir is not None:
         argv += ["-c", str(config_dir)]
     out = subprocess.run(
@@ -138,13 +145,22 @@ def discover_instances(config_dir: Path | None = None) -> list[PostfixInstance]:
     return found
 
 
+def samplers_for_host(config_dir: Path | None = None, **options: object) -> list[QueueSampler]:
+    """One sampler per Postfix instance found from config_dir, labelled with its syslog_name."""
+    return [
+        QueueSampler(i.config_dir, i.name, queue_dir=i.queue_dir, **options)  # type: ignore[arg-type]
+        for i in discover_instances(config_dir)
+    ]
+
+
 # -- the sampler -----------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
 class _Message:
     queue: str
-    key: tuple[int, int]  # (inode, ctime ns): a different key means the file changed
+    directory: str  # where the file is (one string shared by all files of a directory)
+    ctime_ns: int  # changes when Postfix renames the file, retries it or marks recipients done
     arrival: int
     size: int
     sender_domain: str
@@ -152,6 +168,14 @@ class _Message:
     recipients: int
     deferrals: tuple[tuple[tuple[str, str], int], ...]  # (group, class) -> recipients
     error: str = ""  # a file that could not be read: counted, not shown
+
+
+@dataclass(slots=True)
+class _Dir:
+    mtime_ns: int
+    reusable: bool  # read long enough after its last change that no change can hide
+    names: frozenset[str]  # queue files in it
+    subdirs: tuple[str, ...]
 
 
 class QueueSampler:
@@ -168,6 +192,7 @@ class QueueSampler:
         source: str = "auto",  # "auto", "spool" or "showq"
         huge_queue: int = 2_000_000,  # beyond this many files: count them, do not read them
         top_domains: int = 100,
+        revalidate_every: int = 10,
     ) -> None:
         self.config_dir = config_dir
         self.instance = instance
@@ -177,16 +202,32 @@ class QueueSampler:
         self.source = source
         self.huge_queue = huge_queue
         self.top_domains = top_domains
+        self.revalidate_every = max(1, revalidate_every)
+        self.files_read = 0  # queue files opened since this sampler was made
+        self._samples = 0
+        self._group_of: dict[str, str] = {}
+        self._shared: dict[object, object] = {}  # one copy of the tuples most messages share
+        self._defer_dirs: dict[str, str] = {}
+        self._source = ""  # what the cache was built from
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget every message: the next sample reads the whole queue again."""
         self._cache: dict[str, _Message] = {}
         self._msgs: Counter[tuple[str, str, str, int]] = Counter()
         self._rcpts: Counter[tuple[str, str, str, int]] = Counter()
         self._queue_totals: dict[str, list[int]] = {q: [0, 0, 0] for q in QUEUE_NAMES}
         self._deferrals: Counter[tuple[str, str]] = Counter()
-        self._group_of: dict[str, str] = {}
+        self._errors: Counter[str] = Counter()  # unreadable files in the cache, by kind
+        self._dirs: dict[str, _Dir] = {}
+        # queue ids in turns: each sample re-checks one turn's files for changes in place
+        self._turns: list[set[str]] = [set() for _ in range(self.revalidate_every)]
+        self._not_ready: dict[str, tuple[str, str]] = {}  # qid -> (queue, directory)
 
     # -- aggregates ------------------------------------------------------------------------
     def _apply(self, m: _Message, sign: int) -> None:
         if m.error:
+            self._errors[m.error] += sign
             return
         q, arr = m.queue, m.arrival
         totals = self._queue_totals[q]
@@ -206,6 +247,8 @@ class QueueSampler:
         old = self._cache.get(qid)
         if old is not None:
             self._apply(old, -1)
+        else:
+            self._turns[hash(qid) % self.revalidate_every].add(qid)
         self._cache[qid] = m
         self._apply(m, +1)
 
@@ -213,6 +256,10 @@ class QueueSampler:
         old = self._cache.pop(qid, None)
         if old is not None:
             self._apply(old, -1)
+            self._turns[hash(qid) % self.revalidate_every].discard(qid)
+
+    def _share(self, value: T) -> T:
+        return self._shared.setdefault(value, value)  # type: ignore[return-value]
 
     def _group(self, domain: str) -> str:
         g = self._group_of.get(domain)
@@ -223,7 +270,6 @@ class QueueSampler:
     def _message(
         self,
         queue: str,
-        key: tuple[int, int],
         arrival: int,
         size: int,
         sender: str,
@@ -231,6 +277,7 @@ class QueueSampler:
         reasons: dict[str, DeferEntry],
     ) -> _Message:
         domains = [qshape_domain(r) for r in recipients]
+        by_domain = ((domains[0], 1),) if len(domains) == 1 else tuple(Counter(domains).items())
         deferrals: Counter[tuple[str, str]] = Counter()
         if queue == "deferred":
             for r, d in zip(recipients, domains, strict=True):
@@ -239,13 +286,14 @@ class QueueSampler:
                 deferrals[(self._group(d), klass)] += 1
         return _Message(
             queue,
-            key,
+            "",
+            0,
             arrival,
             size,
-            qshape_domain(sender),
-            tuple(Counter(domains).items()),
+            self._share(qshape_domain(sender)),
+            self._share(by_domain),
             len(recipients),
-            tuple(deferrals.items()),
+            self._share(tuple(deferrals.items())),
         )
 
     # -- sampling --------------------------------------------------------------------------
@@ -259,6 +307,9 @@ class QueueSampler:
         started = time.monotonic()
         deadline = started + deadline_s if deadline_s is not None else None
         source = self.pick_source()
+        if source != self._source or source == "showq":  # showq lists everything each time
+            self._reset()
+            self._source = source
         errors: Counter[str] = Counter()
         if source == "spool":
             complete, counted = self._sample_spool(deadline, errors)
@@ -266,66 +317,88 @@ class QueueSampler:
             complete, counted = self._sample_showq(errors), None
         return self._snapshot(source, started, complete, errors, counted)
 
-    def _list_spool(self, errors: Counter[str]) -> Iterator[tuple[str, str, str, os.stat_result]]:
-        for q in QUEUE_NAMES:
-            yield from _walk(self.queue_dir / q, q, 0, errors)
-
     def _sample_spool(
         self, deadline: float | None, errors: Counter[str]
     ) -> tuple[bool, dict[str, list[int]] | None]:
-        listing: dict[str, tuple[str, str, os.stat_result]] = {}
-        for q, qid, path, st in self._list_spool(errors):
-            listing[qid] = (q, path, st)  # seen twice mid-rename: the later queue wins
-        if len(listing) > self.huge_queue:
+        """Re-read only what changed: new names in directories whose mtime moved, files still
+        being written, and one turn of files whose ctime moved (a retry, recipients delivered:
+        what a directory listing cannot show)."""
+        self._samples += 1
+        added: list[tuple[str, str, str]] = []  # (qid, queue, directory)
+        gone: list[tuple[str, str]] = []  # (qid, queue)
+        for q in QUEUE_NAMES:
+            _diff_tree(os.path.join(self.queue_dir, q), q, self._dirs, added, gone, errors)
+        total = sum(len(d.names) for d in self._dirs.values())
+        if total > self.huge_queue:
             counted = {q: [0, 0] for q in QUEUE_NAMES}
-            for q, _path, st in listing.values():
-                counted[q][0] += 1
-                counted[q][1] += st.st_size
+            for path, d in self._dirs.items():
+                q = os.path.relpath(path, self.queue_dir).split(os.sep, 1)[0]
+                if q in counted:
+                    counted[q][0] += len(d.names)
+            self._reset()  # what was listed was not read: the next sample starts over
             return False, counted
-        for qid in [qid for qid in self._cache if qid not in listing]:
-            self._drop(qid)
-        todo = []
-        for qid, (q, path, st) in listing.items():
-            old = self._cache.get(qid)
-            key = (st.st_ino, st.st_ctime_ns)
-            if old is None or old.key != key or old.queue != q:
-                todo.append((qid, q, path, st, key))
-        defer_logs = _defer_index(self.queue_dir, errors) if todo else {}
+        for qid, q in gone:
+            m = self._cache.get(qid)
+            if m is not None and m.queue == q:  # not already seen in its next queue
+                self._drop(qid)
+            self._not_ready.pop(qid, None)
+        todo = added + [(qid, q, where) for qid, (q, where) in self._not_ready.items()]
+        self._not_ready.clear()
+        for qid in list(self._turns[self._samples % self.revalidate_every]):
+            m = self._cache[qid]
+            try:
+                if os.stat(f"{m.directory}/{qid}").st_ctime_ns != m.ctime_ns:
+                    todo.append((qid, m.queue, m.directory))
+            except FileNotFoundError:
+                self._drop(qid)
         complete = True
-        for i, (qid, q, path, st, key) in enumerate(todo):
+        for i, (qid, q, directory) in enumerate(todo):
             if deadline is not None and i % 64 == 0 and time.monotonic() > deadline:
                 complete = False
                 errors["deadline_skipped"] += len(todo) - i
+                for qid2, q2, d2 in todo[i:]:  # read them next time
+                    self._not_ready[qid2] = (q2, d2)
                 break
-            self._read_file(qid, q, path, st, key, defer_logs.get(qid), errors)
-        for m in self._cache.values():
-            if m.error:
-                errors[m.error] += 1
+            self._read_file(qid, q, directory, errors)
+        errors.update(+self._errors)
         return complete, None
 
-    def _read_file(
-        self,
-        qid: str,
-        queue: str,
-        path: str,
-        st: os.stat_result,
-        key: tuple[int, int],
-        defer_log: str | None,
-        errors: Counter[str],
-    ) -> None:
+    def _defer_log_path(self, qid: str, directory: str) -> str:
+        """defer/ is hashed like deferred/ (Postfix's default hash_queue_names)."""
+        prefix = self._defer_dirs.get(directory)
+        if prefix is None:
+            sub = os.path.relpath(directory, os.path.join(self.queue_dir, "deferred"))
+            prefix = os.path.join(self.queue_dir, "defer", sub) if sub != "." else ""
+            prefix = self._defer_dirs[directory] = prefix or os.path.join(self.queue_dir, "defer")
+        return f"{prefix}/{qid}"
+
+    def _read_file(self, qid: str, queue: str, directory: str, errors: Counter[str]) -> None:
+        self.files_read += 1
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(f"{directory}/{qid}", os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:  # delivered or moved since the listing: seen next time
             errors["vanished"] += 1
-            self._drop(qid)
+            m = self._cache.get(qid)
+            if m is not None and m.queue == queue:
+                self._drop(qid)
             return
         except OSError:
             errors["unreadable"] += 1
             return
         try:
+            st = os.fstat(fd)
+            # Postfix marks a queue file complete with the owner execute bit (showq checks it
+            # too); until then cleanup or postdrop is still writing it.
+            if not stat.S_ISREG(st.st_mode) or (queue != "corrupt" and st.st_mode & 0o700 != 0o700):
+                self._not_ready[qid] = (queue, directory)
+                return
             env = parse_queue_file(lambda off, n: os.pread(fd, n, off), int(st.st_mtime))
         except QueueFileError as e:
-            self._put(qid, _Message(queue, key, 0, 0, "", (), 0, (), error=e.kind))
+            # A file in the corrupt queue is broken by definition: count it as a message there.
+            error = "" if queue == "corrupt" else e.kind
+            arrival, size = int(st.st_mtime), st.st_size
+            bad = _Message(queue, directory, st.st_ctime_ns, arrival, size, "", (), 0, (), error)
+            self._put(qid, bad)
             return
         except OSError:
             errors["unreadable"] += 1
@@ -333,21 +406,16 @@ class QueueSampler:
         finally:
             os.close(fd)
         reasons: dict[str, DeferEntry] = {}
-        if queue == "deferred" and defer_log:
-            with (
-                contextlib.suppress(OSError),
-                open(defer_log, encoding="utf-8", errors="replace") as f,
-            ):
-                reasons = {e.recipient: e for e in parse_defer_log(f.read())}
-        self._put(
-            qid,
-            self._message(queue, key, env.arrival, env.size, env.sender, env.recipients, reasons),
-        )
+        if queue == "deferred":
+            with contextlib.suppress(OSError):
+                text = _read_small(self._defer_log_path(qid, directory))
+                reasons = {e.recipient: e for e in parse_defer_log(text)}
+        m = self._message(queue, env.arrival, env.size, env.sender, env.recipients, reasons)
+        m.directory, m.ctime_ns = directory, st.st_ctime_ns
+        self._put(qid, m)
 
     def _sample_showq(self, errors: Counter[str]) -> bool:
         data = read_showq(self.queue_dir / "public" / "showq")
-        for qid in list(self._cache):
-            self._drop(qid)
         for msg in parse_showq(data, errors):
             reasons = {
                 r: DeferEntry(r, "", why) for r, why in msg.recipients if why
@@ -355,9 +423,7 @@ class QueueSampler:
             recipients = tuple(r for r, _why in msg.recipients)
             self._put(
                 msg.queue_id,
-                self._message(
-                    msg.queue, (0, 0), msg.arrival, msg.size, msg.sender, recipients, reasons
-                ),
+                self._message(msg.queue, msg.arrival, msg.size, msg.sender, recipients, reasons),
             )
         return True
 
@@ -409,6 +475,19 @@ class QueueSampler:
         return snap
 
 
+def _read_small(path: str) -> str:
+    """A defer log's text."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        data = os.read(fd, 1 << 16)
+        if len(data) == 1 << 16:  # a long one: many recipients
+            while chunk := os.read(fd, 1 << 16):
+                data += chunk
+        return data.decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
 def _bump(
     msgs: Counter[tuple[str, str, str, int]],
     rcpts: Counter[tuple[str, str, str, int]],
@@ -445,56 +524,58 @@ def _top_domains(
     return out
 
 
-def _walk(
-    directory: Path | str, queue: str, depth: int, errors: Counter[str]
-) -> Iterator[tuple[str, str, str, os.stat_result]]:
-    """(queue, queue id, path, stat) of every finished queue file under a (hashed) queue."""
-    try:
-        it = os.scandir(directory)
-    except FileNotFoundError:
-        return
-    except OSError:
-        errors["unreadable"] += 1
-        return
-    with it:
-        for entry in it:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # moved on between readdir and stat
-            if stat.S_ISDIR(st.st_mode):
-                if depth < 16:
-                    yield from _walk(entry.path, queue, depth + 1, errors)
-                continue
-            if not stat.S_ISREG(st.st_mode) or not _QUEUE_ID.fullmatch(entry.name):
-                continue
-            # Postfix marks a queue file complete with the owner execute bit (showq does too);
-            # corrupt files keep whatever mode they had.
-            if queue != "corrupt" and st.st_mode & 0o700 != 0o700:
-                continue
-            yield queue, entry.name, entry.path, st
-
-
-def _defer_index(queue_dir: Path, errors: Counter[str]) -> dict[str, str]:
-    """queue id -> path of its defer logfile, whatever the hashing of the defer directory."""
-    index = {}
-    stack = [str(queue_dir / "defer")]
+def _diff_tree(
+    root: str,
+    queue: str,
+    dirs: dict[str, _Dir],
+    added: list[tuple[str, str, str]],
+    gone: list[tuple[str, str]],
+    errors: Counter[str],
+) -> None:
+    """What came and went under a (hashed) queue directory since the last call: one stat per
+    directory, and a listing only of the directories whose mtime moved."""
+    stack = [root]
     while stack:
+        path = stack.pop()
+        known = dirs.get(path)
         try:
-            it = os.scandir(stack.pop())
+            mtime_ns = os.stat(path).st_mtime_ns
+            if known is not None and known.reusable and known.mtime_ns == mtime_ns:
+                stack.extend(known.subdirs)
+                continue
+            # Directory times tick coarsely: a listing made within a second of a change may
+            # miss a later change in the same tick, so it is read again next time.
+            reusable = time.time_ns() - mtime_ns > 1_000_000_000
+            entries = os.listdir(path)
         except FileNotFoundError:
-            continue
+            entries, reusable, mtime_ns = [], False, 0
         except OSError:
             errors["unreadable"] += 1
             continue
-        with it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    if len(stack) < 4096:
-                        stack.append(entry.path)
-                else:
-                    index[entry.name] = entry.path
-    return index
+        # Postfix's hashed queues hold one-character directories and queue-id files.
+        subdirs = tuple(f"{path}/{e}" for e in entries if len(e) == 1)
+        names = frozenset(e for e in entries if len(e) >= 6 and e.isascii() and e.isalnum())
+        old = known.names if known is not None else frozenset()
+        if names != old:
+            path = sys.intern(path)
+            added.extend((qid, queue, path) for qid in names - old)
+            gone.extend((qid, queue) for qid in old - names)
+        for d in known.subdirs if known is not None else ():
+            if d not in subdirs:  # a hash directory removed: everything in it went
+                _forget(d, queue, dirs, gone)
+        if mtime_ns:
+            dirs[path] = _Dir(mtime_ns, reusable, names, subdirs)
+        else:
+            dirs.pop(path, None)
+        stack.extend(subdirs)
+
+
+def _forget(path: str, queue: str, dirs: dict[str, _Dir], gone: list[tuple[str, str]]) -> None:
+    known = dirs.pop(path, None)
+    if known is not None:
+        gone.extend((qid, queue) for qid in known.names)
+        for d in known.subdirs:
+            _forget(d, queue, dirs, gone)
 
 
 # -- showq -------------------------------------------------------------------------------
@@ -514,7 +595,10 @@ def read_showq(socket_path: Path, timeout: float = 60.0) -> bytes:
     """Everything the showq service says on one connection (it speaks first, then closes)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
-        s.connect(str(socket_path))
+        try:
+            s.connect(str(socket_path))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot reach showq at {socket_path}: {e.strerror}") from e
         chunks = []
         while True:
             chunk = s.recv(1 << 16)
@@ -624,8 +708,8 @@ class BackgroundQueueSampler:
     def sample_once(self) -> QueueSnapshot | None:
         try:
             snap = self.sampler.sample(self.deadline_s)
-        except (OSError, subprocess.SubprocessError, ValueError) as e:
-            # a stopped Postfix, a spool gone read-only...: keep serving the last good one
+        except Exception as e:  # whatever went wrong, outputs keep serving the last good one
+            # a stopped Postfix, an unreadable spool...: counted and said, never a dead thread
             self.failures += 1
             self.last_error = f"{type(e).__name__}: {e}"
             return None
@@ -637,3 +721,117 @@ class BackgroundQueueSampler:
         while not self._stop.is_set():
             self.sample_once()
             self._stop.wait(self.interval_s)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def bucket_labels(edges: tuple[int, ...]) -> list[str]:
+    """qshape's column heads: each bucket's upper edge in minutes, the last one "edge+"."""
+    return [str(e) for e in edges] + [f"{edges[-1]}+"]
+
+
+def snapshot_to_json(snap: QueueSnapshot) -> dict[str, object]:
+    def cells(
+        table: dict[tuple[str, str, str, int], tuple[int, int]], name: str
+    ) -> list[dict[str, object]]:
+        return [
+            {"queue": q, "kind": k, name: d, "bucket": b, "messages": m, "recipients": r}
+            for (q, k, d, b), (m, r) in sorted(table.items())
+        ]
+
+    return {
+        "instance": snap.instance,
+        "source": snap.source,
+        "taken_at": snap.taken_at,
+        "duration_s": snap.duration_s,
+        "complete": snap.complete,
+        "age_edges_min": list(snap.age_edges_min),
+        "bucket_labels": bucket_labels(snap.age_edges_min),
+        "queues": {
+            q: {
+                "messages": s.messages,
+                "recipients": s.recipients,
+                "bytes": s.bytes,
+                "oldest_age_s": s.oldest_age_s,
+            }
+            for q, s in snap.queues.items()
+        },
+        "shape": cells(snap.shape, "group"),
+        "domains": cells(snap.domain_shape, "domain"),
+        "deferral_classes": [
+            {"group": g, "class": c, "recipients": n}
+            for (g, c), n in sorted(snap.deferral_classes.items())
+        ],
+        "errors": dict(snap.errors),
+    }
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def format_table(snap: QueueSnapshot, kind: str = "recipient") -> str:
+    """Per queue: depth, bytes and oldest age, then qshape's table (domain x age bucket)."""
+    heads = ["T", *bucket_labels(snap.age_edges_min)]
+    lines = []
+    state = "" if snap.complete else ", incomplete"
+    lines.append(f"instance {snap.instance} (read from {snap.source}{state})")
+    for q in QUEUE_NAMES:
+        s = snap.queues.get(q, QueueStats())
+        if not s.messages:
+            continue
+        lines.append(
+            f"\n{q}: {s.messages} messages, {s.recipients} recipients, {s.bytes} bytes,"
+            f" oldest {_age(s.oldest_age_s)}"
+        )
+        rows: dict[str, list[int]] = {}
+        column = 1 if kind == "recipient" else 0  # qshape counts recipients, or senders
+        for (qq, k, domain, b), counts in snap.domain_shape.items():
+            if qq == q and k == kind:
+                row = rows.setdefault(domain, [0] * len(heads))
+                row[0] += counts[column]
+                row[b + 1] += counts[column]
+        if not rows:
+            continue
+        total = [sum(col) for col in zip(*rows.values(), strict=True)]
+        ordered = [("TOTAL", total)] + sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        width = max(len(d) for d, _ in ordered)
+        widths = [max(len(h), len(str(total[i])), 2) + 1 for i, h in enumerate(heads)]
+        lines.append(" " * width + "".join(h.rjust(w) for h, w in zip(heads, widths, strict=True)))
+        for d, row in ordered:
+            cells = "".join(str(n).rjust(w) for n, w in zip(row, widths, strict=True))
+            lines.append(d.rjust(width) + cells)
+    if snap.deferral_classes:
+        lines.append("\nwhy deferred mail waits (recipients):")
+        for (g, c), n in sorted(snap.deferral_classes.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  {g:>12} {c:<12} {n}")
+    if snap.errors:
+        lines.append("\nskipped: " + ", ".join(f"{k} {v}" for k, v in sorted(snap.errors.items())))
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`mailpulse queue`: every instance found from the Postfix config directory."""
+    try:
+        instances = discover_instances(args.postfix_config)
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"mailpulse queue: cannot read Postfix's configuration: {e}", file=sys.stderr)
+        return 1
+    status = 0
+    for inst in instances:
+        sampler = QueueSampler(
+            inst.config_dir, inst.name, queue_dir=inst.queue_dir, source=args.source
+        )
+        try:
+            snap = sampler.sample()
+        except OSError as e:
+            print(f"mailpulse queue: {inst.name}: {e}", file=sys.stderr)
+            status = 1
+            continue
+        if args.json:
+            print(json.dumps(snapshot_to_json(snap), sort_keys=True))
+        else:
+            print(format_table(snap, "sender" if args.sender else "recipient"))
+    return status

@@ -40,6 +40,12 @@ def _logs(name: str) -> Handler:
     return run
 
 
+def _queue(args: argparse.Namespace) -> int:
+    from mailpulse.collectors.queue import main as queue_main
+
+    return queue_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailpulse", description="Watch Postfix mass-mailing nodes.")
     p.add_argument("--version", action="version", version=f"mailpulse {__version__}")
@@ -64,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     queue = sub.add_parser("queue", help="qshape-style view of the queue")
     _common(queue)
     queue.add_argument("--json", action="store_true")
-    queue.set_defaults(run=_not_built("queue"))
+    queue.add_argument("-c", "--postfix-config", type=Path, help="Postfix config directory")
+    queue.add_argument("--source", choices=["auto", "spool", "showq"], default="auto")
+    queue.add_argument("--sender", action="store_true", help="sender domains, as qshape -s")
+    queue.set_defaults(run=_queue)
 
     bounce = sub.add_parser("bounce", help="read bounce emails")
     bounce_sub = bounce.add_subparsers(dest="bounce_command", required=True)
