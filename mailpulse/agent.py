@@ -15,11 +15,10 @@ import os
 import signal
 import socket
 import socketserver
-import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,32 +169,8 @@ class SourceStatus:
     duration_s: float = 0.0
 
 
-class JournalFollower:
-    """The journal when Postfix logs nowhere else; the checkpoint is journald's own cursor."""
-
-    def __init__(self, checkpoint_path: Path) -> None:
-        self.checkpoint_path = checkpoint_path
-        self.cursor = ""
-        with contextlib.suppress(OSError):
-            self.cursor = checkpoint_path.read_text().strip()
-        self._next_cursor = self.cursor
-
-    def read_lines(self, max_bytes: int | None = None) -> Iterator[bytes]:
-        argv = ["journalctl", "--no-pager", "-o", "short-iso", "--show-cursor", "-u", "postfix*"]
-        argv += [f"--after-cursor={self.cursor}"] if self.cursor else ["--since=-1min"]
-        argv += ["-n", str(max(1000, (max_bytes or 1 << 20) // 200))]
-        r = subprocess.run(argv, capture_output=True, timeout=60)
-        for line in r.stdout.splitlines(keepends=True):
-            if line.startswith(b"-- cursor: "):
-                self._next_cursor = line[11:].strip().decode()
-            elif not line.startswith(b"-- "):
-                yield line
-
-    def save_checkpoint(self) -> None:
-        self.cursor = self._next_cursor
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        tmp.write_text(self.cursor)
-        os.replace(tmp, self.checkpoint_path)
+# Postfix's units on a systemd node: postfix.service and the instances' postfix@NAME.service.
+JOURNAL_ARGS = ["-u", "postfix.service", "-u", "postfix@*.service"]
 
 
 class LogPipeline(threading.Thread):
@@ -239,15 +214,18 @@ class LogPipeline(threading.Thread):
             os.replace(tmp, self.checkpoint_path)
 
     def run(self) -> None:
+        from mailpulse.collectors.follower import JournalFollower
         from mailpulse.collectors.maillog import Correlator, LogFollower
 
         self._restore_checkpoint()
         follower: Any = (
             LogFollower(self.source, self.checkpoint_path)
             if self.source
-            else JournalFollower(self.checkpoint_path)
+            else JournalFollower(self.checkpoint_path, journal_args=JOURNAL_ARGS)
         )
-        correlator = Correlator()
+        correlator = Correlator(
+            content_filters=self.cfg.content_filters, max_messages=self.cfg.max_messages
+        )
         while not self.stop_event.is_set():
             started = time.monotonic()
             try:
@@ -262,11 +240,11 @@ class LogPipeline(threading.Thread):
                 self.stop_event.wait(self.cfg.log_poll_s)
 
     def _batch(self, follower: Any, correlator: Any) -> int:
-        n = 0
-        for line in follower.read_lines(self.cfg.log_read_bytes):
-            n += 1
-            for ev in correlator.feed_line(line):
-                self.accounting.apply(ev)
+        before = correlator.lines
+        limit = self.cfg.log_read_bytes if self.source else self.cfg.log_read_bytes // 200
+        for ev in correlator.feed_lines(follower.read_lines(limit)):
+            self.accounting.apply(ev)
+        n: int = correlator.lines - before
         if n == 0:
             return 0
         for k, v in correlator.stats.items():

@@ -62,6 +62,8 @@ class Config:
     log_files: tuple[Path, ...] | None = None  # None: discover
     log_read_bytes: int = 4 << 20
     log_poll_s: float = 0.5
+    content_filters: tuple[str, ...] = ("127.0.0.1:10024", "127.0.0.1:10025")
+    max_messages: int = 100_000  # queue ids kept by the log correlator
     postfix_config_dirs: tuple[Path, ...] | None = None  # None: postmulti, else /etc/postfix
     queue_interval_s: float = 30.0
     host_interval_s: float = 15.0
@@ -122,10 +124,13 @@ def _groups(v: Any) -> dict[str, str]:
     return {k.lower(): g for k, g in v.items()}
 
 
-def _reasons(v: Any) -> tuple[str, ...]:
+def _strings(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise TypeError("a list of reason names")
+        raise TypeError("a list of strings")
     return tuple(v)
+
+
+_reasons = _strings
 
 
 def _share(v: Any) -> float:
@@ -155,6 +160,8 @@ SECTION_KEYS: dict[str, dict[str, tuple[str, Any]]] = {
         "files": ("log_files", _paths),
         "read_bytes": ("log_read_bytes", _positive(int)),
         "poll_interval": ("log_poll_s", _positive(float)),
+        "content_filters": ("content_filters", _strings),
+        "max_messages": ("max_messages", _positive(int)),
     },
     "postfix": {"config_dirs": ("postfix_config_dirs", _paths)},
     "queue": {"interval": ("queue_interval_s", _positive(float))},

@@ -27,13 +27,15 @@ def test_a_full_file_is_read(tmp_path: Path) -> None:
     f = tmp_path / "mailpulse.yaml"
     f.write_text(
         "node: bulk3\nrole: transactional\nlisten: 0.0.0.0:9999\n"
-        "logs:\n  files: [/var/log/mail.log]\n  poll_interval: 0.2\n"
+        "logs:\n  files: [/var/log/mail.log]\n  poll_interval: 0.2\n  max_messages: 5000\n"
+        "  content_filters: ['127.0.0.1:10026']\n"
         "domain_groups:\n  Example.COM: example\n"
         "agent_check:\n  listen: 127.0.0.1:9155\n  block_share: 0.5\n"
     )
     cfg = load_config(f)
     assert (cfg.node, cfg.role, cfg.listen) == ("bulk3", "transactional", "0.0.0.0:9999")
     assert cfg.log_files == (Path("/var/log/mail.log"),) and cfg.log_poll_s == 0.2
+    assert cfg.max_messages == 5000 and cfg.content_filters == ("127.0.0.1:10026",)
     assert cfg.domain_groups == {"example.com": "example"}
     assert cfg.agent_check.listen == "127.0.0.1:9155" and cfg.agent_check.block_share == 0.5
 
