@@ -62,7 +62,13 @@ class CatalogueCollector(Collector):
             by_name[name].append((labels, value))
         for (name, labels), hist in snap.histograms.items():
             by_name[name].append((labels, hist))
-        for (name, labels), value in self.live().items():
+        try:
+            live = self.live()
+        except Exception:
+            # The gauges' sources failing must not hide the counters: serve those alone.
+            log.exception("live values failed")
+            live = {}
+        for (name, labels), value in live.items():
             by_name[name].append((labels, value))
         for m in catalogue.CATALOGUE:
             series = by_name.get(m.name, ())

@@ -276,3 +276,18 @@ def test_100000_distinct_domains_stay_under_the_series_budget(state: State) -> N
     assert sum(deliveries.values()) == fed
     budget = 2000  # all mailpulse series of one node
     assert len(samples) < budget, len(samples)
+
+
+def test_a_failing_gauge_source_still_serves_the_counters(state: State) -> None:
+    def broken() -> dict[tuple[str, tuple[str, ...]], float]:
+        raise OSError("spool unreadable")  # bad input: a source that fails at scrape time
+
+    state.inc("mailpulse_log_lines_total", (), 42)
+    state.commit()
+    server = serve(state, live=broken)
+    try:
+        status, body = get(f"http://127.0.0.1:{server.address[1]}/metrics")
+    finally:
+        server.stop()
+    assert status == 200
+    assert parse_exposition(body)[("mailpulse_log_lines_total", frozenset(COMMON.items()))] == 42
