@@ -13,7 +13,7 @@ LAB := $(PY) -m lab --root $(LAB_DIR)
 APT_PACKAGES := postfix libsnmp-dev librrd-dev rrdtool snmpd snmp smitools \
 	prometheus prometheus-alertmanager prometheus-postfix-exporter mtail pflogsumm \
 	redis-server haproxy python3-venv python3-dev gcc make procps \
-	time systemd-journal-remote
+	time systemd-journal-remote openssl
 
 .PHONY: deps venv demo test lint lab-up lab-down clean
 

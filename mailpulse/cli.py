@@ -30,6 +30,13 @@ def _bounce_parse(args: argparse.Namespace) -> int:
 
     return run_parse(args)
 
+
+def _agent(args: argparse.Namespace) -> int:
+    from mailpulse.agent import main as agent_main
+
+    return agent_main(args)
+
+
 def _logs(name: str) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from mailpulse import report
@@ -37,6 +44,7 @@ def _logs(name: str) -> Handler:
         return report.run_parse(args) if name == "parse" else report.run_report(args)
 
     return run
+
 
 def _queue(args: argparse.Namespace) -> int:
     from mailpulse.collectors.queue import main as queue_main
@@ -52,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="the node agent")
     _common(agent)
     agent.add_argument("--check-config", action="store_true")
-    agent.set_defaults(run=_not_built("the agent"))
+    agent.add_argument("--web.config.file", dest="web_config_file", type=Path)
+    agent.add_argument("--web.listen-address", dest="listen", metavar="HOST:PORT")
+    agent.set_defaults(run=_agent)
 
     logs = sub.add_parser("logs", help="parse and summarise Postfix logs")
     logs_sub = logs.add_subparsers(dest="logs_command", required=True)

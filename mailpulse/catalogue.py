@@ -1,0 +1,238 @@
+"""THE metric catalogue: every number mailpulse publishes, described once, as plain data.
+
+The Prometheus collector reads it to build its families; the SNMP snapshot, the MIB, the Cacti
+templates and the RRD layout are generated from it too. Names follow Prometheus conventions:
+`mailpulse_` prefix, base units (seconds, bytes), counters end in `_total`. Every metric also
+carries the agent's constant labels (COMMON_LABELS); `labels` lists only the varying ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COUNTER = "counter"
+GAUGE = "gauge"
+HISTOGRAM = "histogram"
+
+# Labels every series has: which node, and whether it sends bulk or transactional mail.
+COMMON_LABELS = ("node", "role")
+
+# Histogram bucket upper bounds (the +Inf bucket is implied).
+DELAY_BUCKETS_S = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
+SIZE_BUCKETS_BYTES = (1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 5242880.0, 20971520.0)
+
+# The stages of Postfix's delays=a/b/c/d, plus the whole trip.
+DELAY_STAGES = ("before_qmgr", "in_qmgr", "connection", "transmission", "total")
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    name: str  # full exposition name; counters end in _total
+    type: str  # COUNTER, GAUGE or HISTOGRAM
+    help: str
+    labels: tuple[str, ...] = ()
+    unit: str = ""  # base unit, "" when a plain count
+    snmp_column: int | None = None  # column in the SNMP table; None: not exported to SNMP
+    buckets: tuple[float, ...] = ()  # histograms only
+
+    @property
+    def family_name(self) -> str:
+        """The name prometheus-client wants: without the _total a counter gets on exposition."""
+        return self.name.removesuffix("_total") if self.type == COUNTER else self.name
+
+
+CATALOGUE: tuple[Metric, ...] = (
+    # -- deliveries, from the log ------------------------------------------------------------
+    Metric(
+        "mailpulse_deliveries_total",
+        COUNTER,
+        "Recipient delivery outcomes logged by Postfix's delivery agents.",
+        ("instance", "status", "reason", "domain_group", "dsn_class"),
+        snmp_column=1,
+    ),
+    Metric(
+        "mailpulse_delivery_delay_seconds",
+        HISTOGRAM,
+        "Time a recipient spent per stage of delays=a/b/c/d, recorded on its final status only.",
+        ("instance", "stage", "status"),
+        unit="seconds",
+        buckets=DELAY_BUCKETS_S,
+    ),
+    Metric(
+        "mailpulse_message_size_bytes",
+        HISTOGRAM,
+        "Size of messages as the queue manager logged it, per recipient reaching a final status.",
+        ("instance",),
+        unit="bytes",
+        buckets=SIZE_BUCKETS_BYTES,
+    ),
+    Metric(
+        "mailpulse_log_lines_total",
+        COUNTER,
+        "Log lines read from the mail log.",
+        (),
+        snmp_column=2,
+    ),
+    Metric(
+        "mailpulse_log_records_total",
+        COUNTER,
+        "Log records other than deliveries, by kind (smtpd rejects, warnings, relays, ...).",
+        ("kind",),
+    ),
+    Metric(
+        "mailpulse_log_parse_errors_total",
+        COUNTER,
+        "Postfix log lines that could not be understood, by program; counted and skipped.",
+        ("program",),
+        snmp_column=3,
+    ),
+    Metric(
+        "mailpulse_log_evicted_queue_ids_total",
+        COUNTER,
+        "Queue ids dropped from the bounded correlation table before their message ended.",
+        (),
+        snmp_column=4,
+    ),
+    # -- queue, from the spool or showq ------------------------------------------------------
+    Metric(
+        "mailpulse_queue_messages",
+        GAUGE,
+        "Messages in a Postfix queue.",
+        ("instance", "queue"),
+        snmp_column=10,
+    ),
+    Metric(
+        "mailpulse_queue_recipients",
+        GAUGE,
+        "Recipients still to deliver in a Postfix queue.",
+        ("instance", "queue"),
+        snmp_column=11,
+    ),
+    Metric(
+        "mailpulse_queue_size_bytes",
+        GAUGE,
+        "Bytes of messages in a Postfix queue.",
+        ("instance", "queue"),
+        unit="bytes",
+        snmp_column=12,
+    ),
+    Metric(
+        "mailpulse_queue_oldest_message_age_seconds",
+        GAUGE,
+        "Age of the oldest message in a Postfix queue.",
+        ("instance", "queue"),
+        unit="seconds",
+        snmp_column=13,
+    ),
+    Metric(
+        "mailpulse_queue_shape_messages",
+        GAUGE,
+        "Messages per queue, recipient domain group and age bucket (qshape's matrix).",
+        ("instance", "queue", "domain_group", "age"),
+    ),
+    Metric(
+        "mailpulse_queue_deferred_recipients",
+        GAUGE,
+        "Deferred recipients by domain group and deferral reason.",
+        ("instance", "domain_group", "reason"),
+    ),
+    Metric(
+        "mailpulse_queue_read_errors",
+        GAUGE,
+        "Queue files the last sample could not read, by problem; counted and skipped.",
+        ("instance", "kind"),
+    ),
+    Metric(
+        "mailpulse_queue_sample_complete",
+        GAUGE,
+        "1 when the last queue sample read every file, 0 when it was cut short.",
+        ("instance",),
+    ),
+    # -- host, from psutil -------------------------------------------------------------------
+    Metric(
+        "mailpulse_host_load_average",
+        GAUGE,
+        "System load average over 1, 5 and 15 minutes.",
+        ("period",),
+        snmp_column=20,
+    ),
+    Metric(
+        "mailpulse_host_cpu_seconds_total",
+        COUNTER,
+        "CPU time spent by the host in each mode, all cores summed.",
+        ("mode",),
+        unit="seconds",
+    ),
+    Metric("mailpulse_host_cpus", GAUGE, "Logical CPUs of the host.", ()),
+    Metric(
+        "mailpulse_host_memory_bytes",
+        GAUGE,
+        "Host memory: total, available, used.",
+        ("kind",),
+        unit="bytes",
+        snmp_column=21,
+    ),
+    Metric(
+        "mailpulse_spool_filesystem_bytes",
+        GAUGE,
+        "Filesystem holding the Postfix spool: size, free (for root) and avail (for others).",
+        ("instance", "kind"),
+        unit="bytes",
+        snmp_column=22,
+    ),
+    Metric(
+        "mailpulse_spool_filesystem_inodes",
+        GAUGE,
+        "Filesystem holding the Postfix spool: inodes total and free.",
+        ("instance", "kind"),
+    ),
+    Metric(
+        "mailpulse_postfix_processes",
+        GAUGE,
+        "Running Postfix daemon processes per master.cf service.",
+        ("instance", "service"),
+        snmp_column=23,
+    ),
+    Metric(
+        "mailpulse_postfix_process_limit",
+        GAUGE,
+        "Process limit of a master.cf service (default_process_limit when master.cf says -).",
+        ("instance", "service"),
+    ),
+    # -- the agent itself --------------------------------------------------------------------
+    Metric(
+        "mailpulse_source_up",
+        GAUGE,
+        "1 when the agent's last read of a source worked; target: log file, Postfix instance.",
+        ("source", "target"),
+        snmp_column=30,
+    ),
+    Metric(
+        "mailpulse_source_sample_age_seconds",
+        GAUGE,
+        "Seconds since a source was last read successfully.",
+        ("source", "target"),
+        unit="seconds",
+    ),
+    Metric(
+        "mailpulse_source_scan_duration_seconds",
+        GAUGE,
+        "How long the last read of a source took.",
+        ("source", "target"),
+        unit="seconds",
+    ),
+    Metric(
+        "mailpulse_domain_groups_promoted",
+        GAUGE,
+        "Busy destinations promoted to their own domain_group label (top-K), out of the budget.",
+        (),
+    ),
+    Metric(
+        "mailpulse_agent_info",
+        GAUGE,
+        "Always 1; the labels say which mailpulse runs.",
+        ("version",),
+    ),
+)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in CATALOGUE}

@@ -1,0 +1,204 @@
+"""The agent's config file, its persisted state, and the host collector against a real lab."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mailpulse.collectors.host import parse_master_limits
+
+from mailpulse.agent import health_weight
+from mailpulse.config import AgentCheckConfig, Config, ConfigError, load_config, parse_config
+from mailpulse.state import State
+
+
+def test_no_file_means_defaults_for_a_stock_node() -> None:
+    cfg = parse_config(None)
+    assert cfg.listen == "127.0.0.1:9154"
+    assert cfg.role == "bulk"
+    assert cfg.state_dir == Path("/var/lib/mailpulse")
+    assert cfg.agent_check.listen is None
+
+
+def test_a_full_file_is_read(tmp_path: Path) -> None:
+    f = tmp_path / "mailpulse.yaml"
+    f.write_text(
+        "node: bulk3\nrole: transactional\nlisten: 0.0.0.0:9999\n"
+        "logs:\n  files: [/var/log/mail.log]\n  poll_interval: 0.2\n  max_messages: 5000\n"
+        "  content_filters: ['127.0.0.1:10026']\n"
+        "domain_groups:\n  Example.COM: example\n"
+        "agent_check:\n  listen: 127.0.0.1:9155\n  block_share: 0.5\n"
+    )
+    cfg = load_config(f)
+    assert (cfg.node, cfg.role, cfg.listen) == ("bulk3", "transactional", "0.0.0.0:9999")
+    assert cfg.log_files == (Path("/var/log/mail.log"),) and cfg.log_poll_s == 0.2
+    assert cfg.max_messages == 5000 and cfg.content_filters == ("127.0.0.1:10026",)
+    assert cfg.domain_groups == {"example.com": "example"}
+    assert cfg.agent_check.listen == "127.0.0.1:9155" and cfg.agent_check.block_share == 0.5
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("role: marketing\n", "role"),  # not bulk or transactional
+        ("listen: 9154\n", "listen"),  # no host
+        ("queue:\n  interval: -1\n", "queue.interval"),  # not positive
+        ("queue:\n  intervall: 5\n", "queue.intervall"),  # misspelt
+        ("agent_check:\n  block_share: 3\n", "agent_check.block_share"),  # not a share
+        ("nodes: x\n", "nodes"),  # unknown key
+        ("logs: [a, b]\n", "logs"),  # a list where a map belongs
+        ("role: [bulk\n", "not valid YAML"),  # broken YAML
+        ("- a\n- b\n", "top level"),  # not a map at all
+    ],
+)
+def test_a_wrong_setting_names_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(f) in str(e.value) and key in str(e.value)
+
+
+def test_check_config_refuses_a_bad_file_with_the_key(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("role: marketing\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "mailpulse", "agent", "--config", str(f), "--check-config"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert f"{f}: role: expected bulk or transactional" in r.stderr
+
+
+@pytest.mark.lab
+def test_check_config_finds_the_lab_instance_its_log_and_spool(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "mailpulse.yaml"
+    f.write_text(f"postfix:\n  config_dirs: [{lab.etc}]\nrole: transactional\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "mailpulse", "agent", "--config", str(f), "--check-config"]
+        + ["--state-dir", str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"instance postfix: {lab.etc}, queue {lab.spool}" in r.stdout
+    assert f"logs: {lab.maillog}" in r.stdout  # the lab sets maillog_file; postconf says so
+    assert "role transactional" in r.stdout
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    s = State(path)
+    s.inc("mailpulse_deliveries_total", ("postfix", "sent", "delivered", "gmail", "2xx"), 5)
+    s.observe("mailpulse_message_size_bytes", ("postfix",), (10.0, 100.0), 50.0)
+    s.commit({"checkpoint:/var/log/mail.log": "abc"})
+    s.inc("mailpulse_deliveries_total", ("postfix", "sent", "delivered", "gmail", "2xx"), 7)
+    s.close()  # the last increment was never committed: it must not be there
+    again = State(path)
+    snap = again.snapshot()
+    assert snap.counters == {
+        ("mailpulse_deliveries_total", ("postfix", "sent", "delivered", "gmail", "2xx")): 5.0
+    }
+    hist = snap.histograms[("mailpulse_message_size_bytes", ("postfix",))]
+    assert hist.counts == [0, 1, 0] and hist.sum == 50.0
+    assert again.meta("checkpoint:/var/log/mail.log") == "abc"
+    again.close()
+
+
+def test_a_corrupt_state_file_is_set_aside_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.sqlite"
+    path.write_bytes(b"this is not SQLite at all, a disk went bad\n" * 100)  # bad input
+    with caplog.at_level(logging.WARNING):
+        s = State(path)
+    assert s.set_aside is not None and s.set_aside.exists()
+    assert s.set_aside.read_bytes().startswith(b"this is not SQLite")
+    assert "unreadable" in caplog.text and str(s.set_aside) in caplog.text
+    assert s.snapshot().counters == {}
+    s.inc("mailpulse_log_lines_total", (), 3)
+    s.commit()
+    s.close()
+    assert State(path).snapshot().counters == {("mailpulse_log_lines_total", ()): 3.0}
+
+
+def test_scrapes_see_only_committed_values(tmp_path: Path) -> None:
+    # What a scrape showed must survive a kill -9, so it shows only what is on disk.
+    s = State(tmp_path / "s.sqlite")
+    s.inc("mailpulse_log_lines_total", (), 3)
+    s.observe("mailpulse_message_size_bytes", ("postfix",), (10.0,), 5.0)
+    assert s.snapshot().counters == {} and s.snapshot().histograms == {}
+    s.commit()
+    s.inc("mailpulse_log_lines_total", (), 4)
+    assert s.snapshot().counters == {("mailpulse_log_lines_total", ()): 3.0}
+    s.commit()
+    assert s.snapshot().counters == {("mailpulse_log_lines_total", ()): 7.0}
+    assert s.snapshot().histograms[("mailpulse_message_size_bytes", ("postfix",))].counts == [1, 0]
+    s.close()
+
+
+def test_a_counter_cannot_be_lowered(tmp_path: Path) -> None:
+    s = State(tmp_path / "s.sqlite")
+    with pytest.raises(ValueError, match="only go up"):
+        s.inc("mailpulse_log_lines_total", (), -1)  # bad input: a negative increment
+    s.close()
+
+
+def test_master_cf_limits_use_default_process_limit() -> None:
+    text = (
+        "smtp       unix  -       -       n       -       -       smtp\n"
+        "qmgr       unix  n       -       n       300     1       qmgr\n"
+        "tlsmgr     unix  -       -       n       1000?   1       tlsmgr\n"
+        "bulk       unix  -       -       n       -       250     smtp\n"
+        "  -o syslog_name=postfix/bulk\n"
+    )
+    assert parse_master_limits(text, 100) == {"smtp": 100, "qmgr": 1, "tlsmgr": 1, "bulk": 250}
+
+
+def test_weight_follows_the_worst_of_depth_growth_and_load() -> None:
+    cfg = AgentCheckConfig(queue_high=1000, growth_high_per_min=100, load_high_per_cpu=2)
+    assert health_weight(cfg, 0, 0, 0, 2) == 100
+    assert health_weight(cfg, 500, 0, 0, 2) == 50
+    assert health_weight(cfg, 0, 75, 0, 2) == 25
+    assert health_weight(cfg, 0, -500, 3.0, 2) == 25  # a shrinking queue is no bonus
+    assert health_weight(cfg, 10_000, 0, 0, 2) == cfg.min_weight_percent
+
+
+@pytest.mark.lab
+def test_host_sampler_sees_the_lab_postfix_processes_and_limits(lab) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from mailpulse.collectors.host import HostSampler
+
+    from mailpulse.config import discover_instances
+
+    cfg = Config(postfix_config_dirs=(lab.etc,))
+    sample = HostSampler(discover_instances(cfg)).sample()
+    # The lab's master.cf: qmgr and pickup have 1 process each; smtp takes the default limit.
+    assert sample[("mailpulse_postfix_processes", ("postfix", "qmgr"))] == 1
+    assert sample[("mailpulse_postfix_processes", ("postfix", "pickup"))] == 1
+    assert sample[("mailpulse_postfix_process_limit", ("postfix", "qmgr"))] == 1
+    assert sample[("mailpulse_postfix_process_limit", ("postfix", "smtp"))] == 100
+    st = os.statvfs(lab.spool)
+    size = sample[("mailpulse_spool_filesystem_bytes", ("postfix", "size"))]
+    assert size == st.f_blocks * st.f_frsize
+    assert sample[("mailpulse_host_load_average", ("1m",))] >= 0
+
+
+def test_check_config_refuses_a_bad_web_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "mailpulse.yaml"
+    cfg.write_text("logs:\n  files: [/dev/null]\n")
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  prom: hunter2\n")  # bad input: a clear-text password
+    r = subprocess.run(
+        [sys.executable, "-m", "mailpulse", "agent", "--config", str(cfg), "--check-config"]
+        + ["--web.config.file", str(web)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert f"{web}: basic_auth_users.prom: expected a bcrypt hash" in r.stderr
