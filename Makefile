@@ -39,7 +39,7 @@ lab-up: deps venv
 	$(LAB) up
 
 lab-down:
-	-$(LAB) down
+	-$(PY) -m lab.demo --root $(LAB_DIR) --state-dir $(STATE_DIR) --stop
 
 demo: deps venv
 	$(PY) -m lab.demo --root $(LAB_DIR) --state-dir $(STATE_DIR)

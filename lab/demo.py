@@ -1,14 +1,84 @@
-"""`make demo`: start the lab, send a campaign, then run mailpulse on it and say where to look."""
+"""`make demo`: start the lab, send a campaign, run the agent on it and say where to look."""
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import os
+import signal
+import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from lab.campaign import run_campaign
-from lab.postfix import Lab, LabError
+from lab.postfix import Lab, LabError, wait_until
+
+AGENT_PORT = 9154
+
+
+def agent_config(lab: Lab) -> str:
+    return (
+        f"node: {lab.node}\n"
+        "role: bulk\n"
+        f"listen: 127.0.0.1:{AGENT_PORT}\n"
+        f"postfix:\n  config_dirs: [{lab.etc}]\n"
+        "queue:\n  interval: 5\n"
+    )
+
+
+def agent_pid(pidfile: Path) -> int | None:
+    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        pid = int(pidfile.read_text())
+        os.kill(pid, 0)
+        if b"mailpulse" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    return None
+
+
+def start_agent(lab: Lab, state_dir: Path) -> int:
+    """The agent in the background, with the lab's Postfix as its only instance."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config = state_dir / "agent.yaml"
+    config.write_text(agent_config(lab))
+    pidfile = state_dir / "agent.pid"
+    pid = agent_pid(pidfile)
+    if pid:
+        return pid
+    with (state_dir / "agent.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mailpulse",
+                "agent",
+                "--config",
+                str(config),
+                "--state-dir",
+                str(state_dir),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    pidfile.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def delivered_totals() -> dict[str, float]:
+    """Deliveries per status, summed from the agent's own /metrics."""
+    url = f"http://127.0.0.1:{AGENT_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (fixed loopback URL)
+        text = r.read().decode()
+    totals: dict[str, float] = collections.defaultdict(float)
+    for line in text.splitlines():
+        if line.startswith("mailpulse_deliveries_total{"):
+            labels, value = line.rsplit(" ", 1)
+            status = labels.split('status="', 1)[1].split('"', 1)[0]
+            totals[status] += float(value)
+    return totals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,27 +86,66 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path("/var/tmp/mailpulse-lab"))
     p.add_argument("--state-dir", type=Path, default=Path("/var/tmp/mailpulse-state"))
     p.add_argument("--messages", type=int, default=1000)
+    p.add_argument("--stop", action="store_true", help="stop the demo's agent and the lab")
     a = p.parse_args(argv)
     lab = Lab(a.root)
+    if a.stop:
+        pid = agent_pid(a.state_dir / "agent.pid")
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+        lab.stop()
+        print("demo stopped: agent and lab")
+        return 0
     try:
         lab.start()
+        pid = start_agent(lab, a.state_dir)
+        before: dict[str, float] | None = None
+
+        def agent_settled() -> bool:  # up, and done with what the log already held
+            nonlocal before
+            try:
+                last, before = before, delivered_totals()
+            except OSError:
+                return False
+            return before == last
+
+        wait_until(agent_settled, 120, f"the agent on 127.0.0.1:{AGENT_PORT}", step=1.0)
         existing = len(list((lab.root / "campaigns").glob("demo-*.plan.jsonl")))
         name = f"demo-{existing + 1}"
         plan, plan_path = run_campaign(lab, a.messages, name, seed=existing + 1)
+        planned = collections.Counter(x.status for x in plan)
+        seen: dict[str, float] = {}
+
+        # One outcome per planned recipient, plus the delivery of each DSN to the Maildir.
+        expected = len(plan) + planned["bounced"]
+
+        def caught_up() -> bool:
+            nonlocal seen
+            with contextlib.suppress(OSError):
+                now = delivered_totals()
+                seen = {k: v - (before or {}).get(k, 0) for k, v in now.items()}
+            return sum(seen.values()) >= expected
+
+        wait_until(caught_up, 120, "the agent to read the campaign", step=0.5)
     except LabError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1
-    counts = collections.Counter(x.status for x in plan)
     print(
         f"""
 mailpulse demo
   lab Postfix      running, smtpd on 127.0.0.1:{lab.smtp_port}, config {lab.etc}
   remote MX        running on 127.0.0.{lab.mx_base_ip}-{lab.mx_base_ip + 11}:{lab.mx_port}
-  campaign         {name}: {a.messages} messages {dict(counts)}
+  campaign         {name}: {a.messages} messages, planned {dict(planned)}
   plan             {plan_path}
   Postfix log      {lab.maillog}
   bounces (DSNs)   {lab.maildir}/new
-  stop the lab     .venv/bin/python -m lab --root {lab.root} down
+  agent            pid {pid}, config and log in {a.state_dir}
+  metrics          http://127.0.0.1:{AGENT_PORT}/metrics
+  agent counted    {dict(seen)} for this campaign
+  try              .venv/bin/mailpulse logs report {lab.maillog}
+                   .venv/bin/mailpulse queue -c {lab.etc}
+                   .venv/bin/mailpulse bounce parse {lab.maildir}
+  stop             make lab-down (the lab and the agent)
 """
     )
     return 0
