@@ -86,7 +86,7 @@ BOUNCE_SUBJECT_RE = re.compile(
 )
 # Where a notice stops and the returned message (or its headers) begins.
 ORIGINAL_MARK_RE = re.compile(
-    r"^\s*(?:-{2,}|\*{2,}|={2,}|_{2,})?\s*("
+    r"^[ \t]*+(?:(?:-{2,}|\*{2,}|={2,}|_{2,})[ \t]*+)?("
     r"this is a copy of the message|below this line is a copy|original message|"
     r"copy of the original|a copy of the original|returned message|message headers follow|"
     r"the original message (?:headers )?follows|original message (?:follows|headers)|"
@@ -417,9 +417,8 @@ def _notice_recipients(notice: str, exclude: set[str], action: str) -> list[Boun
 
 
 RCPT_LINE_RE = re.compile(
-    r"^\s*(?:rcpt to|recipient|original recipient|failed recipient|intended recipient)\s*:\s*<?("
-    + ADDR
-    + ")",
+    r"^[ \t]*(?:rcpt to|recipient|original recipient|failed recipient|intended recipient)"
+    r"[ \t]*:[ \t]*<?(" + ADDR + ")",
     re.I | re.M,
 )
 
