@@ -78,3 +78,9 @@ def test_weak_wording_yields_to_the_status_code() -> None:
     text = "550 Requested action not taken: mailbox unavailable"
     assert classify("5.1.1", "550", text).reason == "userunknown"
     assert classify("", "550", text).reason == "filtered"
+
+
+@pytest.mark.parametrize("text", ["a." * 30000, "ab-" * 20000, "x" * 60000, "550 " * 15000])
+def test_long_adversarial_texts_get_a_verdict(text: str) -> None:
+    # Dotted or hyphenated runs once made a hostname pattern backtrack quadratically.
+    assert classify("", "550", text) == Verdict("undefined", "transport", False)
