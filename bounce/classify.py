@@ -23,10 +23,31 @@ class Verdict:
 
 
 @dataclass(frozen=True, slots=True)
+class _TextRule:
+    pattern: re.Pattern[str]
+    reason: str
+    scope: str
+    weak: bool  # yields to any status code that has a rule
+    yields_to: frozenset[str]  # reasons of status codes that win over this wording
+    firm: bool  # a user-unknown wording that stays so whatever the stage
+
+
+@dataclass(frozen=True, slots=True)
+class _CodeTable:
+    """A provider's own error numbers in the reply text (Orange's "OFR_506", "LPN000_630")."""
+
+    pattern: re.Pattern[str]
+    codes: dict[str, str]
+    default: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Rules:
-    text: tuple[tuple[re.Pattern[str], str, str, bool], ...]
+    text: tuple[_TextRule, ...]
     status: dict[str, tuple[str, str]]
     hard: frozenset[str]
+    tables: tuple[_CodeTable, ...]
+    scopes: dict[str, str]
 
 
 def load_rules_data() -> dict[str, Any]:
@@ -39,16 +60,38 @@ def load_rules_data() -> dict[str, Any]:
 def _rules() -> _Rules:
     data = load_rules_data()
     text = tuple(
-        (
+        _TextRule(
             re.compile("|".join(f"(?:{p})" for p in rule["patterns"]), re.I),
             rule["reason"],
             rule["scope"],
             bool(rule.get("weak")),
+            frozenset(rule.get("yields_to", ())),
+            bool(rule.get("firm")),
         )
         for rule in data["text_rules"]
     )
     status = {k: (v[0], v[1]) for k, v in data["status_rules"].items()}
-    return _Rules(text, status, frozenset(data["hard_reasons"]))
+    scopes: dict[str, str] = {}
+    for r in text:
+        scopes.setdefault(r.reason, r.scope)
+    for reason, scope in status.values():
+        scopes.setdefault(reason, scope)
+    tables = tuple(
+        _CodeTable(
+            re.compile(t["pattern"], re.I),
+            {str(k): v for k, v in t["codes"].items()},
+            t.get("default", "undefined"),
+        )
+        for t in data.get("provider_codes", ())
+    )
+    return _Rules(text, status, frozenset(data["hard_reasons"]), tables, scopes)
+
+
+def _status_rule(rules: _Rules, status: str) -> tuple[str, str] | None:
+    """The rule for a full code ("5.7.1") first, then for its subject and detail ("7.1")."""
+    if status.count(".") != 2:
+        return None
+    return rules.status.get(status) or rules.status.get(status.split(".", 1)[1])
 
 
 def _class_of(status: str, reply_code: str) -> str:
@@ -80,24 +123,34 @@ def classify(status: str = "", reply_code: str = "", text: str = "", *, stage: s
     klass = _class_of(status, reply_code)
     if klass == "2":
         return Verdict("delivered", "recipient", False)
-    reason = scope = ""
-    weak = False
-    for pattern, r, s, w in rules.text:
-        if pattern.search(text):
-            reason, scope, weak = r, s, w
-            break
-    if (not reason or weak) and status.count(".") == 2:
-        subject_detail = status.split(".", 1)[1]
-        if subject_detail in rules.status:
-            reason, scope = rules.status[subject_detail]
+    for table in rules.tables:
+        m = table.pattern.search(text)
+        if m:
+            return verdict_of(table.codes.get(m.group("code"), table.default), klass)
+    matched = next((r for r in rules.text if r.pattern.search(text)), None)
+    by_status = _status_rule(rules, status)
+    reason, scope = (matched.reason, matched.scope) if matched else ("", "")
+    if by_status and (not matched or matched.weak or by_status[0] in matched.yields_to):
+        reason, scope = by_status
     if not reason:
         reason, scope = ("onhold", "transport") if klass == "4" else ("undefined", "transport")
-    if stage == "data" and reason == "userunknown":
-        reason, scope = "filtered", "recipient"
-    elif stage == "mail" and reason in ("undefined", "onhold", "userunknown", "hostunknown"):
+    if stage == "mail" and reason in ("undefined", "onhold", "userunknown", "hostunknown"):
         # Refused at MAIL FROM: whatever the words, they are about our sender address.
         reason, scope = "rejected", "sender"
+    elif reason == "userunknown" and not (matched and matched.firm):
+        # A refused RCPT TO, or an x.1.x code with no DATA stage, proves the mailbox is missing;
+        # the same words after DATA, or with no sign of when, are a filter's answer.
+        proven = stage == "rcpt" or (
+            stage != "data" and by_status is not None and by_status[0] == "userunknown"
+        )
+        if not proven:
+            reason, scope = "filtered", "recipient"
     return Verdict(reason, scope, is_hard(reason, klass))
+
+
+def verdict_of(reason: str, klass: str = "5") -> Verdict:
+    """The verdict for a reason decided elsewhere (an MTA's own bounce category)."""
+    return Verdict(reason, _rules().scopes.get(reason, "transport"), is_hard(reason, klass))
 
 
 def is_hard(reason: str, klass: str) -> bool:

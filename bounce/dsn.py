@@ -24,7 +24,7 @@ from email.message import Message
 from email.utils import getaddresses
 from functools import lru_cache
 
-from mailpulse.bounce.classify import Verdict, classify, is_hard, pseudo_status
+from mailpulse.bounce.classify import Verdict, classify, is_hard, pseudo_status, verdict_of
 
 MAX_MESSAGE_BYTES = 8 << 20  # the rest of a larger message is not read
 MAX_PARTS = 200
@@ -63,7 +63,7 @@ ADDR = r"(?<![\w.!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)
 ADDR_RE = re.compile(ADDR)
 ENHANCED_RE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 REPLY_RE = re.compile(
-    r"(?<![\w.\-#])([245][0-5]\d)(?:[ ,:;-]|$)(?!\s*(?:bytes|seconds|days|hours))"
+    r"(?<![\w.\-#=])([245][0-5]\d)(?:[ ,:;-]|$)(?!\s*(?:bytes|seconds|days|hours))"
 )
 DAEMON_RE = re.compile(
     r"^(mailer-daemon|postmaster|mail-?daemon|mailerdaemon|mdaemon|"
@@ -103,10 +103,11 @@ AUTOREPLY_SUBJECT_RE = re.compile(
 )
 DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 # "in reply to RCPT TO command" (Postfix), "after RCPT TO:" (Exim), "failed after I sent the
-# message" (qmail), "(DATA)": which SMTP command the remote refused.
+# message" (qmail), "did not like our RCPT TO" (DragonFly), "SMTP:RCPT host" (X3), "[RCPT_TO]"
+# (Yahoo), "(DATA)": which SMTP command the remote refused.
 STAGE_RE = re.compile(
-    r"(?:in reply to|after|error from remote mail server after|\()\s*"
-    r"(end of data|data|rcpt|mail from|mail|sent the message)\b"
+    r"(?:in reply to|after|error from remote mail server after|did not like our|smtp:|[(\[])\s*"
+    r"(end of data|data|rcpt|mail from|mail|sent the message)(?![a-z])"
     r"|for (text|data) command",
     re.I,
 )
@@ -124,6 +125,20 @@ DELAY_RE = re.compile(
 )
 DNS_TROUBLE_RE = re.compile(r"name server|host name lookup|host not found|dns", re.I)
 FIELD_RE = re.compile(r"^([A-Za-z][\w-]*)[ \t]*:[ \t]*(.*)$")
+# PowerMTA writes its own verdict per recipient (X-PowerMTA-BounceCategory): it has read the
+# whole reply, so it wins over the words alone.
+POWERMTA_CATEGORIES = {
+    "bad-mailbox": "userunknown",
+    "bad-domain": "hostunknown",
+    "inactive-mailbox": "suspend",
+    "message-expired": "expired",
+    "no-answer-from-host": "networkerror",
+    "policy-related": "policyviolation",
+    "quota-issues": "mailboxfull",
+    "routing-errors": "systemerror",
+    "spam-related": "spamdetected",
+    "virus-related": "virusdetected",
+}
 
 
 def _decode_header(value: object) -> str:
@@ -263,6 +278,7 @@ def _record(
     action: str = "failed",
     remote_mta: str = "",
     context: str = "",
+    mta_reason: str = "",
 ) -> Bounce:
     """Fill the reply code and status from the texts when missing, then classify."""
     context_stage, context = _context_facts(context)
@@ -296,6 +312,8 @@ def _record(
         # A temporary failure the MTA gave up on (or still retries) is a delivery that ran out
         # of time.
         verdict = Verdict("expired", "transport", False)
+    if mta_reason and action in ("failed", "delayed"):
+        verdict = verdict_of(mta_reason, klass)
     if not status:
         status = pseudo_status(verdict.reason, klass)
         verdict = Verdict(verdict.reason, verdict.scope, is_hard(verdict.reason, klass))
@@ -331,9 +349,10 @@ def _from_reports(dsn_texts: list[str], notice: str) -> list[Bounce]:
             context = _paragraph_for(notice, rcpt) if notice else ""
             if not diag:
                 diag = context
-            out.append(
-                _record(rcpt, status, diag, action, _typed_address(f.get("remote-mta", "")), notice)
-            )
+            category = f.get("x-powermta-bouncecategory", "").strip().lower()
+            remote = _typed_address(f.get("remote-mta", ""))
+            mta_reason = POWERMTA_CATEGORIES.get(category, "")
+            out.append(_record(rcpt, status, diag, action, remote, notice, mta_reason))
     return out
 
 

@@ -116,6 +116,45 @@ CASES = {
         "            <mx.example.com #5.1.1 smtp;550 5.1.1 "
         "RESOLVER.ADR.RecipNotFound; not found>\n"
     ),
+    # PowerMTA's report carries its own category per recipient; the words say only "rejected".
+    "powermta": (
+        "From: postmaster@mta.example.net\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery report\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\n'
+        "\n"
+        "--b1\n"
+        "Content-Type: text/plain\n"
+        "\n"
+        "Delivery failed for the recipient below.\n"
+        "--b1\n"
+        "Content-Type: message/delivery-status\n"
+        "\n"
+        "Reporting-MTA: dns; mta.example.net\n"
+        "\n"
+        "Final-Recipient: rfc822; pat@example.org\n"
+        "Action: failed\n"
+        "Status: 5.0.0 (undefined status)\n"
+        "Remote-MTA: dns; mx.example.org\n"
+        "Diagnostic-Code: smtp; 550 Rejected\n"
+        "X-PowerMTA-BounceCategory: bad-mailbox\n"
+        "\n"
+        "--b1--\n"
+    ),
+    # Orange numbers its refusals; the number names the reason ("Client host rejected" does not).
+    "orange": (
+        "From: MAILER-DAEMON@mail.example.net (Mail Delivery System)\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Undelivered Mail Returned to Sender\n"
+        "\n"
+        "I'm sorry to have to inform you that your message could not\n"
+        "be delivered to one or more recipients.\n"
+        "\n"
+        "<max@orange.example>: host smtp-in.orange.example[192.0.2.7] said: 550 5.7.1\n"
+        "    Client host rejected: LPN000_401 (in reply to RCPT TO command)\n"
+        "\n"
+    ),
     "auto-reply": (
         "From: Ann <ann@example.org>\n"
         "To: bounce-77@b.example\n"
@@ -138,6 +177,8 @@ EXPECTED = {
     "exim-quota": ("bob@example.org", "5.0.922", "", "mailboxfull", False, KIND_BOUNCE),
     "qmail": ("sam@example.com", "5.1.1", "", "userunknown", True, KIND_BOUNCE),
     "courier": ("kim@example.org", "5.1.1", "550", "userunknown", True, KIND_BOUNCE),
+    "powermta": ("pat@example.org", "5.0.0", "550", "userunknown", True, KIND_BOUNCE),
+    "orange": ("max@orange.example", "5.7.1", "550", "authfailure", False, KIND_BOUNCE),
     "auto-reply": ("ann@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
 }
 

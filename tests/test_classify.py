@@ -20,7 +20,8 @@ def test_every_rule_example(reason: str, scope: str, text: str) -> None:
     parts = text.split()
     reply = parts[0] if parts and parts[0][:3].isdigit() and len(parts[0]) == 3 else ""
     status = parts[1] if reply and len(parts) > 1 and parts[1].count(".") == 2 else ""
-    got = classify(status, reply, text)
+    # Examples are answers to RCPT TO, where most refusals come.
+    got = classify(status, reply, text, stage="rcpt")
     assert (got.reason, got.scope) == (reason, scope)
 
 
@@ -84,3 +85,34 @@ def test_weak_wording_yields_to_the_status_code() -> None:
 def test_long_adversarial_texts_get_a_verdict(text: str) -> None:
     # Dotted or hyphenated runs once made a hostname pattern backtrack quadratically.
     assert classify("", "550", text) == Verdict("undefined", "transport", False)
+
+
+PROVIDER_EXAMPLES = [
+    (reason, text)
+    for table in RULES.get("provider_codes", [])
+    for text, reason in table["examples"]
+]
+
+
+@pytest.mark.parametrize(("reason", "text"), PROVIDER_EXAMPLES)
+def test_provider_code_tables(reason: str, text: str) -> None:
+    # The provider's number wins over the words ("Client host rejected" alone is blocked).
+    assert classify("", text.split()[0], text).reason == reason
+
+
+def test_user_unknown_words_need_a_code_or_the_rcpt_stage() -> None:
+    text = "550 <a@example.org>: User unknown"
+    assert classify("", "550", text, stage="rcpt") == Verdict("userunknown", "recipient", True)
+    assert classify("5.1.1", "550", text) == Verdict("userunknown", "recipient", True)
+    # No code, no stage, or after DATA: a filter may answer so; not proof of a missing mailbox.
+    assert classify("", "550", text) == Verdict("filtered", "recipient", False)
+    assert classify("5.0.0", "550", text) == Verdict("filtered", "recipient", False)
+    assert classify("5.1.1", "550", text, stage="data").reason == "filtered"
+    # The reporting system's own directory lookup is proof whatever the stage.
+    assert classify("", "", "The recipient name is not recognized").reason == "userunknown"
+
+
+def test_size_wording_under_the_administrative_limit_code() -> None:
+    text = "552 5.2.3 Message size exceeds fixed maximum message size (10485760)"
+    assert classify("5.2.3", "552", text).reason == "exceedlimit"
+    assert classify("5.3.4", "552", text).reason == "mesgtoobig"
