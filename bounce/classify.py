@@ -116,8 +116,8 @@ def load_pseudo_codes() -> dict[str, int]:
 def classify(status: str = "", reply_code: str = "", text: str = "", *, stage: str = "") -> Verdict:
     """Reason, scope and hard flag for one failed (or delivered) recipient.
 
-    stage is the SMTP command the remote answered ("rcpt", "data", ...) when known: a user
-    refused only after the message was sent (DATA) exists, the message was filtered.
+    stage is the SMTP command the remote answered ("rcpt", "data", ...) when known: user-unknown
+    words without an x.1.x code are a missing mailbox only when RCPT TO was refused.
     """
     rules = _rules()
     klass = _class_of(status, reply_code)
@@ -138,11 +138,9 @@ def classify(status: str = "", reply_code: str = "", text: str = "", *, stage: s
         # Refused at MAIL FROM: whatever the words, they are about our sender address.
         reason, scope = "rejected", "sender"
     elif reason == "userunknown" and not (matched and matched.firm):
-        # A refused RCPT TO, or an x.1.x code with no DATA stage, proves the mailbox is missing;
-        # the same words after DATA, or with no sign of when, are a filter's answer.
-        proven = stage == "rcpt" or (
-            stage != "data" and by_status is not None and by_status[0] == "userunknown"
-        )
+        # An x.1.x code or a refused RCPT TO proves the mailbox is missing; the same words with
+        # neither (after DATA, or no sign of when) are as likely a filter's answer.
+        proven = stage == "rcpt" or (by_status is not None and by_status[0] == "userunknown")
         if not proven:
             reason, scope = "filtered", "recipient"
     return Verdict(reason, scope, is_hard(reason, klass))

@@ -115,7 +115,6 @@ STAGE_RE = re.compile(
 TRANSCRIPT_STAGE_RE = re.compile(
     r">>> (data|rcpt|mail)\b[^\n]*\n(?:.*\n){0,3}?\s*(?:<<< )?[45]\d\d", re.I
 )
-PIPELINED_DATA_RE = re.compile(r"<<< 503\b|<<< \d{3}\b[^\n]*(need rcpt|no valid recipients)", re.I)
 # A final failure whose last try timed out or was refused: the MTA stopped retrying.
 GAVE_UP_RE = re.compile(r"^(connect to \S+: )?connection (timed out|refused)", re.I)
 DELAY_RE = re.compile(
@@ -249,6 +248,17 @@ def _enhanced(text: str, klass: str = "") -> str:
     return ""
 
 
+JIS_ESCAPE_RE = re.compile(r"\x1b\$[@B]")
+
+
+def _jis(text: str) -> str:
+    """Japanese MTAs write ISO-2022-JP (7-bit, escape sequences) into fields that declare no
+    charset, such as Diagnostic-Code."""
+    if not JIS_ESCAPE_RE.search(text):
+        return text
+    return text.encode("ascii", "ignore").decode("iso-2022-jp", "replace")
+
+
 def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
@@ -258,10 +268,6 @@ def _stage(text: str) -> str:
     if not m:
         return ""
     word = (m.group(1) or "data").lower()  # "for TEXT command" is the DATA stage
-    if word == "data" and PIPELINED_DATA_RE.search(text[m.end() : m.end() + 400]):
-        # Pipelining: the refusals after ">>> DATA" answered the RCPTs; DATA got "503 no
-        # valid recipients".
-        return "rcpt"
     return "data" if word in ("data", "end of data", "sent the message") else word.split()[0]
 
 
@@ -283,7 +289,9 @@ def _record(
     """Fill the reply code and status from the texts when missing, then classify."""
     context_stage, context = _context_facts(context)
     stage = _stage(diagnostic) or context_stage
-    diagnostic = _clean(re.sub(r"^\s*(smtp|x-[\w-]+|x-unix|mta)\s*;", "", diagnostic, flags=re.I))
+    diagnostic = _clean(
+        re.sub(r"^\s*(smtp|x-[\w-]+|x-unix|mta)\s*;", "", _jis(diagnostic), flags=re.I)
+    )
     reply = _reply_code(diagnostic)
     found = _enhanced(diagnostic)
     # The code the remote gave in its reply is more precise than the one the reporting MTA

@@ -42,7 +42,6 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("lhost-amazonses-01.eml", 1): (("status", "reason"), PROVIDER),
     ("lhost-aol-06.eml", 1): (("reason",), PROVIDER),
     ("lhost-apachejames-01.eml", 1): (("recipient",), PLACEHOLDER),
-    ("lhost-domino-02.eml", 1): (("reason", "hard"), NOREASON),
     ("lhost-dragonfly-18.eml", 1): (("reason",), PROVIDER),
     ("lhost-exim-06.eml", 1): (("status",), PSEUDO),
     ("lhost-exim-36.eml", 1): (("status",), PSEUDO),
@@ -53,9 +52,7 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("lhost-gmail-03.eml", 1): (("reason",), PROVIDER),
     ("lhost-gmail-05.eml", 1): (("reason",), PROVIDER),
     ("lhost-interscanmss-03.eml", 1): (("status", "reason", "hard"), NOREASON),
-    ("lhost-mcafee-05.eml", 1): (("status", "reason", "hard"), STAGELESS),
     ("lhost-messagingserver-02.eml", 1): (("reply_code",), TRANSCRIPT),
-    ("lhost-messagingserver-09.eml", 1): (("reason", "hard"), STAGELESS),
     ("lhost-messagingserver-10.eml", 1): (("reason",), PROVIDER),
     ("lhost-notes-01.eml", 1): (("status", "reason"), PSEUDO),
     ("lhost-opensmtpd-10.eml", 1): (("status",), PSEUDO),
@@ -63,8 +60,6 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("lhost-receivingses-02.eml", 1): (("reason", "hard"), FILTERED),
     ("lhost-receivingses-03.eml", 1): (("reason",), TEMPORARY),
     ("lhost-sendgrid-03.eml", 1): (("status", "reason"), NOREASON),
-    ("lhost-sendmail-27.eml", 1): (("reason", "hard"), FILTERED),
-    ("lhost-sendmail-48.eml", 1): (("reason", "hard"), FILTERED),
     ("lhost-sendmail-55.eml", 1): (("reply_code", "reason"), TRANSCRIPT),
     ("lhost-v5sendmail-01.eml", 1): (("recipient",), PLACEHOLDER),
     ("lhost-v5sendmail-05.eml", 1): (("status", "reply_code", "reason", "hard"), V5),
@@ -80,9 +75,9 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("rfc3464-40.eml", 1): (("reason",), TEMPORARY),
 }
 
-# Floors on the whole set. The targets are recipient 0.97, status 0.95, reason 0.90,
-# hard 0.97; the floors below are what this version measures where it is short of them.
-FLOORS = {"recipient": 0.98, "status": 0.946, "reply_code": 0.966, "reason": 0.90, "hard": 0.956}
+# Floors on the whole set: what this version measures, at or above the targets
+# (recipient 0.97, status 0.95, reason 0.90, hard 0.97).
+FLOORS = {"recipient": 0.98, "status": 0.95, "reply_code": 0.966, "reason": 0.916, "hard": 0.973}
 
 
 def expected_by_file() -> dict[str, list[dict[str, Any]]]:

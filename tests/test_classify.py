@@ -57,7 +57,10 @@ def test_code_fallback_and_hard_flag(status: str, reply: str, text: str, expecte
 
 
 def test_stage_refines_the_verdict() -> None:
-    assert classify("5.1.1", "550", "User unknown", stage="data").reason == "filtered"
+    assert classify("5.0.0", "550", "User unknown", stage="data").reason == "filtered"
+    assert classify("5.0.0", "550", "User unknown", stage="rcpt").reason == "userunknown"
+    # The x.1.1 code is explicit whenever it comes (servers that check recipients after DATA).
+    assert classify("5.1.1", "550", "User unknown", stage="data").reason == "userunknown"
     assert classify("5.1.1", "550", "User unknown", stage="rcpt").reason == "userunknown"
     assert classify("", "550", "Denied", stage="mail").reason == "rejected"
 
@@ -107,7 +110,8 @@ def test_user_unknown_words_need_a_code_or_the_rcpt_stage() -> None:
     # No code, no stage, or after DATA: a filter may answer so; not proof of a missing mailbox.
     assert classify("", "550", text) == Verdict("filtered", "recipient", False)
     assert classify("5.0.0", "550", text) == Verdict("filtered", "recipient", False)
-    assert classify("5.1.1", "550", text, stage="data").reason == "filtered"
+    assert classify("", "550", text, stage="data").reason == "filtered"
+    assert classify("", "550", "550 : User unknown") == Verdict("filtered", "recipient", False)
     # The reporting system's own directory lookup is proof whatever the stage.
     assert classify("", "", "The recipient name is not recognized").reason == "userunknown"
 
