@@ -241,6 +241,10 @@ def _reply_code(text: str, klass: str = "") -> str:
     return ""
 
 
+# An enhanced code that follows a reply code is the remote's own ("550-'5.7.1 ...", "550 5.1.1").
+REPLIED_ENHANCED_RE = re.compile(r"\b[245]\d\d[ -]['\"]?([245]\.\d{1,3}\.\d{1,3})(?![\d.]*\d)")
+
+
 def _enhanced(text: str, klass: str = "") -> str:
     for m in ENHANCED_RE.finditer(text):
         if not klass or m.group(1) == klass:
@@ -293,7 +297,8 @@ def _record(
         re.sub(r"^\s*(smtp|x-[\w-]+|x-unix|mta)\s*;", "", _jis(diagnostic), flags=re.I)
     )
     reply = _reply_code(diagnostic)
-    found = _enhanced(diagnostic)
+    replied = REPLIED_ENHANCED_RE.search(diagnostic)
+    found = replied.group(1) if replied else _enhanced(diagnostic)
     # The code the remote gave in its reply is more precise than the one the reporting MTA
     # derived from it (often a generic x.0.0 or its own guess).
     if not status or (found and (found[0] == status[0] or found[0] == reply[:1])):
@@ -351,6 +356,10 @@ def _from_reports(dsn_texts: list[str], notice: str) -> list[Bounce]:
             if not rcpt or ("action" not in f and "status" not in f):
                 continue
             action = f.get("action", "failed").split()[0].lower() if f.get("action") else "failed"
+            mta_reason = ""
+            if action == "expired":
+                # Not an RFC 3464 action, but some senders (SendGrid) say so: it failed for time.
+                action, mta_reason = "failed", "expired"
             status_m = ENHANCED_RE.search(f.get("status", ""))
             status = ".".join(status_m.groups()) if status_m else ""
             diag = f.get("diagnostic-code", "")
@@ -359,7 +368,7 @@ def _from_reports(dsn_texts: list[str], notice: str) -> list[Bounce]:
                 diag = context
             category = f.get("x-powermta-bouncecategory", "").strip().lower()
             remote = _typed_address(f.get("remote-mta", ""))
-            mta_reason = POWERMTA_CATEGORIES.get(category, "")
+            mta_reason = POWERMTA_CATEGORIES.get(category, mta_reason)
             out.append(_record(rcpt, status, diag, action, remote, notice, mta_reason))
     return out
 

@@ -39,7 +39,7 @@ V5 = "Sendmail v5 transcript interleaves several recipients' errors"
 KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("arf-11.eml", 1): (("recipient",), PLACEHOLDER),
     ("arf-12.eml", 1): (("recipient",), PLACEHOLDER),
-    ("lhost-amazonses-01.eml", 1): (("status", "reason"), PROVIDER),
+    ("lhost-amazonses-01.eml", 1): (("reason",), PROVIDER),
     ("lhost-aol-06.eml", 1): (("reason",), PROVIDER),
     ("lhost-apachejames-01.eml", 1): (("recipient",), PLACEHOLDER),
     ("lhost-dragonfly-18.eml", 1): (("reason",), PROVIDER),
@@ -50,7 +50,6 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("lhost-ezweb-01.eml", 1): (("status", "reason"), NOREASON),
     ("lhost-ezweb-02.eml", 1): (("reply_code", "reason", "hard"), FILTERED),
     ("lhost-gmail-03.eml", 1): (("reason",), PROVIDER),
-    ("lhost-gmail-05.eml", 1): (("reason",), PROVIDER),
     ("lhost-interscanmss-03.eml", 1): (("status", "reason", "hard"), NOREASON),
     ("lhost-messagingserver-02.eml", 1): (("reply_code",), TRANSCRIPT),
     ("lhost-messagingserver-10.eml", 1): (("reason",), PROVIDER),
@@ -59,7 +58,6 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("lhost-postfix-43.eml", 1): (("reason",), TEMPORARY),
     ("lhost-receivingses-02.eml", 1): (("reason", "hard"), FILTERED),
     ("lhost-receivingses-03.eml", 1): (("reason",), TEMPORARY),
-    ("lhost-sendgrid-03.eml", 1): (("status", "reason"), NOREASON),
     ("lhost-sendmail-55.eml", 1): (("reply_code", "reason"), TRANSCRIPT),
     ("lhost-v5sendmail-01.eml", 1): (("recipient",), PLACEHOLDER),
     ("lhost-v5sendmail-05.eml", 1): (("status", "reply_code", "reason", "hard"), V5),
@@ -77,7 +75,7 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
 
 # Floors on the whole set: what this version measures, at or above the issue's targets
 # (recipient 0.97, status 0.95, reason 0.90, hard 0.97).
-FLOORS = {"recipient": 0.98, "status": 0.95, "reply_code": 0.966, "reason": 0.916, "hard": 0.973}
+FLOORS = {"recipient": 0.98, "status": 0.956, "reply_code": 0.966, "reason": 0.923, "hard": 0.973}
 
 
 def expected_by_file() -> dict[str, list[dict[str, Any]]]:

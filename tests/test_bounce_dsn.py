@@ -142,6 +142,35 @@ CASES = {
         "\n"
         "--b1--\n"
     ),
+    # A relay that restates the remote's reply under its own code; "expired" as the action.
+    "relay-expired": (
+        "From: postmaster@relay.example.net\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery Status Notification (Failure)\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b2"\n'
+        "\n"
+        "--b2\n"
+        "Content-Type: text/plain\n"
+        "\n"
+        "Your message could not be delivered.\n"
+        "--b2\n"
+        "Content-Type: message/delivery-status\n"
+        "\n"
+        "Reporting-MTA: dns; relay.example.net\n"
+        "\n"
+        "Final-Recipient: rfc822; lou@example.org\n"
+        "Action: failed\n"
+        "Status: 5.0.0\n"
+        "Diagnostic-Code: smtp; 5.3.0 - Relay error 552-'5.2.2 Mailbox full' (attempts: 1)\n"
+        "\n"
+        "Final-Recipient: rfc822; kai@example.org\n"
+        "Action: expired\n"
+        "Status:\n"
+        "Diagnostic-Code: Connection timed out\n"
+        "\n"
+        "--b2--\n"
+    ),
     # Orange numbers its refusals; the number names the reason ("Client host rejected" does not).
     "orange": (
         "From: MAILER-DAEMON@mail.example.net (Mail Delivery System)\n"
@@ -181,6 +210,18 @@ EXPECTED = {
     "orange": ("max@orange.example", "5.7.1", "550", "authfailure", False, KIND_BOUNCE),
     "auto-reply": ("ann@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
 }
+
+
+def test_relay_report_keeps_the_remote_code_and_expiry() -> None:
+    lou, kai = parse_message(CASES["relay-expired"].encode())
+    # The code inside the remote's reply, not the relay's own restatement before it.
+    assert (lou.status, lou.reply_code, lou.reason) == ("5.2.2", "552", "mailboxfull")
+    assert (kai.recipient, kai.action, kai.status, kai.reason) == (
+        "kai@example.org",
+        "failed",
+        "5.0.947",
+        "expired",
+    )
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -46,6 +46,8 @@ def test_text_beats_code() -> None:
         ("5.7.1", "554", "blocked using zen.spamhaus.org", Verdict("blocked", "sender", False)),
         ("5.2.2", "552", "", Verdict("mailboxfull", "recipient", False)),
         ("5.7.27", "550", "", Verdict("notaccept", "domain", True)),  # notaccept + 5xx is hard
+        ("5.7.1", "550", "Access denied", Verdict("securityerror", "sender", False)),
+        ("4.7.1", "450", "Try again later", Verdict("blocked", "sender", False)),
         ("4.7.27", "450", "", Verdict("notaccept", "domain", False)),
         ("2.0.0", "250", "Ok", Verdict("delivered", "recipient", False)),
         ("", "450", "something nobody wrote a rule for", Verdict("onhold", "transport", False)),
