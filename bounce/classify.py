@@ -102,14 +102,23 @@ def _class_of(status: str, reply_code: str) -> str:
 
 def pseudo_status(reason: str, klass: str = "5") -> str:
     """Sisimai's internal code for a reason ("5.0.911"), for bounces that carry no status."""
-    detail = load_pseudo_codes().get(reason, 900)
-    return f"{klass if klass in ('4', '5') else '5'}.0.{detail}"
+    klass = klass if klass in ("4", "5") else "5"
+    permanent, temporary = load_pseudo_codes()
+    detail = (klass == "4" and temporary.get(reason)) or permanent.get(reason, 900)
+    return f"{klass}.0.{detail}"
 
 
 @lru_cache(maxsize=1)
-def load_pseudo_codes() -> dict[str, int]:
-    codes: dict[str, int] = load_rules_data()["pseudo_status"]
-    return codes
+def load_pseudo_codes() -> tuple[dict[str, int], dict[str, int]]:
+    data = load_rules_data()
+    return data["pseudo_status"], data.get("pseudo_status_temporary", {})
+
+
+# Postfix's "(in reply to RCPT TO command)" and Exim's "after RCPT TO:" in a log line's text.
+STAGE_IN_TEXT_RE = re.compile(
+    r"(?:in reply to|after) (end of data|data|rcpt|mail|ehlo|helo)\b", re.I
+)
+_STAGE_WORDS = {"end of data": "data"}
 
 
 @lru_cache(maxsize=65536)
@@ -120,6 +129,9 @@ def classify(status: str = "", reply_code: str = "", text: str = "", *, stage: s
     words without an x.1.x code are a missing mailbox only when RCPT TO was refused.
     """
     rules = _rules()
+    if not stage:
+        m = STAGE_IN_TEXT_RE.search(text)
+        stage = _STAGE_WORDS.get(m.group(1).lower(), m.group(1).lower()) if m else ""
     klass = _class_of(status, reply_code)
     if klass == "2":
         return Verdict("delivered", "recipient", False)
@@ -137,10 +149,13 @@ def classify(status: str = "", reply_code: str = "", text: str = "", *, stage: s
     if stage == "mail" and reason in ("undefined", "onhold", "userunknown", "hostunknown"):
         # Refused at MAIL FROM: whatever the words, they are about our sender address.
         reason, scope = "rejected", "sender"
+    elif stage in ("ehlo", "helo") and reason in ("undefined", "onhold"):
+        # Refused at the greeting, before any address: the sending host is not wanted.
+        reason, scope = "blocked", "sender"
     elif reason == "userunknown" and not (matched and matched.firm):
-        # An x.1.x code or a refused RCPT TO proves the mailbox is missing; the same words with
-        # neither (after DATA, or no sign of when) are as likely a filter's answer.
-        proven = stage == "rcpt" or (by_status is not None and by_status[0] == "userunknown")
+        # An x.1.x code (about the address) or a refused RCPT TO proves the mailbox is missing;
+        # the same words with neither (after DATA, or no sign of when) may be a filter's answer.
+        proven = stage == "rcpt" or status.split(".")[1:2] == ["1"]
         if not proven:
             reason, scope = "filtered", "recipient"
     return Verdict(reason, scope, is_hard(reason, klass))

@@ -107,7 +107,7 @@ DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 # (Yahoo), "(DATA)": which SMTP command the remote refused.
 STAGE_RE = re.compile(
     r"(?:in reply to|after|error from remote mail server after|did not like our|smtp:|[(\[])\s*"
-    r"(end of data|data|rcpt|mail from|mail|sent the message)(?![a-z])"
+    r"(end of data|data|rcpt|mail from|mail|sent the message|ehlo|helo)(?![a-z])"
     r"|for (text|data) command",
     re.I,
 )
@@ -319,6 +319,7 @@ def _record(
         klass == "4"
         and action in ("failed", "delayed")
         and verdict.reason in ("networkerror", "onhold", "undefined")
+        and (not status or status.endswith(".0"))  # a specific code (4.4.6 loop) stays
         and not DNS_TROUBLE_RE.search(diagnostic)
         and "lost connection" not in diagnostic.lower()
     ):

@@ -45,14 +45,12 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("lhost-dragonfly-18.eml", 1): (("reason",), PROVIDER),
     ("lhost-exim-06.eml", 1): (("status",), PSEUDO),
     ("lhost-exim-36.eml", 1): (("status",), PSEUDO),
-    ("lhost-exim-49.eml", 1): (("reason",), PROVIDER),
     ("lhost-exim-54.eml", 1): (("status",), PSEUDO),
     ("lhost-ezweb-01.eml", 1): (("status", "reason"), NOREASON),
     ("lhost-ezweb-02.eml", 1): (("reply_code", "reason", "hard"), FILTERED),
     ("lhost-gmail-03.eml", 1): (("reason",), PROVIDER),
     ("lhost-interscanmss-03.eml", 1): (("status", "reason", "hard"), NOREASON),
     ("lhost-messagingserver-02.eml", 1): (("reply_code",), TRANSCRIPT),
-    ("lhost-messagingserver-10.eml", 1): (("reason",), PROVIDER),
     ("lhost-notes-01.eml", 1): (("status", "reason"), PSEUDO),
     ("lhost-opensmtpd-10.eml", 1): (("status",), PSEUDO),
     ("lhost-postfix-43.eml", 1): (("reason",), TEMPORARY),
@@ -70,12 +68,11 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("rfc3464-04.eml", 1): (("reply_code",), TRANSCRIPT),
     ("rfc3464-28.eml", 2): (("missing",), PLACEHOLDER),
     ("rfc3464-35.eml", 2): (("reason",), TEMPORARY),
-    ("rfc3464-40.eml", 1): (("reason",), TEMPORARY),
 }
 
 # Floors on the whole set: what this version measures, at or above the targets
 # (recipient 0.97, status 0.95, reason 0.90, hard 0.97).
-FLOORS = {"recipient": 0.98, "status": 0.956, "reply_code": 0.966, "reason": 0.923, "hard": 0.973}
+FLOORS = {"recipient": 0.98, "status": 0.956, "reply_code": 0.966, "reason": 0.933, "hard": 0.973}
 
 
 def expected_by_file() -> dict[str, list[dict[str, Any]]]:

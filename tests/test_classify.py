@@ -48,6 +48,11 @@ def test_text_beats_code() -> None:
         ("5.7.27", "550", "", Verdict("notaccept", "domain", True)),  # notaccept + 5xx is hard
         ("5.7.1", "550", "Access denied", Verdict("securityerror", "sender", False)),
         ("4.7.1", "450", "Try again later", Verdict("blocked", "sender", False)),
+        ("5.1.10", "550", "", Verdict("notaccept", "domain", True)),  # RFC 7505 null MX
+        ("5.2.1", "550", "", Verdict("filtered", "recipient", False)),
+        ("4.2.1", "450", "", Verdict("suspend", "recipient", False)),
+        ("5.5.3", "552", "", Verdict("toomanyconn", "sender", False)),
+        ("4.4.6", "450", "", Verdict("networkerror", "transport", False)),
         ("4.7.27", "450", "", Verdict("notaccept", "domain", False)),
         ("2.0.0", "250", "Ok", Verdict("delivered", "recipient", False)),
         ("", "450", "something nobody wrote a rule for", Verdict("onhold", "transport", False)),
@@ -65,6 +70,16 @@ def test_stage_refines_the_verdict() -> None:
     assert classify("5.1.1", "550", "User unknown", stage="data").reason == "userunknown"
     assert classify("5.1.1", "550", "User unknown", stage="rcpt").reason == "userunknown"
     assert classify("", "550", "Denied", stage="mail").reason == "rejected"
+    assert classify("", "550", "Rejected", stage="ehlo") == Verdict("blocked", "sender", False)
+    # A log line's text says the stage itself.
+    postfix = (
+        "host mx.example.org said: 550 <a@example.org>: User unknown (in reply to RCPT TO command)"
+    )
+    assert classify("", "550", postfix).reason == "userunknown"
+    assert classify("", "550", postfix.replace("RCPT TO", "end of DATA")).reason == "filtered"
+    # Microsoft's x.1.10 for a missing user: an address status, so the words are proof.
+    text = "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"
+    assert classify("5.1.10", "550", text).reason == "userunknown"
 
 
 def test_positional_and_keyword_calls_agree_and_are_cached() -> None:
@@ -78,6 +93,8 @@ def test_pseudo_status_for_bounces_without_a_code() -> None:
     assert pseudo_status("userunknown", "5") == "5.0.911"
     assert pseudo_status("expired", "4") == "4.0.947"
     assert pseudo_status("no-such-reason", "") == "5.0.900"
+    assert pseudo_status("filtered", "4") == "4.0.924"  # its own temporary code
+    assert pseudo_status("userunknown", "4") == "4.0.911"
 
 
 def test_weak_wording_yields_to_the_status_code() -> None:
