@@ -25,6 +25,15 @@ def test_every_rule_example(reason: str, scope: str, text: str) -> None:
     assert (got.reason, got.scope) == (reason, scope)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [e for rule in RULES["text_rules"] if rule.get("firm") for e in rule["examples"]],
+)
+def test_firm_wordings_hold_after_data(text: str) -> None:
+    # The receiving system's own directory answered: proof even after DATA.
+    assert classify("", "", text, stage="data").reason == "userunknown"
+
+
 def test_every_rule_has_an_example() -> None:
     assert all(rule["examples"] for rule in RULES["text_rules"])
 
