@@ -267,10 +267,16 @@ def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+# Gmail's older notices end the remote's reply with the session state it failed in.
+GMAIL_STATE_RE = re.compile(r"\(state (\d{1,2})\)")
+GMAIL_STATES = {"6": "mail", "13": "ehlo", "14": "rcpt", "15": "data", "17": "data", "18": "data"}
+
+
 def _stage(text: str) -> str:
     m = STAGE_RE.search(text) or TRANSCRIPT_STAGE_RE.search(text)
     if not m:
-        return ""
+        state = GMAIL_STATE_RE.search(text)
+        return GMAIL_STATES.get(state.group(1), "") if state else ""
     word = (m.group(1) or "data").lower()  # "for TEXT command" is the DATA stage
     return "data" if word in ("data", "end of data", "sent the message") else word.split()[0]
 

@@ -171,6 +171,27 @@ CASES = {
         "\n"
         "--b2--\n"
     ),
+    # Gmail's older notice: no stage in words, but the session state (14 is RCPT TO).
+    "gmail-state": (
+        "From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery Status Notification (Failure)\n"
+        "\n"
+        "Delivery to the following recipient failed permanently:\n"
+        "\n"
+        "     kit@example.org\n"
+        "\n"
+        "Technical details of permanent failure:\n"
+        "Google tried to deliver your message, but it was rejected by the recipient domain.\n"
+        "The error that the other server returned was:\n"
+        "550 550 Unknown user kit@example.org (state 14).\n"
+        "\n"
+        "----- Original message -----\n"
+        "\n"
+        "To: kit@example.org\n"
+        "\n"
+        "hello\n"
+    ),
     # Orange numbers its refusals; the number names the reason ("Client host rejected" does not).
     "orange": (
         "From: MAILER-DAEMON@mail.example.net (Mail Delivery System)\n"
@@ -207,6 +228,7 @@ EXPECTED = {
     "qmail": ("sam@example.com", "5.1.1", "", "userunknown", True, KIND_BOUNCE),
     "courier": ("kim@example.org", "5.1.1", "550", "userunknown", True, KIND_BOUNCE),
     "powermta": ("pat@example.org", "5.0.0", "550", "userunknown", True, KIND_BOUNCE),
+    "gmail-state": ("kit@example.org", "5.0.911", "550", "userunknown", True, KIND_BOUNCE),
     "orange": ("max@orange.example", "5.7.1", "550", "authfailure", False, KIND_BOUNCE),
     "auto-reply": ("ann@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
 }
@@ -222,6 +244,11 @@ def test_relay_report_keeps_the_remote_code_and_expiry() -> None:
         "5.0.947",
         "expired",
     )
+
+
+def test_gmail_state_after_data_is_a_filter() -> None:
+    (b,) = parse_message(CASES["gmail-state"].replace("(state 14)", "(state 18)").encode())
+    assert (b.status, b.reason, b.hard) == ("5.0.910", "filtered", False)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
