@@ -38,7 +38,7 @@ class _CodeTable:
 
     pattern: re.Pattern[str]
     codes: dict[str, str]
-    default: str
+    default: str | None  # for a number not in the table; None: the words decide
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +80,7 @@ def _rules() -> _Rules:
         _CodeTable(
             re.compile(t["pattern"], re.I),
             {str(k): v for k, v in t["codes"].items()},
-            t.get("default", "undefined"),
+            t.get("default"),
         )
         for t in data.get("provider_codes", ())
     )
@@ -137,8 +137,9 @@ def classify(status: str = "", reply_code: str = "", text: str = "", *, stage: s
         return Verdict("delivered", "recipient", False)
     for table in rules.tables:
         m = table.pattern.search(text)
-        if m:
-            return verdict_of(table.codes.get(m.group("code"), table.default), klass)
+        code_reason = table.codes.get(m.group("code"), table.default) if m else None
+        if code_reason:
+            return verdict_of(code_reason, klass)
     matched = next((r for r in rules.text if r.pattern.search(text)), None)
     by_status = _status_rule(rules, status)
     reason, scope = (matched.reason, matched.scope) if matched else ("", "")
