@@ -148,3 +148,8 @@ def test_size_wording_under_the_administrative_limit_code() -> None:
     text = "552 5.2.3 Message size exceeds fixed maximum message size (10485760)"
     assert classify("5.2.3", "552", text).reason == "exceedlimit"
     assert classify("5.3.4", "552", text).reason == "mesgtoobig"
+
+
+def test_a_quarantine_names_a_virus_when_there_is_one() -> None:
+    assert classify("", "550", "550 Virus found; message quarantined").reason == "virusdetected"
+    assert classify("", "550", "550 Message quarantined by the filter").reason == "spamdetected"
