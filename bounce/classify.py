@@ -23,10 +23,31 @@ class Verdict:
 
 
 @dataclass(frozen=True, slots=True)
+class _TextRule:
+    pattern: re.Pattern[str]
+    reason: str
+    scope: str
+    weak: bool  # yields to any status code that has a rule
+    yields_to: frozenset[str]  # reasons of status codes that win over this wording
+    firm: bool  # a user-unknown wording that stays so whatever the stage
+
+
+@dataclass(frozen=True, slots=True)
+class _CodeTable:
+    """A provider's own error numbers in the reply text (Orange's "OFR_506", "LPN000_630")."""
+
+    pattern: re.Pattern[str]
+    codes: dict[str, str]
+    default: str | None  # for a number not in the table; None: the words decide
+
+
+@dataclass(frozen=True, slots=True)
 class _Rules:
-    text: tuple[tuple[re.Pattern[str], str, str, bool], ...]
+    text: tuple[_TextRule, ...]
     status: dict[str, tuple[str, str]]
     hard: frozenset[str]
+    tables: tuple[_CodeTable, ...]
+    scopes: dict[str, str]
 
 
 def load_rules_data() -> dict[str, Any]:
@@ -39,16 +60,38 @@ def load_rules_data() -> dict[str, Any]:
 def _rules() -> _Rules:
     data = load_rules_data()
     text = tuple(
-        (
+        _TextRule(
             re.compile("|".join(f"(?:{p})" for p in rule["patterns"]), re.I),
             rule["reason"],
             rule["scope"],
             bool(rule.get("weak")),
+            frozenset(rule.get("yields_to", ())),
+            bool(rule.get("firm")),
         )
         for rule in data["text_rules"]
     )
     status = {k: (v[0], v[1]) for k, v in data["status_rules"].items()}
-    return _Rules(text, status, frozenset(data["hard_reasons"]))
+    scopes: dict[str, str] = {}
+    for r in text:
+        scopes.setdefault(r.reason, r.scope)
+    for reason, scope in status.values():
+        scopes.setdefault(reason, scope)
+    tables = tuple(
+        _CodeTable(
+            re.compile(t["pattern"], re.I),
+            {str(k): v for k, v in t["codes"].items()},
+            t.get("default"),
+        )
+        for t in data.get("provider_codes", ())
+    )
+    return _Rules(text, status, frozenset(data["hard_reasons"]), tables, scopes)
+
+
+def _status_rule(rules: _Rules, status: str) -> tuple[str, str] | None:
+    """The rule for a full code ("5.7.1") first, then for its subject and detail ("7.1")."""
+    if status.count(".") != 2:
+        return None
+    return rules.status.get(status) or rules.status.get(status.split(".", 1)[1])
 
 
 def _class_of(status: str, reply_code: str) -> str:
@@ -59,45 +102,69 @@ def _class_of(status: str, reply_code: str) -> str:
 
 def pseudo_status(reason: str, klass: str = "5") -> str:
     """Sisimai's internal code for a reason ("5.0.911"), for bounces that carry no status."""
-    detail = load_pseudo_codes().get(reason, 900)
-    return f"{klass if klass in ('4', '5') else '5'}.0.{detail}"
+    klass = klass if klass in ("4", "5") else "5"
+    permanent, temporary = load_pseudo_codes()
+    detail = (klass == "4" and temporary.get(reason)) or permanent.get(reason, 900)
+    return f"{klass}.0.{detail}"
 
 
 @lru_cache(maxsize=1)
-def load_pseudo_codes() -> dict[str, int]:
-    codes: dict[str, int] = load_rules_data()["pseudo_status"]
-    return codes
+def load_pseudo_codes() -> tuple[dict[str, int], dict[str, int]]:
+    data = load_rules_data()
+    return data["pseudo_status"], data.get("pseudo_status_temporary", {})
+
+
+# Postfix's "(in reply to RCPT TO command)" and Exim's "after RCPT TO:" in a log line's text.
+STAGE_IN_TEXT_RE = re.compile(
+    r"(?:in reply to|after) (end of data|data|rcpt|mail|ehlo|helo)\b", re.I
+)
+_STAGE_WORDS = {"end of data": "data"}
 
 
 @lru_cache(maxsize=65536)
 def classify(status: str = "", reply_code: str = "", text: str = "", *, stage: str = "") -> Verdict:
     """Reason, scope and hard flag for one failed (or delivered) recipient.
 
-    stage is the SMTP command the remote answered ("rcpt", "data", ...) when known: a user
-    refused only after the message was sent (DATA) exists, the message was filtered.
+    stage is the SMTP command the remote answered ("rcpt", "data", ...) when known: user-unknown
+    words without an x.1.x code are a missing mailbox only when RCPT TO was refused.
     """
     rules = _rules()
+    if not stage:
+        m = STAGE_IN_TEXT_RE.search(text)
+        stage = _STAGE_WORDS.get(m.group(1).lower(), m.group(1).lower()) if m else ""
     klass = _class_of(status, reply_code)
     if klass == "2":
         return Verdict("delivered", "recipient", False)
-    reason = scope = ""
-    weak = False
-    for pattern, r, s, w in rules.text:
-        if pattern.search(text):
-            reason, scope, weak = r, s, w
-            break
-    if (not reason or weak) and status.count(".") == 2:
-        subject_detail = status.split(".", 1)[1]
-        if subject_detail in rules.status:
-            reason, scope = rules.status[subject_detail]
+    for table in rules.tables:
+        m = table.pattern.search(text)
+        code_reason = table.codes.get(m.group("code"), table.default) if m else None
+        if code_reason:
+            return verdict_of(code_reason, klass)
+    matched = next((r for r in rules.text if r.pattern.search(text)), None)
+    by_status = _status_rule(rules, status)
+    reason, scope = (matched.reason, matched.scope) if matched else ("", "")
+    if by_status and (not matched or matched.weak or by_status[0] in matched.yields_to):
+        reason, scope = by_status
     if not reason:
         reason, scope = ("onhold", "transport") if klass == "4" else ("undefined", "transport")
-    if stage == "data" and reason == "userunknown":
-        reason, scope = "filtered", "recipient"
-    elif stage == "mail" and reason in ("undefined", "onhold", "userunknown", "hostunknown"):
+    if stage == "mail" and reason in ("undefined", "onhold", "userunknown", "hostunknown"):
         # Refused at MAIL FROM: whatever the words, they are about our sender address.
         reason, scope = "rejected", "sender"
+    elif stage in ("ehlo", "helo") and reason in ("undefined", "onhold"):
+        # Refused at the greeting, before any address: the sending host is not wanted.
+        reason, scope = "blocked", "sender"
+    elif reason == "userunknown" and not (matched and matched.firm):
+        # An x.1.x code (about the address) or a refused RCPT TO proves the mailbox is missing;
+        # the same words with neither (after DATA, or no sign of when) may be a filter's answer.
+        proven = stage == "rcpt" or status.split(".")[1:2] == ["1"]
+        if not proven:
+            reason, scope = "filtered", "recipient"
     return Verdict(reason, scope, is_hard(reason, klass))
+
+
+def verdict_of(reason: str, klass: str = "5") -> Verdict:
+    """The verdict for a reason decided elsewhere (an MTA's own bounce category)."""
+    return Verdict(reason, _rules().scopes.get(reason, "transport"), is_hard(reason, klass))
 
 
 def is_hard(reason: str, klass: str) -> bool:

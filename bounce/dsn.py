@@ -24,7 +24,7 @@ from email.message import Message
 from email.utils import getaddresses
 from functools import lru_cache
 
-from mailpulse.bounce.classify import Verdict, classify, is_hard, pseudo_status
+from mailpulse.bounce.classify import Verdict, classify, is_hard, pseudo_status, verdict_of
 
 MAX_MESSAGE_BYTES = 8 << 20  # the rest of a larger message is not read
 MAX_PARTS = 200
@@ -63,7 +63,7 @@ ADDR = r"(?<![\w.!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)
 ADDR_RE = re.compile(ADDR)
 ENHANCED_RE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 REPLY_RE = re.compile(
-    r"(?<![\w.\-#])([245][0-5]\d)(?:[ ,:;-]|$)(?!\s*(?:bytes|seconds|days|hours))"
+    r"(?<![\w.\-#=])([245][0-5]\d)(?:[ ,:;-]|$)(?!\s*(?:bytes|seconds|days|hours))"
 )
 DAEMON_RE = re.compile(
     r"^(mailer-daemon|postmaster|mail-?daemon|mailerdaemon|mdaemon|"
@@ -86,7 +86,7 @@ BOUNCE_SUBJECT_RE = re.compile(
 )
 # Where a notice stops and the returned message (or its headers) begins.
 ORIGINAL_MARK_RE = re.compile(
-    r"^\s*(?:-{2,}|\*{2,}|={2,}|_{2,})?\s*("
+    r"^[ \t]*+(?:(?:-{2,}|\*{2,}|={2,}|_{2,})[ \t]*+)?("
     r"this is a copy of the message|below this line is a copy|original message|"
     r"copy of the original|a copy of the original|returned message|message headers follow|"
     r"the original message (?:headers )?follows|original message (?:follows|headers)|"
@@ -103,10 +103,11 @@ AUTOREPLY_SUBJECT_RE = re.compile(
 )
 DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 # "in reply to RCPT TO command" (Postfix), "after RCPT TO:" (Exim), "failed after I sent the
-# message" (qmail), "(DATA)": which SMTP command the remote refused.
+# message" (qmail), "did not like our RCPT TO" (DragonFly), "SMTP:RCPT host" (X3), "[RCPT_TO]"
+# (Yahoo), "(DATA)": which SMTP command the remote refused.
 STAGE_RE = re.compile(
-    r"(?:in reply to|after|error from remote mail server after|\()\s*"
-    r"(end of data|data|rcpt|mail from|mail|sent the message)\b"
+    r"(?:in reply to|after|error from remote mail server after|did not like our|smtp:|[(\[])\s*"
+    r"(end of data|data|rcpt|mail from|mail|sent the message|ehlo|helo)(?![a-z])"
     r"|for (text|data) command",
     re.I,
 )
@@ -114,7 +115,6 @@ STAGE_RE = re.compile(
 TRANSCRIPT_STAGE_RE = re.compile(
     r">>> (data|rcpt|mail)\b[^\n]*\n(?:.*\n){0,3}?\s*(?:<<< )?[45]\d\d", re.I
 )
-PIPELINED_DATA_RE = re.compile(r"<<< 503\b|<<< \d{3}\b[^\n]*(need rcpt|no valid recipients)", re.I)
 # A final failure whose last try timed out or was refused: the MTA stopped retrying.
 GAVE_UP_RE = re.compile(r"^(connect to \S+: )?connection (timed out|refused)", re.I)
 DELAY_RE = re.compile(
@@ -124,6 +124,20 @@ DELAY_RE = re.compile(
 )
 DNS_TROUBLE_RE = re.compile(r"name server|host name lookup|host not found|dns", re.I)
 FIELD_RE = re.compile(r"^([A-Za-z][\w-]*)[ \t]*:[ \t]*(.*)$")
+# PowerMTA writes its own verdict per recipient (X-PowerMTA-BounceCategory): it has read the
+# whole reply, so it wins over the words alone.
+POWERMTA_CATEGORIES = {
+    "bad-mailbox": "userunknown",
+    "bad-domain": "hostunknown",
+    "inactive-mailbox": "suspend",
+    "message-expired": "expired",
+    "no-answer-from-host": "networkerror",
+    "policy-related": "policyviolation",
+    "quota-issues": "mailboxfull",
+    "routing-errors": "systemerror",
+    "spam-related": "spamdetected",
+    "virus-related": "virusdetected",
+}
 
 
 def _decode_header(value: object) -> str:
@@ -227,6 +241,10 @@ def _reply_code(text: str, klass: str = "") -> str:
     return ""
 
 
+# An enhanced code that follows a reply code is the remote's own ("550-'5.7.1 ...", "550 5.1.1").
+REPLIED_ENHANCED_RE = re.compile(r"\b[245]\d\d[ -]['\"]?([245]\.\d{1,3}\.\d{1,3})(?![\d.]*\d)")
+
+
 def _enhanced(text: str, klass: str = "") -> str:
     for m in ENHANCED_RE.finditer(text):
         if not klass or m.group(1) == klass:
@@ -234,19 +252,32 @@ def _enhanced(text: str, klass: str = "") -> str:
     return ""
 
 
+JIS_ESCAPE_RE = re.compile(r"\x1b\$[@B]")
+
+
+def _jis(text: str) -> str:
+    """Japanese MTAs write ISO-2022-JP (7-bit, escape sequences) into fields that declare no
+    charset, such as Diagnostic-Code."""
+    if not JIS_ESCAPE_RE.search(text):
+        return text
+    return text.encode("ascii", "ignore").decode("iso-2022-jp", "replace")
+
+
 def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
+
+
+# Gmail's older notices end the remote's reply with the session state it failed in.
+GMAIL_STATE_RE = re.compile(r"\(state (\d{1,2})\)")
+GMAIL_STATES = {"6": "mail", "13": "ehlo", "14": "rcpt", "15": "data", "17": "data", "18": "data"}
 
 
 def _stage(text: str) -> str:
     m = STAGE_RE.search(text) or TRANSCRIPT_STAGE_RE.search(text)
     if not m:
-        return ""
+        state = GMAIL_STATE_RE.search(text)
+        return GMAIL_STATES.get(state.group(1), "") if state else ""
     word = (m.group(1) or "data").lower()  # "for TEXT command" is the DATA stage
-    if word == "data" and PIPELINED_DATA_RE.search(text[m.end() : m.end() + 400]):
-        # Pipelining: the refusals after ">>> DATA" answered the RCPTs; DATA got "503 no
-        # valid recipients".
-        return "rcpt"
     return "data" if word in ("data", "end of data", "sent the message") else word.split()[0]
 
 
@@ -263,13 +294,17 @@ def _record(
     action: str = "failed",
     remote_mta: str = "",
     context: str = "",
+    mta_reason: str = "",
 ) -> Bounce:
     """Fill the reply code and status from the texts when missing, then classify."""
     context_stage, context = _context_facts(context)
     stage = _stage(diagnostic) or context_stage
-    diagnostic = _clean(re.sub(r"^\s*(smtp|x-[\w-]+|x-unix|mta)\s*;", "", diagnostic, flags=re.I))
+    diagnostic = _clean(
+        re.sub(r"^\s*(smtp|x-[\w-]+|x-unix|mta)\s*;", "", _jis(diagnostic), flags=re.I)
+    )
     reply = _reply_code(diagnostic)
-    found = _enhanced(diagnostic)
+    replied = REPLIED_ENHANCED_RE.search(diagnostic)
+    found = replied.group(1) if replied else _enhanced(diagnostic)
     # The code the remote gave in its reply is more precise than the one the reporting MTA
     # derived from it (often a generic x.0.0 or its own guess).
     if not status or (found and (found[0] == status[0] or found[0] == reply[:1])):
@@ -290,12 +325,15 @@ def _record(
         klass == "4"
         and action in ("failed", "delayed")
         and verdict.reason in ("networkerror", "onhold", "undefined")
+        and (not status or status.endswith(".0"))  # a specific code (4.4.6 loop) stays
         and not DNS_TROUBLE_RE.search(diagnostic)
         and "lost connection" not in diagnostic.lower()
     ):
         # A temporary failure the MTA gave up on (or still retries) is a delivery that ran out
         # of time.
         verdict = Verdict("expired", "transport", False)
+    if mta_reason and action in ("failed", "delayed"):
+        verdict = verdict_of(mta_reason, klass)
     if not status:
         status = pseudo_status(verdict.reason, klass)
         verdict = Verdict(verdict.reason, verdict.scope, is_hard(verdict.reason, klass))
@@ -325,15 +363,20 @@ def _from_reports(dsn_texts: list[str], notice: str) -> list[Bounce]:
             if not rcpt or ("action" not in f and "status" not in f):
                 continue
             action = f.get("action", "failed").split()[0].lower() if f.get("action") else "failed"
+            mta_reason = ""
+            if action == "expired":
+                # Not an RFC 3464 action, but some senders (SendGrid) say so: it failed for time.
+                action, mta_reason = "failed", "expired"
             status_m = ENHANCED_RE.search(f.get("status", ""))
             status = ".".join(status_m.groups()) if status_m else ""
             diag = f.get("diagnostic-code", "")
             context = _paragraph_for(notice, rcpt) if notice else ""
             if not diag:
                 diag = context
-            out.append(
-                _record(rcpt, status, diag, action, _typed_address(f.get("remote-mta", "")), notice)
-            )
+            category = f.get("x-powermta-bouncecategory", "").strip().lower()
+            remote = _typed_address(f.get("remote-mta", ""))
+            mta_reason = POWERMTA_CATEGORIES.get(category, mta_reason)
+            out.append(_record(rcpt, status, diag, action, remote, notice, mta_reason))
     return out
 
 
@@ -417,9 +460,8 @@ def _notice_recipients(notice: str, exclude: set[str], action: str) -> list[Boun
 
 
 RCPT_LINE_RE = re.compile(
-    r"^\s*(?:rcpt to|recipient|original recipient|failed recipient|intended recipient)\s*:\s*<?("
-    + ADDR
-    + ")",
+    r"^[ \t]*(?:rcpt to|recipient|original recipient|failed recipient|intended recipient)"
+    r"[ \t]*:[ \t]*<?(" + ADDR + ")",
     re.I | re.M,
 )
 

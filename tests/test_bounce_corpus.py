@@ -30,258 +30,49 @@ PROVIDER = "provider-specific code table (not modelled: only wording families ar
 NOREASON = "the notice gives no reason in words or codes"
 TRANSCRIPT = "reply code only in a session transcript of another recipient or command"
 TEMPORARY = "temporary failure: expired, onhold, mailererror or networkerror, no sign in the mail"
+STAGELESS = (
+    "user-unknown words with neither an x.1.x code nor the RCPT stage are filtered here; Sisimai's"
+    " module for this MTA says userunknown"
+)
 V5 = "Sendmail v5 transcript interleaves several recipients' errors"
 
 KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("arf-11.eml", 1): (("recipient",), PLACEHOLDER),
     ("arf-12.eml", 1): (("recipient",), PLACEHOLDER),
-    ("lhost-amazonses-01.eml", 1): (
-        (
-            "status",
-            "reason",
-            "hard",
-        ),
-        PROVIDER,
-    ),
-    ("lhost-amazonses-02.eml", 1): (
-        (
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
-    ("lhost-amazonworkmail-02.eml", 1): (
-        (
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
+    ("lhost-amazonses-01.eml", 1): (("reason",), PROVIDER),
     ("lhost-aol-06.eml", 1): (("reason",), PROVIDER),
-    ("lhost-apachejames-01.eml", 1): (
-        (
-            "recipient",
-            "status",
-            "reason",
-            "hard",
-        ),
-        PLACEHOLDER,
-    ),
-    ("lhost-domino-02.eml", 1): (
-        (
-            "reason",
-            "hard",
-        ),
-        NOREASON,
-    ),
+    ("lhost-apachejames-01.eml", 1): (("recipient",), PLACEHOLDER),
     ("lhost-dragonfly-18.eml", 1): (("reason",), PROVIDER),
     ("lhost-exim-06.eml", 1): (("status",), PSEUDO),
     ("lhost-exim-36.eml", 1): (("status",), PSEUDO),
-    ("lhost-exim-49.eml", 1): (("reason",), PROVIDER),
-    ("lhost-exim-54.eml", 1): (
-        (
-            "status",
-            "reply_code",
-            "reason",
-        ),
-        PSEUDO,
-    ),
-    ("lhost-ezweb-01.eml", 1): (
-        (
-            "status",
-            "reason",
-        ),
-        NOREASON,
-    ),
-    ("lhost-ezweb-02.eml", 1): (
-        (
-            "reply_code",
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
+    ("lhost-exim-54.eml", 1): (("status",), PSEUDO),
+    ("lhost-ezweb-01.eml", 1): (("status", "reason"), NOREASON),
+    ("lhost-ezweb-02.eml", 1): (("reply_code", "reason", "hard"), FILTERED),
     ("lhost-gmail-03.eml", 1): (("reason",), PROVIDER),
-    ("lhost-gmail-05.eml", 1): (("reason",), PROVIDER),
-    ("lhost-gsuite-08.eml", 1): (
-        (
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
-    ("lhost-interscanmss-03.eml", 1): (
-        (
-            "status",
-            "reason",
-            "hard",
-        ),
-        NOREASON,
-    ),
+    ("lhost-interscanmss-03.eml", 1): (("status", "reason", "hard"), NOREASON),
     ("lhost-messagingserver-02.eml", 1): (("reply_code",), TRANSCRIPT),
-    ("lhost-messagingserver-08.eml", 1): (
-        (
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
-    ("lhost-messagingserver-10.eml", 1): (("reason",), PROVIDER),
-    ("lhost-notes-01.eml", 1): (
-        (
-            "status",
-            "reason",
-        ),
-        PSEUDO,
-    ),
+    ("lhost-notes-01.eml", 1): (("status", "reason"), PSEUDO),
     ("lhost-opensmtpd-10.eml", 1): (("status",), PSEUDO),
-    ("lhost-postfix-07.eml", 1): (
-        (
-            "status",
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
     ("lhost-postfix-43.eml", 1): (("reason",), TEMPORARY),
-    ("lhost-receivingses-02.eml", 1): (
-        (
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
+    ("lhost-receivingses-02.eml", 1): (("reason", "hard"), FILTERED),
     ("lhost-receivingses-03.eml", 1): (("reason",), TEMPORARY),
-    ("lhost-sendgrid-03.eml", 1): (
-        (
-            "status",
-            "reason",
-        ),
-        NOREASON,
-    ),
-    ("lhost-sendmail-05.eml", 1): (("reason",), PROVIDER),
-    ("lhost-sendmail-27.eml", 1): (
-        (
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
-    ("lhost-sendmail-48.eml", 1): (
-        (
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
-    ("lhost-sendmail-55.eml", 1): (
-        (
-            "reply_code",
-            "reason",
-        ),
-        TRANSCRIPT,
-    ),
+    ("lhost-sendmail-55.eml", 1): (("reply_code", "reason"), TRANSCRIPT),
     ("lhost-v5sendmail-01.eml", 1): (("recipient",), PLACEHOLDER),
-    ("lhost-v5sendmail-05.eml", 1): (
-        (
-            "status",
-            "reply_code",
-            "reason",
-            "hard",
-        ),
-        V5,
-    ),
+    ("lhost-v5sendmail-05.eml", 1): (("status", "reply_code", "reason", "hard"), V5),
     ("lhost-v5sendmail-05.eml", 2): (("reply_code",), V5),
-    ("lhost-v5sendmail-05.eml", 3): (
-        (
-            "status",
-            "reply_code",
-            "reason",
-        ),
-        V5,
-    ),
-    ("lhost-v5sendmail-05.eml", 4): (
-        (
-            "status",
-            "reason",
-            "hard",
-        ),
-        V5,
-    ),
-    ("lhost-v5sendmail-06.eml", 1): (
-        (
-            "status",
-            "reply_code",
-            "reason",
-        ),
-        V5,
-    ),
-    ("lhost-x1-01.eml", 1): (
-        (
-            "status",
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
-    ("lhost-x1-02.eml", 1): (
-        (
-            "status",
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
-    ("lhost-x2-01.eml", 1): (
-        (
-            "status",
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
-    ("lhost-zoho-02.eml", 1): (
-        (
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
-    ("rfc3464-01.eml", 1): (
-        (
-            "reply_code",
-            "reason",
-            "hard",
-        ),
-        PROVIDER,
-    ),
+    ("lhost-v5sendmail-05.eml", 3): (("status", "reply_code", "reason"), V5),
+    ("lhost-v5sendmail-05.eml", 4): (("status", "reason", "hard"), V5),
+    ("lhost-v5sendmail-06.eml", 1): (("status", "reply_code", "reason"), V5),
+    ("lhost-verizon-02.eml", 1): (("status", "reason", "hard"), STAGELESS),
+    ("rfc3464-01.eml", 1): (("reply_code", "reason", "hard"), PROVIDER),
     ("rfc3464-04.eml", 1): (("reply_code",), TRANSCRIPT),
     ("rfc3464-28.eml", 2): (("missing",), PLACEHOLDER),
     ("rfc3464-35.eml", 2): (("reason",), TEMPORARY),
-    ("rfc3464-35.eml", 3): (
-        (
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
-    ("rfc3464-40.eml", 1): (("reason",), TEMPORARY),
-    ("rhost-franceptt-07.eml", 1): (("reason",), PROVIDER),
-    ("rhost-franceptt-10.eml", 1): (("reason",), PROVIDER),
-    ("rhost-franceptt-12.eml", 1): (("reason",), PROVIDER),
-    ("rhost-mimecast-02.eml", 1): (("reason",), PROVIDER),
-    ("rhost-yahooinc-03.eml", 1): (
-        (
-            "reason",
-            "hard",
-        ),
-        FILTERED,
-    ),
 }
 
-# Floors on the whole set. The issue's targets are recipient 0.97, status 0.95, reason 0.90,
-# hard 0.97; the floors below are what this version measures where it is short of them.
-FLOORS = {"recipient": 0.97, "status": 0.93, "reply_code": 0.95, "reason": 0.84, "hard": 0.92}
+# Floors on the whole set: what this version measures, at or above the issue's targets
+# (recipient 0.97, status 0.95, reason 0.90, hard 0.97).
+FLOORS = {"recipient": 0.98, "status": 0.956, "reply_code": 0.966, "reason": 0.933, "hard": 0.973}
 
 
 def expected_by_file() -> dict[str, list[dict[str, Any]]]:

@@ -116,6 +116,95 @@ CASES = {
         "            <mx.example.com #5.1.1 smtp;550 5.1.1 "
         "RESOLVER.ADR.RecipNotFound; not found>\n"
     ),
+    # PowerMTA's report carries its own category per recipient; the words say only "rejected".
+    "powermta": (
+        "From: postmaster@mta.example.net\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery report\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\n'
+        "\n"
+        "--b1\n"
+        "Content-Type: text/plain\n"
+        "\n"
+        "Delivery failed for the recipient below.\n"
+        "--b1\n"
+        "Content-Type: message/delivery-status\n"
+        "\n"
+        "Reporting-MTA: dns; mta.example.net\n"
+        "\n"
+        "Final-Recipient: rfc822; pat@example.org\n"
+        "Action: failed\n"
+        "Status: 5.0.0 (undefined status)\n"
+        "Remote-MTA: dns; mx.example.org\n"
+        "Diagnostic-Code: smtp; 550 Rejected\n"
+        "X-PowerMTA-BounceCategory: bad-mailbox\n"
+        "\n"
+        "--b1--\n"
+    ),
+    # A relay that restates the remote's reply under its own code; "expired" as the action.
+    "relay-expired": (
+        "From: postmaster@relay.example.net\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery Status Notification (Failure)\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b2"\n'
+        "\n"
+        "--b2\n"
+        "Content-Type: text/plain\n"
+        "\n"
+        "Your message could not be delivered.\n"
+        "--b2\n"
+        "Content-Type: message/delivery-status\n"
+        "\n"
+        "Reporting-MTA: dns; relay.example.net\n"
+        "\n"
+        "Final-Recipient: rfc822; lou@example.org\n"
+        "Action: failed\n"
+        "Status: 5.0.0\n"
+        "Diagnostic-Code: smtp; 5.3.0 - Relay error 552-'5.2.2 Mailbox full' (attempts: 1)\n"
+        "\n"
+        "Final-Recipient: rfc822; kai@example.org\n"
+        "Action: expired\n"
+        "Status:\n"
+        "Diagnostic-Code: Connection timed out\n"
+        "\n"
+        "--b2--\n"
+    ),
+    # Gmail's older notice: no stage in words, but the session state (14 is RCPT TO).
+    "gmail-state": (
+        "From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery Status Notification (Failure)\n"
+        "\n"
+        "Delivery to the following recipient failed permanently:\n"
+        "\n"
+        "     kit@example.org\n"
+        "\n"
+        "Technical details of permanent failure:\n"
+        "Google tried to deliver your message, but it was rejected by the recipient domain.\n"
+        "The error that the other server returned was:\n"
+        "550 550 Unknown user kit@example.org (state 14).\n"
+        "\n"
+        "----- Original message -----\n"
+        "\n"
+        "To: kit@example.org\n"
+        "\n"
+        "hello\n"
+    ),
+    # Orange numbers its refusals; the number names the reason ("Client host rejected" does not).
+    "orange": (
+        "From: MAILER-DAEMON@mail.example.net (Mail Delivery System)\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Undelivered Mail Returned to Sender\n"
+        "\n"
+        "I'm sorry to have to inform you that your message could not\n"
+        "be delivered to one or more recipients.\n"
+        "\n"
+        "<max@orange.example>: host smtp-in.orange.example[192.0.2.7] said: 550 5.7.1\n"
+        "    Client host rejected: LPN000_401 (in reply to RCPT TO command)\n"
+        "\n"
+    ),
     "auto-reply": (
         "From: Ann <ann@example.org>\n"
         "To: bounce-77@b.example\n"
@@ -138,8 +227,28 @@ EXPECTED = {
     "exim-quota": ("bob@example.org", "5.0.922", "", "mailboxfull", False, KIND_BOUNCE),
     "qmail": ("sam@example.com", "5.1.1", "", "userunknown", True, KIND_BOUNCE),
     "courier": ("kim@example.org", "5.1.1", "550", "userunknown", True, KIND_BOUNCE),
+    "powermta": ("pat@example.org", "5.0.0", "550", "userunknown", True, KIND_BOUNCE),
+    "gmail-state": ("kit@example.org", "5.0.911", "550", "userunknown", True, KIND_BOUNCE),
+    "orange": ("max@orange.example", "5.7.1", "550", "authfailure", False, KIND_BOUNCE),
     "auto-reply": ("ann@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
 }
+
+
+def test_relay_report_keeps_the_remote_code_and_expiry() -> None:
+    lou, kai = parse_message(CASES["relay-expired"].encode())
+    # The code inside the remote's reply, not the relay's own restatement before it.
+    assert (lou.status, lou.reply_code, lou.reason) == ("5.2.2", "552", "mailboxfull")
+    assert (kai.recipient, kai.action, kai.status, kai.reason) == (
+        "kai@example.org",
+        "failed",
+        "5.0.947",
+        "expired",
+    )
+
+
+def test_gmail_state_after_data_is_a_filter() -> None:
+    (b,) = parse_message(CASES["gmail-state"].replace("(state 14)", "(state 18)").encode())
+    assert (b.status, b.reason, b.hard) == ("5.0.910", "filtered", False)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -246,3 +246,14 @@ def test_thousands_of_recipients_are_capped() -> None:
     )
     got = dsn.parse_message(report)
     assert 0 < len(got) < dsn.MAX_PARTS and all(b.status == "5.1.1" for b in got)
+
+
+@pytest.mark.parametrize(
+    "filler",
+    ["\n" * 60000, " \n" * 30000, "\t" * 60000, "-" * 60000, "@" * 60000, "<a@b.c>" * 9000],
+)
+def test_floods_of_blank_lines_tabs_dashes_or_at_signs_still_parse(filler: str) -> None:
+    # Whitespace and punctuation floods once made the notice patterns backtrack for hours.
+    body = "<u@example.com>: 550 5.1.1 User unknown\n" + filler + "\nfailed\n"
+    got = dsn.parse_message(wrap("X-Test: flood", body.encode()))
+    assert got and got[0].recipient == "u@example.com" and got[0].status == "5.1.1"
