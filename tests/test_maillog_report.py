@@ -13,7 +13,7 @@ from pathlib import Path
 CASES = [
     ("mx1", 9, "gmail.com", "sent", "2.0.0", "250 2.0.0 OK"),
     ("mx1", 9, "gmail.com", "bounced", "5.1.1", "550 5.1.1 <{rcpt}>: user unknown"),
-    ("mx2", 10, "yahoo.com", "deferred", "4.7.0", "421 4.7.0 [TSS04] try again later"),
+    ("mx2", 10, "yahoo.com", "deferred", "4.7.0", "421 4.7.0 Too many messages, try again later"),
     ("mx2", 10, "example.org", "bounced", "5.7.1", "554 5.7.1 blocked using zen.spamhaus.org"),
     ("mx2", 11, "outlook.com", "sent", "2.0.0", "250 2.6.0 <{rcpt}> Queued mail for delivery"),
 ]
@@ -95,7 +95,7 @@ def test_report_counts_per_status_reason_group_node_hour_and_top_replies(tmp_pat
         {"reply": "554 5.7.1 blocked using zen.spamhaus.org", "count": 3},
     ]
     assert data["top_replies"]["deferred"] == [
-        {"reply": "421 4.7.0 [TSS04] try again later", "count": 4}
+        {"reply": "421 4.7.0 Too many messages, try again later", "count": 4}
     ]
     assert data["rejects"] == {"reject": 1} and data["warnings"]["warning"] == 1
     text = report(log)
