@@ -156,11 +156,11 @@ def samplers_for_host(config_dir: Path | None = None, **options: object) -> list
 
 
 # What a queued message counts for, shared by every message alike (bulk mail: most of them):
-# (queue, directory, sender domain, ((recipient domain, recipients), ...), recipients,
-#  (((group, deferral class), recipients), ...), error). A file that could not be read has
-# an error ("truncated", "garbage") and counts for nothing else.
+# (queue, directory, qshape cells ((kind, domain, recipients), ...) for its sender domain and
+# each recipient domain, recipients, (((group, deferral class), recipients), ...), error).
+# A file that could not be read has an error ("truncated", "garbage") and counts for nothing.
 _Shape = tuple[
-    str, str, str, tuple[tuple[str, int], ...], int, tuple[tuple[tuple[str, str], int], ...], str
+    str, str, tuple[tuple[str, str, int], ...], int, tuple[tuple[tuple[str, str], int], ...], str
 ]
 
 # Per message, 28 bytes: ctime (changes when Postfix renames the file, retries it or marks
@@ -231,7 +231,7 @@ class QueueSampler:
 
     # -- aggregates ------------------------------------------------------------------------
     def _apply(self, shape: _Shape, arrival: int, size: int, sign: int) -> None:
-        q, _directory, sender_domain, by_domain, recipients, deferrals, error = shape
+        q, _directory, counts, recipients, deferrals, error = shape
         if error:
             self._errors[error] += sign
             return
@@ -240,9 +240,8 @@ class QueueSampler:
         totals[1] += sign * recipients
         totals[2] += sign * size
         cells = self._cells
-        for key, n in (((q, "sender", sender_domain, arrival), recipients),) + tuple(
-            ((q, "recipient", d, arrival), n) for d, n in by_domain
-        ):
+        for kind, domain, n in counts:
+            key = (q, kind, domain, arrival)
             cell = cells.get(key)
             if cell is None:
                 cells[key] = [sign, sign * n]
@@ -303,23 +302,31 @@ class QueueSampler:
         recipients: tuple[str, ...],
         reasons: dict[str, DeferEntry],
     ) -> _Shape:
+        sender_domain = qshape_domain(sender)
+        if len(recipients) == 1:  # bulk mail: most messages, without the general machinery
+            d = qshape_domain(recipients[0])
+            deferred: tuple[tuple[tuple[str, str], int], ...] = ()
+            if queue == "deferred":
+                e = reasons.get(recipients[0])
+                klass = deferral_class(e.status, e.reason) if e else "other"
+                deferred = (((self._group(d), klass), 1),)
+            counts: tuple[tuple[str, str, int], ...] = (
+                ("sender", sender_domain, 1),
+                ("recipient", d, 1),
+            )
+            return (queue, directory, counts, 1, deferred, "")
         domains = [qshape_domain(r) for r in recipients]
-        by_domain = ((domains[0], 1),) if len(domains) == 1 else tuple(Counter(domains).items())
         deferrals: Counter[tuple[str, str]] = Counter()
         if queue == "deferred":
             for r, d in zip(recipients, domains, strict=True):
                 e = reasons.get(r)
                 klass = deferral_class(e.status, e.reason) if e else "other"
                 deferrals[(self._group(d), klass)] += 1
-        return (
-            queue,
-            directory,
-            qshape_domain(sender),
-            by_domain,
-            len(recipients),
-            tuple(deferrals.items()),
-            "",
+        n = len(recipients)
+        counts = (("sender", sender_domain, n),) + tuple(
+            ("recipient", d, k) for d, k in Counter(domains).items()
         )
+        return (queue, directory, counts, n, tuple(deferrals.items()), "")
 
     # -- sampling --------------------------------------------------------------------------
     def pick_source(self) -> str:
@@ -433,7 +440,8 @@ class QueueSampler:
         except QueueFileError as e:
             # A file in the corrupt queue is broken by definition: count it as a message there.
             error = "" if queue == "corrupt" else e.kind
-            bad: _Shape = (queue, directory, "", (), 0, (), error)
+            counts = () if error else (("sender", "", 0),)  # its age still counts
+            bad: _Shape = (queue, directory, counts, 0, (), error)
             self._put(qid, bad, st.st_ctime_ns, int(st.st_mtime), st.st_size)
             return
         except OSError:
