@@ -177,7 +177,7 @@ _NOATIME = getattr(os, "O_NOATIME", 0)
 class _Dir:
     mtime_ns: int
     reusable: bool  # read long enough after its last change that no change can hide
-    names: frozenset[str]  # queue files in it
+    names: tuple[str, ...]  # queue files in it (a tuple: a third of a set's memory)
     subdirs: tuple[str, ...]
 
 
@@ -579,12 +579,15 @@ def _diff_tree(
             continue
         # Postfix's hashed queues hold one-character directories and queue-id files.
         subdirs = tuple(f"{path}/{e}" for e in entries if len(e) == 1)
-        names = frozenset(e for e in entries if len(e) >= 6 and e.isascii() and e.isalnum())
-        old = known.names if known is not None else frozenset()
-        if names != old:
-            path = sys.intern(path)
-            added.append((queue, path, names - old if old else names))
-            gone.extend((qid, queue) for qid in old - names)
+        names = tuple(e for e in entries if len(e) >= 6 and e.isascii() and e.isalnum())
+        path = sys.intern(path)
+        if known is None or not known.names:
+            if names:
+                added.append((queue, path, names))
+        else:
+            new, old = frozenset(names), frozenset(known.names)
+            added.append((queue, path, new - old))
+            gone.extend((qid, queue) for qid in old - new)
         for d in known.subdirs if known is not None else ():
             if d not in subdirs:  # a hash directory removed: everything in it went
                 _forget(d, queue, dirs, gone)
