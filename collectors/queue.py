@@ -103,6 +103,15 @@ def deferral_class(status: str, text: str) -> str:
     return "other"
 
 
+def _deferral_class_of(entry: DeferEntry | None) -> str:
+    if entry is None:
+        return "other"
+    # Replies often quote the recipient: without it, one classification serves everyone who
+    # got the same answer (the classifier's rules never look at an address).
+    text = entry.reason.replace(entry.recipient, "") if entry.recipient else entry.reason
+    return deferral_class(entry.status, text)
+
+
 # -- Postfix instances ---------------------------------------------------------------------
 
 
@@ -308,7 +317,7 @@ class QueueSampler:
             deferred: tuple[tuple[tuple[str, str], int], ...] = ()
             if queue == "deferred":
                 e = reasons.get(recipients[0])
-                klass = deferral_class(e.status, e.reason) if e else "other"
+                klass = _deferral_class_of(e)
                 deferred = (((self._group(d), klass), 1),)
             counts: tuple[tuple[str, str, int], ...] = (
                 ("sender", sender_domain, 1),
@@ -320,7 +329,7 @@ class QueueSampler:
         if queue == "deferred":
             for r, d in zip(recipients, domains, strict=True):
                 e = reasons.get(r)
-                klass = deferral_class(e.status, e.reason) if e else "other"
+                klass = _deferral_class_of(e)
                 deferrals[(self._group(d), klass)] += 1
         n = len(recipients)
         counts = (("sender", sender_domain, n),) + tuple(
