@@ -595,8 +595,11 @@ def _diff_tree(
                 added.append((queue, path, names))
         else:
             new, old = frozenset(names), frozenset(known.names)
-            added.append((queue, path, new - old))
+            came = new - old
+            added.append((queue, path, came))
             gone.extend((qid, queue) for qid in old - new)
+            # A listing makes a new string of every name: keep those the cache already holds.
+            names = tuple(filter(new.__contains__, known.names)) + tuple(came)
         for d in known.subdirs if known is not None else ():
             if d not in subdirs:  # a hash directory removed: everything in it went
                 _forget(d, queue, dirs, gone)
