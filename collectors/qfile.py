@@ -149,7 +149,7 @@ def _long_length(buf: bytes, pos: int, offset: int) -> tuple[int, int]:
 
 
 def _int_field(payload: bytes, what: str) -> int:
-    parts = payload.split()
+    parts = payload.split(None, 1)
     if not parts or not parts[0].isdigit():
         raise QueueFileError("garbage", f"bad {what} record {payload[:40]!r}")
     return int(parts[0])

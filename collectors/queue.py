@@ -103,6 +103,15 @@ def deferral_class(status: str, text: str) -> str:
     return "other"
 
 
+def _deferral_class_of(entry: DeferEntry | None) -> str:
+    if entry is None:
+        return "other"
+    # Replies often quote the recipient: without it, one classification serves everyone who
+    # got the same answer (the classifier's rules never look at an address).
+    text = entry.reason.replace(entry.recipient, "") if entry.recipient else entry.reason
+    return deferral_class(entry.status, text)
+
+
 # -- Postfix instances ---------------------------------------------------------------------
 
 
@@ -156,11 +165,11 @@ def samplers_for_host(config_dir: Path | None = None, **options: object) -> list
 
 
 # What a queued message counts for, shared by every message alike (bulk mail: most of them):
-# (queue, directory, sender domain, ((recipient domain, recipients), ...), recipients,
-#  (((group, deferral class), recipients), ...), error). A file that could not be read has
-# an error ("truncated", "garbage") and counts for nothing else.
+# (queue, directory, qshape cells ((kind, domain, recipients), ...) for its sender domain and
+# each recipient domain, recipients, (((group, deferral class), recipients), ...), error).
+# A file that could not be read has an error ("truncated", "garbage") and counts for nothing.
 _Shape = tuple[
-    str, str, str, tuple[tuple[str, int], ...], int, tuple[tuple[tuple[str, str], int], ...], str
+    str, str, tuple[tuple[str, str, int], ...], int, tuple[tuple[tuple[str, str], int], ...], str
 ]
 
 # Per message, 28 bytes: ctime (changes when Postfix renames the file, retries it or marks
@@ -177,7 +186,7 @@ _NOATIME = getattr(os, "O_NOATIME", 0)
 class _Dir:
     mtime_ns: int
     reusable: bool  # read long enough after its last change that no change can hide
-    names: frozenset[str]  # queue files in it
+    names: tuple[str, ...]  # queue files in it (a tuple: a third of a set's memory)
     subdirs: tuple[str, ...]
 
 
@@ -231,7 +240,7 @@ class QueueSampler:
 
     # -- aggregates ------------------------------------------------------------------------
     def _apply(self, shape: _Shape, arrival: int, size: int, sign: int) -> None:
-        q, _directory, sender_domain, by_domain, recipients, deferrals, error = shape
+        q, _directory, counts, recipients, deferrals, error = shape
         if error:
             self._errors[error] += sign
             return
@@ -240,9 +249,8 @@ class QueueSampler:
         totals[1] += sign * recipients
         totals[2] += sign * size
         cells = self._cells
-        for key, n in (((q, "sender", sender_domain, arrival), recipients),) + tuple(
-            ((q, "recipient", d, arrival), n) for d, n in by_domain
-        ):
+        for kind, domain, n in counts:
+            key = (q, kind, domain, arrival)
             cell = cells.get(key)
             if cell is None:
                 cells[key] = [sign, sign * n]
@@ -303,23 +311,31 @@ class QueueSampler:
         recipients: tuple[str, ...],
         reasons: dict[str, DeferEntry],
     ) -> _Shape:
+        sender_domain = qshape_domain(sender)
+        if len(recipients) == 1:  # bulk mail: most messages, without the general machinery
+            d = qshape_domain(recipients[0])
+            deferred: tuple[tuple[tuple[str, str], int], ...] = ()
+            if queue == "deferred":
+                e = reasons.get(recipients[0])
+                klass = _deferral_class_of(e)
+                deferred = (((self._group(d), klass), 1),)
+            counts: tuple[tuple[str, str, int], ...] = (
+                ("sender", sender_domain, 1),
+                ("recipient", d, 1),
+            )
+            return (queue, directory, counts, 1, deferred, "")
         domains = [qshape_domain(r) for r in recipients]
-        by_domain = ((domains[0], 1),) if len(domains) == 1 else tuple(Counter(domains).items())
         deferrals: Counter[tuple[str, str]] = Counter()
         if queue == "deferred":
             for r, d in zip(recipients, domains, strict=True):
                 e = reasons.get(r)
-                klass = deferral_class(e.status, e.reason) if e else "other"
+                klass = _deferral_class_of(e)
                 deferrals[(self._group(d), klass)] += 1
-        return (
-            queue,
-            directory,
-            qshape_domain(sender),
-            by_domain,
-            len(recipients),
-            tuple(deferrals.items()),
-            "",
+        n = len(recipients)
+        counts = (("sender", sender_domain, n),) + tuple(
+            ("recipient", d, k) for d, k in Counter(domains).items()
         )
+        return (queue, directory, counts, n, tuple(deferrals.items()), "")
 
     # -- sampling --------------------------------------------------------------------------
     def pick_source(self) -> str:
@@ -433,7 +449,8 @@ class QueueSampler:
         except QueueFileError as e:
             # A file in the corrupt queue is broken by definition: count it as a message there.
             error = "" if queue == "corrupt" else e.kind
-            bad: _Shape = (queue, directory, "", (), 0, (), error)
+            counts = () if error else (("sender", "", 0),)  # its age still counts
+            bad: _Shape = (queue, directory, counts, 0, (), error)
             self._put(qid, bad, st.st_ctime_ns, int(st.st_mtime), st.st_size)
             return
         except OSError:
@@ -571,12 +588,18 @@ def _diff_tree(
             continue
         # Postfix's hashed queues hold one-character directories and queue-id files.
         subdirs = tuple(f"{path}/{e}" for e in entries if len(e) == 1)
-        names = frozenset(e for e in entries if len(e) >= 6 and e.isascii() and e.isalnum())
-        old = known.names if known is not None else frozenset()
-        if names != old:
-            path = sys.intern(path)
-            added.append((queue, path, names - old if old else names))
-            gone.extend((qid, queue) for qid in old - names)
+        names = tuple(e for e in entries if len(e) >= 6 and e.isascii() and e.isalnum())
+        path = sys.intern(path)
+        if known is None or not known.names:
+            if names:
+                added.append((queue, path, names))
+        else:
+            new, old = frozenset(names), frozenset(known.names)
+            came = new - old
+            added.append((queue, path, came))
+            gone.extend((qid, queue) for qid in old - new)
+            # A listing makes a new string of every name: keep those the cache already holds.
+            names = tuple(filter(new.__contains__, known.names)) + tuple(came)
         for d in known.subdirs if known is not None else ():
             if d not in subdirs:  # a hash directory removed: everything in it went
                 _forget(d, queue, dirs, gone)
