@@ -222,7 +222,9 @@ class LogPipeline(threading.Thread):
         follower: Any = (
             LogFollower(self.source, self.checkpoint_path)
             if self.source
-            else JournalFollower(self.checkpoint_path, journal_args=JOURNAL_ARGS)
+            else JournalFollower(
+                self.checkpoint_path, journal_args=list(self.cfg.journal_args or JOURNAL_ARGS)
+            )
         )
         correlator = Correlator(
             content_filters=self.cfg.content_filters, max_messages=self.cfg.max_messages

@@ -62,6 +62,7 @@ class Config:
     log_files: tuple[Path, ...] | None = None  # None: discover
     log_read_bytes: int = 4 << 20
     log_poll_s: float = 0.5
+    journal_args: tuple[str, ...] | None = None  # set: read the journal, with these selectors
     content_filters: tuple[str, ...] = ("127.0.0.1:10024", "127.0.0.1:10025")
     max_messages: int = 100_000  # queue ids kept by the log correlator
     postfix_config_dirs: tuple[Path, ...] | None = None  # None: postmulti, else /etc/postfix
@@ -161,6 +162,7 @@ SECTION_KEYS: dict[str, dict[str, tuple[str, Any]]] = {
         "read_bytes": ("log_read_bytes", _positive(int)),
         "poll_interval": ("log_poll_s", _positive(float)),
         "content_filters": ("content_filters", _strings),
+        "journal_args": ("journal_args", _strings),
         "max_messages": ("max_messages", _positive(int)),
     },
     "postfix": {"config_dirs": ("postfix_config_dirs", _paths)},
@@ -300,6 +302,8 @@ def discover_instances(config: Config) -> list[Instance]:
 
 def log_sources(config: Config, instances: list[Instance]) -> list[Path] | None:
     """Log files to follow, each once (instances often share syslog); None: use the journal."""
+    if config.journal_args is not None:
+        return None
     if config.log_files:
         return list(config.log_files)
     files: list[Path] = []
