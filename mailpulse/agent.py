@@ -501,7 +501,8 @@ class Agent:
         if self.check is not None:
             self.check.stop()
         self.http.stop()
-        self.state.commit()
+        # No commit here: each batch committed itself with its checkpoint, and a batch still
+        # running (a source that did not stop in time) must not be committed without its own.
         self.state.close()
 
 
