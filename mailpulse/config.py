@@ -72,6 +72,8 @@ class Config:
     top_k: int = 10
     top_k_min_count: int = 100
     agent_check: AgentCheckConfig = field(default_factory=AgentCheckConfig)
+    # Sections other parts of mailpulse read and check themselves, kept here as given.
+    other: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # key -> (type check, converter) for the flat keys; nested sections are handled below.
@@ -169,6 +171,8 @@ SECTION_KEYS: dict[str, dict[str, tuple[str, Any]]] = {
     "queue": {"interval": ("queue_interval_s", _positive(float))},
     "host": {"interval": ("host_interval_s", _positive(float))},
 }
+# Sections of the same file that belong to other commands; the agent only checks they are maps.
+OTHER_SECTIONS = ("bounce", "blacklist", "redis", "snmp", "rrd", "graph", "alerts")
 AGENT_CHECK_KEYS: dict[str, Any] = {
     "listen": _listen,
     "queue_high": _positive(int),
@@ -221,8 +225,12 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
                     )
                 check[sub] = _convert(where, f"agent_check.{sub}", AGENT_CHECK_KEYS[sub], sub_raw)
             values["agent_check"] = AgentCheckConfig(**check)
+        elif key in OTHER_SECTIONS:
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{where}: {key}: expected a map of settings")
+            values.setdefault("other", {})[key] = raw
         else:
-            known = ", ".join([*TOP_KEYS, *SECTION_KEYS, "agent_check"])
+            known = ", ".join([*TOP_KEYS, *SECTION_KEYS, "agent_check", *OTHER_SECTIONS])
             raise ConfigError(f"{where}: {key}: unknown setting (known: {known})")
     return Config(source=source, **values)
 
