@@ -18,7 +18,7 @@ from dataclasses import dataclass
 # Every record type a queue file may hold (rec_type.h); anything else is not a queue file.
 KNOWN_TYPES = frozenset(b"CTcFILSDRO/WAK>fdMLNwXrePpV<ionmE")
 MAX_RECORD = 1 << 24  # far above anything Postfix writes; a larger length means garbage
-MAX_RECORDS = 1 << 20  # bounds the work on a pointer loop in a damaged file
+MAX_JUMPS = 1 << 16  # bounds the work on a chain of pointers in a damaged file
 
 ByteSource = Callable[[int, int], bytes]  # (offset, size) -> at most size bytes
 
@@ -52,86 +52,104 @@ def parse_queue_file(source: ByteSource, mtime: int = 0) -> Envelope:
     recipients: list[str] = []
     content_size: int | None = None
     jumps: set[int] = set()
+    known = KNOWN_TYPES
     base = 0  # file offset of buf[0]
     buf = source(0, BLOCK)
     n = len(buf)
-    offset = 0
-    known = KNOWN_TYPES
-    for _ in range(MAX_RECORDS):
-        i = offset - base
-        # The common case first: the whole record in the buffer, a one-byte length.
-        if i >= 0 and i + 2 <= n and buf[i + 1] < 0x80 and i + 2 + buf[i + 1] <= n:
-            rtype = buf[i]
-            head = 2
-            length = buf[i + 1]
-            end = i + 2 + length
-            if rtype == _A:  # named attributes: most of an envelope, none needed here
-                offset += 2 + length
-                continue
-        else:
-            base, buf, i = offset, source(offset, BLOCK), 0
-            n = len(buf)
-            if not n:
-                raise QueueFileError("truncated", f"no end record (stopped at offset {offset})")
-            rtype = buf[0]
-            length, head = _varint(buf, offset)
-            end = head + length
-            if end > n:
-                buf = source(offset, max(BLOCK, end))
-                n = len(buf)
+    pos = 0  # the next record's offset in buf
+    while True:
+        # The common case, with as little Python as possible per record: walk the records
+        # held in buf. Indexing past its end (IndexError) or a record cut by its end (break)
+        # means: read again from that record's offset.
+        try:
+            while True:
+                rtype = buf[pos]
+                length = buf[pos + 1]
+                head = 2
+                if length > 0x7F:
+                    head, length = _long_length(buf, pos, base + pos)
+                if rtype == _A:  # named attributes: most of an envelope, none needed here
+                    pos += head + length
+                    continue
+                end = pos + head + length
                 if end > n:
-                    raise QueueFileError("truncated", f"record cut at offset {offset}")
-        offset += head + length
-        if rtype == _R:
-            recipients.append(buf[i + head : end].decode("utf-8", "surrogateescape"))
-        elif rtype == _E:
-            if sender is None:
-                raise QueueFileError("garbage", "no sender record")
-            if arrival is None:
-                arrival = mtime
-            return Envelope(arrival, sender, tuple(recipients), content_size or 0)
-        elif rtype == _S:
-            if sender is None:
-                sender = buf[i + head : end].decode("utf-8", "surrogateescape")
-        elif rtype == _T:  # "seconds microseconds"
-            if arrival is None:
-                arrival = _int_field(buf[i + head : end], "time")
-        elif rtype == _C:  # content size, data offset, recipient count, ...
-            if content_size is None:
-                content_size = _int_field(buf[i + head : end], "size")
-        elif rtype == _M:  # the content follows; skip it when its size is known
-            if content_size is not None:
-                offset += content_size
-        elif rtype == _P:  # pointer: a non-zero target redirects reading
-            target = _int_field(buf[i + head : end], "pointer")
-            if target > 0:
-                if target in jumps:
-                    raise QueueFileError("garbage", f"pointer loop at offset {target}")
-                jumps.add(target)
-                offset = target
-        elif rtype not in known:
-            raise QueueFileError("garbage", f"record type {rtype:#04x} at offset {offset}")
-    raise QueueFileError("garbage", "too many records")
+                    break
+                if rtype == _R:
+                    recipients.append(buf[pos + head : end].decode("utf-8", "surrogateescape"))
+                elif rtype == _E:
+                    if sender is None:
+                        raise QueueFileError("garbage", "no sender record")
+                    return Envelope(
+                        mtime if arrival is None else arrival,
+                        sender,
+                        tuple(recipients),
+                        content_size or 0,
+                    )
+                elif rtype == _S:
+                    if sender is None:
+                        sender = buf[pos + head : end].decode("utf-8", "surrogateescape")
+                elif rtype == _T:  # "seconds microseconds"
+                    if arrival is None:
+                        arrival = _int_field(buf[pos + head : end], "time")
+                elif rtype == _C:  # content size, data offset, recipient count, ...
+                    if content_size is None:
+                        content_size = _int_field(buf[pos + head : end], "size")
+                elif rtype == _M:  # the content follows; skip it when its size is known
+                    if content_size is not None:
+                        end += content_size
+                elif rtype == _P:  # pointer: a non-zero target redirects reading
+                    target = _int_field(buf[pos + head : end], "pointer")
+                    if target > 0:
+                        if target in jumps or len(jumps) >= MAX_JUMPS:
+                            raise QueueFileError("garbage", f"pointer loop at offset {target}")
+                        jumps.add(target)
+                        end = target - base  # may be before buf: read from there
+                        if end < 0:
+                            base, pos, buf = target, 0, source(target, BLOCK)
+                            n = len(buf)
+                            continue
+                elif rtype not in known:
+                    raise QueueFileError(
+                        "garbage", f"record type {rtype:#04x} at offset {base + pos}"
+                    )
+                pos = end
+        except IndexError:
+            pass
+        # Read again from the record at base + pos, enough to hold it whole.
+        base += pos
+        pos, buf = 0, source(base, BLOCK)
+        n = len(buf)
+        if not n:
+            raise QueueFileError("truncated", f"no end record (stopped at offset {base})")
+        if buf[0] not in known:
+            raise QueueFileError("garbage", f"record type {buf[0]:#04x} at offset {base}")
+        try:
+            head, length = _long_length(buf, 0, base)
+        except IndexError:
+            raise QueueFileError("truncated", f"record length cut at offset {base}") from None
+        if head + length > n:
+            buf = source(base, head + length)
+            n = len(buf)
+            if head + length > n:
+                raise QueueFileError("truncated", f"record cut at offset {base}")
 
 
-def _varint(buf: bytes, offset: int) -> tuple[int, int]:
-    """(payload length, header size) of the record at the start of buf."""
+def _long_length(buf: bytes, pos: int, offset: int) -> tuple[int, int]:
+    """(header size, payload length) of the record at buf[pos]; IndexError when buf cuts it."""
     length = shift = 0
-    for i in range(1, 6):
-        if i >= len(buf):
-            raise QueueFileError("truncated", f"record length cut at offset {offset}")
+    for i in range(pos + 1, pos + 6):
         byte = buf[i]
         length |= (byte & 0x7F) << shift
         if not byte & 0x80:
             if length > MAX_RECORD:
                 raise QueueFileError("garbage", f"record of {length} bytes at offset {offset}")
-            return length, i + 1
+            return i + 1 - pos, length
         shift += 7
     raise QueueFileError("garbage", f"record length too long at offset {offset}")
 
 
 def _int_field(payload: bytes, what: str) -> int:
-    parts = payload.split()
+    parts = payload.split(None, 1)
     if not parts or not parts[0].isdigit():
         raise QueueFileError("garbage", f"bad {what} record {payload[:40]!r}")
     return int(parts[0])
@@ -150,7 +168,8 @@ class DeferEntry:
 
 
 _OLD_STYLE = re.compile(r"^<(.*)>: (.*)$", re.M)
-_NAME_VALUE = re.compile(r"^([A-Za-z0-9_]+)[ \t]*=[ \t]*(.*?)[ \t]*$", re.M)
+# Only the three names used; greedy values, stripped after (a lazy match is slow).
+_NAME_VALUE = re.compile(r"^(recipient|status|reason)[ \t]*=[ \t]*(.*)$", re.M)
 
 
 def parse_defer_log(text: str) -> list[DeferEntry]:
@@ -160,7 +179,7 @@ def parse_defer_log(text: str) -> list[DeferEntry]:
     2.3 wrote "<recipient>: reason" lines instead, and both may appear in one entry.
     """
     out: list[DeferEntry] = []
-    for block in text.split("\n\n"):
+    for block in text.split("\n\n") if "\n\n" in text.rstrip("\n") else (text,):
         fields = dict(_NAME_VALUE.findall(block))
         if "recipient" not in fields:
             m = _OLD_STYLE.search(block)
@@ -169,7 +188,11 @@ def parse_defer_log(text: str) -> list[DeferEntry]:
             fields.setdefault("recipient", m.group(1))
             fields.setdefault("reason", m.group(2))
         out.append(
-            DeferEntry(fields["recipient"], fields.get("status", ""), fields.get("reason", ""))
+            DeferEntry(
+                fields["recipient"].rstrip(" \t"),
+                fields.get("status", "").rstrip(" \t"),
+                fields.get("reason", "").rstrip(" \t"),
+            )
         )
     return out
 

@@ -19,15 +19,16 @@ import os
 import re
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
 
 from mailpulse.bounce.classify import classify
 from mailpulse.collectors.qfile import (
@@ -42,8 +43,6 @@ from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import DEFAULT_AGE_EDGES_MIN, QUEUE_NAMES, QueueSnapshot, QueueStats
 
 OTHER_DOMAINS = "(other)"
-
-T = TypeVar("T")
 
 # Deferral classes, as an operator sorts deferred mail.
 DEFERRAL_CLASSES = (
@@ -104,6 +103,15 @@ def deferral_class(status: str, text: str) -> str:
     return "other"
 
 
+def _deferral_class_of(entry: DeferEntry | None) -> str:
+    if entry is None:
+        return "other"
+    # Replies often quote the recipient: without it, one classification serves everyone who
+    # got the same answer (the classifier's rules never look at an address).
+    text = entry.reason.replace(entry.recipient, "") if entry.recipient else entry.reason
+    return deferral_class(entry.status, text)
+
+
 # -- Postfix instances ---------------------------------------------------------------------
 
 
@@ -156,25 +164,29 @@ def samplers_for_host(config_dir: Path | None = None, **options: object) -> list
 # -- the sampler -----------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Message:
-    queue: str
-    directory: str  # where the file is (one string shared by all files of a directory)
-    ctime_ns: int  # changes when Postfix renames the file, retries it or marks recipients done
-    arrival: int
-    size: int
-    sender_domain: str
-    rcpt_domains: tuple[tuple[str, int], ...]  # qshape domain -> recipients of that domain
-    recipients: int
-    deferrals: tuple[tuple[tuple[str, str], int], ...]  # (group, class) -> recipients
-    error: str = ""  # a file that could not be read: counted, not shown
+# What a queued message counts for, shared by every message alike (bulk mail: most of them):
+# (queue, directory, qshape cells ((kind, domain, recipients), ...) for its sender domain and
+# each recipient domain, recipients, (((group, deferral class), recipients), ...), error).
+# A file that could not be read has an error ("truncated", "garbage") and counts for nothing.
+_Shape = tuple[
+    str, str, tuple[tuple[str, str, int], ...], int, tuple[tuple[tuple[str, str], int], ...], str
+]
+
+# Per message, 28 bytes: ctime (changes when Postfix renames the file, retries it or marks
+# recipients done), arrival, size, and the index of its shape.
+_ENTRY = struct.Struct("=qqqI")
+
+# Queue and defer files are read without touching their access time: deferred files carry
+# their next retry time as mtime, in the future, so with relatime every read would write the
+# inode. Allowed for the files' owner (postfix) and root; others fall back to plain reads.
+_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
 @dataclass(slots=True)
 class _Dir:
     mtime_ns: int
     reusable: bool  # read long enough after its last change that no change can hide
-    names: frozenset[str]  # queue files in it
+    names: tuple[str, ...]  # queue files in it (a tuple: a third of a set's memory)
     subdirs: tuple[str, ...]
 
 
@@ -206,60 +218,84 @@ class QueueSampler:
         self.files_read = 0  # queue files opened since this sampler was made
         self._samples = 0
         self._group_of: dict[str, str] = {}
-        self._shared: dict[object, object] = {}  # one copy of the tuples most messages share
         self._defer_dirs: dict[str, str] = {}
+        self._open_flags = os.O_RDONLY | os.O_NOFOLLOW | _NOATIME
         self._source = ""  # what the cache was built from
         self._reset()
 
     def _reset(self) -> None:
         """Forget every message: the next sample reads the whole queue again."""
-        self._cache: dict[str, _Message] = {}
-        self._msgs: Counter[tuple[str, str, str, int]] = Counter()
-        self._rcpts: Counter[tuple[str, str, str, int]] = Counter()
+        self._cache: dict[str, bytes] = {}  # queue id -> _ENTRY
+        self._shapes: list[_Shape] = []
+        self._shape_ids: dict[_Shape, int] = {}
+        self._shape_refs: list[int] = []  # messages per shape; a shape no one has is reused
+        self._free_ids: list[int] = []
+        # (queue, "sender"|"recipient", domain, arrival) -> [messages, recipients]
+        self._cells: dict[tuple[str, str, str, int], list[int]] = {}
         self._queue_totals: dict[str, list[int]] = {q: [0, 0, 0] for q in QUEUE_NAMES}
         self._deferrals: Counter[tuple[str, str]] = Counter()
         self._errors: Counter[str] = Counter()  # unreadable files in the cache, by kind
         self._dirs: dict[str, _Dir] = {}
-        # queue ids in turns: each sample re-checks one turn's files for changes in place
-        self._turns: list[set[str]] = [set() for _ in range(self.revalidate_every)]
         self._not_ready: dict[str, tuple[str, str]] = {}  # qid -> (queue, directory)
 
     # -- aggregates ------------------------------------------------------------------------
-    def _apply(self, m: _Message, sign: int) -> None:
-        if m.error:
-            self._errors[m.error] += sign
+    def _apply(self, shape: _Shape, arrival: int, size: int, sign: int) -> None:
+        q, _directory, counts, recipients, deferrals, error = shape
+        if error:
+            self._errors[error] += sign
             return
-        q, arr = m.queue, m.arrival
         totals = self._queue_totals[q]
         totals[0] += sign
-        totals[1] += sign * m.recipients
-        totals[2] += sign * m.size
-        _bump(self._msgs, self._rcpts, (q, "sender", m.sender_domain, arr), sign, m.recipients)
-        for d, n in m.rcpt_domains:
-            _bump(self._msgs, self._rcpts, (q, "recipient", d, arr), sign, n)
+        totals[1] += sign * recipients
+        totals[2] += sign * size
+        cells = self._cells
+        for kind, domain, n in counts:
+            key = (q, kind, domain, arrival)
+            cell = cells.get(key)
+            if cell is None:
+                cells[key] = [sign, sign * n]
+            else:
+                cell[0] += sign
+                cell[1] += sign * n
+                if not cell[0]:
+                    del cells[key]
         if q == "deferred":
-            for k, n in m.deferrals:
+            for k, n in deferrals:
                 self._deferrals[k] += sign * n
                 if not self._deferrals[k]:
                     del self._deferrals[k]
 
-    def _put(self, qid: str, m: _Message) -> None:
-        old = self._cache.get(qid)
-        if old is not None:
-            self._apply(old, -1)
-        else:
-            self._turns[hash(qid) % self.revalidate_every].add(qid)
-        self._cache[qid] = m
-        self._apply(m, +1)
+    def _put(self, qid: str, shape: _Shape, ctime_ns: int, arrival: int, size: int) -> None:
+        self._drop(qid)
+        sid = self._shape_ids.get(shape)
+        if sid is None:
+            if self._free_ids:
+                sid = self._free_ids.pop()
+                self._shapes[sid] = shape
+            else:
+                sid = len(self._shapes)
+                self._shapes.append(shape)
+                self._shape_refs.append(0)
+            self._shape_ids[shape] = sid
+        self._shape_refs[sid] += 1
+        self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, sid)
+        self._apply(shape, arrival, size, +1)
 
     def _drop(self, qid: str) -> None:
-        old = self._cache.pop(qid, None)
-        if old is not None:
-            self._apply(old, -1)
-            self._turns[hash(qid) % self.revalidate_every].discard(qid)
+        entry = self._cache.pop(qid, None)
+        if entry is None:
+            return
+        _ctime, arrival, size, sid = _ENTRY.unpack(entry)
+        shape = self._shapes[sid]
+        self._apply(shape, arrival, size, -1)
+        self._shape_refs[sid] -= 1
+        if not self._shape_refs[sid]:
+            del self._shape_ids[shape]
+            self._free_ids.append(sid)
 
-    def _share(self, value: T) -> T:
-        return self._shared.setdefault(value, value)  # type: ignore[return-value]
+    def _queue_of(self, qid: str) -> str | None:
+        entry = self._cache.get(qid)
+        return None if entry is None else self._shapes[_ENTRY.unpack(entry)[3]][0]
 
     def _group(self, domain: str) -> str:
         g = self._group_of.get(domain)
@@ -267,34 +303,39 @@ class QueueSampler:
             g = self._group_of[domain] = self.groups.group(domain)
         return g
 
-    def _message(
+    def _shape(
         self,
         queue: str,
-        arrival: int,
-        size: int,
+        directory: str,
         sender: str,
         recipients: tuple[str, ...],
         reasons: dict[str, DeferEntry],
-    ) -> _Message:
+    ) -> _Shape:
+        sender_domain = qshape_domain(sender)
+        if len(recipients) == 1:  # bulk mail: most messages, without the general machinery
+            d = qshape_domain(recipients[0])
+            deferred: tuple[tuple[tuple[str, str], int], ...] = ()
+            if queue == "deferred":
+                e = reasons.get(recipients[0])
+                klass = _deferral_class_of(e)
+                deferred = (((self._group(d), klass), 1),)
+            counts: tuple[tuple[str, str, int], ...] = (
+                ("sender", sender_domain, 1),
+                ("recipient", d, 1),
+            )
+            return (queue, directory, counts, 1, deferred, "")
         domains = [qshape_domain(r) for r in recipients]
-        by_domain = ((domains[0], 1),) if len(domains) == 1 else tuple(Counter(domains).items())
         deferrals: Counter[tuple[str, str]] = Counter()
         if queue == "deferred":
             for r, d in zip(recipients, domains, strict=True):
                 e = reasons.get(r)
-                klass = deferral_class(e.status, e.reason) if e else "other"
+                klass = _deferral_class_of(e)
                 deferrals[(self._group(d), klass)] += 1
-        return _Message(
-            queue,
-            "",
-            0,
-            arrival,
-            size,
-            self._share(qshape_domain(sender)),
-            self._share(by_domain),
-            len(recipients),
-            self._share(tuple(deferrals.items())),
+        n = len(recipients)
+        counts = (("sender", sender_domain, n),) + tuple(
+            ("recipient", d, k) for d, k in Counter(domains).items()
         )
+        return (queue, directory, counts, n, tuple(deferrals.items()), "")
 
     # -- sampling --------------------------------------------------------------------------
     def pick_source(self) -> str:
@@ -324,10 +365,10 @@ class QueueSampler:
         being written, and one turn of files whose ctime moved (a retry, recipients delivered:
         what a directory listing cannot show)."""
         self._samples += 1
-        added: list[tuple[str, str, str]] = []  # (qid, queue, directory)
+        todo: list[tuple[str, str, Iterable[str]]] = []  # (queue, directory, queue ids)
         gone: list[tuple[str, str]] = []  # (qid, queue)
         for q in QUEUE_NAMES:
-            _diff_tree(os.path.join(self.queue_dir, q), q, self._dirs, added, gone, errors)
+            _diff_tree(os.path.join(self.queue_dir, q), q, self._dirs, todo, gone, errors)
         total = sum(len(d.names) for d in self._dirs.values())
         if total > self.huge_queue:
             counted = {q: [0, 0] for q in QUEUE_NAMES}
@@ -338,30 +379,34 @@ class QueueSampler:
             self._reset()  # what was listed was not read: the next sample starts over
             return False, counted
         for qid, q in gone:
-            m = self._cache.get(qid)
-            if m is not None and m.queue == q:  # not already seen in its next queue
+            if self._queue_of(qid) == q:  # not already seen in its next queue
                 self._drop(qid)
             self._not_ready.pop(qid, None)
-        todo = added + [(qid, q, where) for qid, (q, where) in self._not_ready.items()]
+        todo.extend((q, where, (qid,)) for qid, (q, where) in self._not_ready.items())
         self._not_ready.clear()
-        for qid in list(self._turns[self._samples % self.revalidate_every]):
-            m = self._cache[qid]
+        every, turn = self.revalidate_every, self._samples % self.revalidate_every
+        for qid in [qid for qid in self._cache if hash(qid) % every == turn]:
+            ctime_ns, _arrival, _size, sid = _ENTRY.unpack(self._cache[qid])
+            q, directory = self._shapes[sid][:2]
             try:
-                if os.stat(f"{m.directory}/{qid}").st_ctime_ns != m.ctime_ns:
-                    todo.append((qid, m.queue, m.directory))
+                if os.stat(f"{directory}/{qid}").st_ctime_ns != ctime_ns:
+                    todo.append((q, directory, (qid,)))
             except FileNotFoundError:
                 self._drop(qid)
-        complete = True
-        for i, (qid, q, directory) in enumerate(todo):
-            if deadline is not None and i % 64 == 0 and time.monotonic() > deadline:
-                complete = False
-                errors["deadline_skipped"] += len(todo) - i
-                for qid2, q2, d2 in todo[i:]:  # read them next time
-                    self._not_ready[qid2] = (q2, d2)
-                break
-            self._read_file(qid, q, directory, errors)
+        late = False
+        i = 0
+        for q, directory, qids in todo:
+            for qid in qids:
+                if deadline is not None and not late and i % 64 == 0:
+                    late = time.monotonic() > deadline
+                i += 1
+                if late:  # read them next time
+                    errors["deadline_skipped"] += 1
+                    self._not_ready[qid] = (q, directory)
+                else:
+                    self._read_file(qid, q, directory, errors)
         errors.update(+self._errors)
-        return complete, None
+        return not late, None
 
     def _defer_log_path(self, qid: str, directory: str) -> str:
         """defer/ is hashed like deferred/ (Postfix's default hash_queue_names)."""
@@ -372,14 +417,22 @@ class QueueSampler:
             prefix = self._defer_dirs[directory] = prefix or os.path.join(self.queue_dir, "defer")
         return f"{prefix}/{qid}"
 
+    def _open(self, path: str) -> int:
+        try:
+            return os.open(path, self._open_flags)
+        except PermissionError:
+            if not self._open_flags & _NOATIME:
+                raise
+            self._open_flags &= ~_NOATIME  # not the files' owner: plain reads from now on
+            return os.open(path, self._open_flags)
+
     def _read_file(self, qid: str, queue: str, directory: str, errors: Counter[str]) -> None:
         self.files_read += 1
         try:
-            fd = os.open(f"{directory}/{qid}", os.O_RDONLY | os.O_NOFOLLOW)
+            fd = self._open(f"{directory}/{qid}")
         except FileNotFoundError:  # delivered or moved since the listing: seen next time
             errors["vanished"] += 1
-            m = self._cache.get(qid)
-            if m is not None and m.queue == queue:
+            if self._queue_of(qid) == queue:
                 self._drop(qid)
             return
         except OSError:
@@ -396,9 +449,9 @@ class QueueSampler:
         except QueueFileError as e:
             # A file in the corrupt queue is broken by definition: count it as a message there.
             error = "" if queue == "corrupt" else e.kind
-            arrival, size = int(st.st_mtime), st.st_size
-            bad = _Message(queue, directory, st.st_ctime_ns, arrival, size, "", (), 0, (), error)
-            self._put(qid, bad)
+            counts = () if error else (("sender", "", 0),)  # its age still counts
+            bad: _Shape = (queue, directory, counts, 0, (), error)
+            self._put(qid, bad, st.st_ctime_ns, int(st.st_mtime), st.st_size)
             return
         except OSError:
             errors["unreadable"] += 1
@@ -408,11 +461,22 @@ class QueueSampler:
         reasons: dict[str, DeferEntry] = {}
         if queue == "deferred":
             with contextlib.suppress(OSError):
-                text = _read_small(self._defer_log_path(qid, directory))
+                text = self._read_small(self._defer_log_path(qid, directory))
                 reasons = {e.recipient: e for e in parse_defer_log(text)}
-        m = self._message(queue, env.arrival, env.size, env.sender, env.recipients, reasons)
-        m.directory, m.ctime_ns = directory, st.st_ctime_ns
-        self._put(qid, m)
+        shape = self._shape(queue, directory, env.sender, env.recipients, reasons)
+        self._put(qid, shape, st.st_ctime_ns, env.arrival, env.size)
+
+    def _read_small(self, path: str) -> str:
+        """A defer log's text."""
+        fd = self._open(path)
+        try:
+            data = os.read(fd, 1 << 16)
+            if len(data) == 1 << 16:  # a long one: many recipients
+                while chunk := os.read(fd, 1 << 16):
+                    data += chunk
+            return data.decode("utf-8", "replace")
+        finally:
+            os.close(fd)
 
     def _sample_showq(self, errors: Counter[str]) -> bool:
         data = read_showq(self.queue_dir / "public" / "showq")
@@ -421,10 +485,8 @@ class QueueSampler:
                 r: DeferEntry(r, "", why) for r, why in msg.recipients if why
             }  # showq lists each recipient once, with its reason when it has one
             recipients = tuple(r for r, _why in msg.recipients)
-            self._put(
-                msg.queue_id,
-                self._message(msg.queue, msg.arrival, msg.size, msg.sender, recipients, reasons),
-            )
+            shape = self._shape(msg.queue, "", msg.sender, recipients, reasons)
+            self._put(msg.queue_id, shape, 0, msg.arrival, msg.size)
         return True
 
     # -- the snapshot ----------------------------------------------------------------------
@@ -455,8 +517,7 @@ class QueueSampler:
         oldest: dict[str, int] = {}
         shape: dict[tuple[str, str, str, int], list[int]] = {}
         raw: dict[tuple[str, str, str, int], list[int]] = {}
-        for (q, kind, domain, arrival), m in self._msgs.items():
-            r = self._rcpts[(q, kind, domain, arrival)]
+        for (q, kind, domain, arrival), (m, r) in self._cells.items():
             b = bisect.bisect_right(edges, now_s - arrival)
             for table, name in ((shape, self._group(domain)), (raw, domain)):
                 cell = table.setdefault((q, kind, name, b), [0, 0])
@@ -473,33 +534,6 @@ class QueueSampler:
         snap.deferral_classes = dict(self._deferrals)
         snap.duration_s = time.monotonic() - started
         return snap
-
-
-def _read_small(path: str) -> str:
-    """A defer log's text."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        data = os.read(fd, 1 << 16)
-        if len(data) == 1 << 16:  # a long one: many recipients
-            while chunk := os.read(fd, 1 << 16):
-                data += chunk
-        return data.decode("utf-8", "replace")
-    finally:
-        os.close(fd)
-
-
-def _bump(
-    msgs: Counter[tuple[str, str, str, int]],
-    rcpts: Counter[tuple[str, str, str, int]],
-    key: tuple[str, str, str, int],
-    sign: int,
-    n: int,
-) -> None:
-    msgs[key] += sign
-    rcpts[key] += sign * n
-    if not msgs[key]:
-        del msgs[key]
-        del rcpts[key]
 
 
 def _top_domains(
@@ -528,7 +562,7 @@ def _diff_tree(
     root: str,
     queue: str,
     dirs: dict[str, _Dir],
-    added: list[tuple[str, str, str]],
+    added: list[tuple[str, str, Iterable[str]]],
     gone: list[tuple[str, str]],
     errors: Counter[str],
 ) -> None:
@@ -554,12 +588,15 @@ def _diff_tree(
             continue
         # Postfix's hashed queues hold one-character directories and queue-id files.
         subdirs = tuple(f"{path}/{e}" for e in entries if len(e) == 1)
-        names = frozenset(e for e in entries if len(e) >= 6 and e.isascii() and e.isalnum())
-        old = known.names if known is not None else frozenset()
-        if names != old:
-            path = sys.intern(path)
-            added.extend((qid, queue, path) for qid in names - old)
-            gone.extend((qid, queue) for qid in old - names)
+        names = tuple(e for e in entries if len(e) >= 6 and e.isascii() and e.isalnum())
+        path = sys.intern(path)
+        if known is None or not known.names:
+            if names:
+                added.append((queue, path, names))
+        else:
+            new, old = frozenset(names), frozenset(known.names)
+            added.append((queue, path, new - old))
+            gone.extend((qid, queue) for qid in old - new)
         for d in known.subdirs if known is not None else ():
             if d not in subdirs:  # a hash directory removed: everything in it went
                 _forget(d, queue, dirs, gone)

@@ -490,3 +490,31 @@ def test_file_that_vanishes_before_it_is_read(tmp_path: Path) -> None:
     snap = sampler.sample()
     assert snap.complete and snap.errors == {"vanished": 1}
     assert snap.queues["deferred"].messages == 4 and snap.queues["deferred"].recipients == 4
+
+
+def test_recipient_delivered_in_place_is_seen_within_one_round_of_turns(tmp_path: Path) -> None:
+    # A delivered recipient is rewritten in place (R -> D) by Postfix: the file's ctime moves,
+    # its directory does not change. Every file is re-checked once per revalidate_every samples.
+    require_programs("qshape")
+    spool = tmp_path / "spool"
+    now = int(time.time())
+    rcpts = [f"u{i}@gmail.com" for i in range(3)] + ["v@gmx.de"]
+    for i in range(40):
+        put(spool, "deferred", f"CCCCC{i:04d}", queue_file(now - 60 * i, "s@x.test", rcpts))
+    sampler = QueueSampler(queue_dir=spool, source="spool", revalidate_every=4)
+    before = sampler.sample()
+    assert before.queues["deferred"].recipients == 160
+    hashed = spool / "deferred" / "C"
+    os.utime(hashed, (now - 100, now - 100))  # the directory's mtime as it was
+    for i in range(0, 40, 3):
+        path = hashed / f"CCCCC{i:04d}"
+        data = bytearray(path.read_bytes())
+        at = data.index(rec(b"R", b"v@gmx.de"))
+        data[at] = ord("D")
+        with open(path, "r+b") as f:  # in place, as Postfix marks a recipient done
+            f.write(data)
+    os.utime(hashed, (now - 100, now - 100))
+    for _ in range(4):
+        snap = sampler.sample()
+    assert mailpulse_rows(snap, "deferred", "recipient", 1) == qshape(str(spool / "deferred"))
+    assert snap.queues["deferred"].recipients == 160 - 14
