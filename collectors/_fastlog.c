@@ -3,6 +3,7 @@
  * scan(block: bytes) -> list, one item per line ("\n" between lines):
  *   (0, start, end)                                 any other line: the caller's general parser
  *   (1, start, end, prefix, qid, to, orig_to, relay, delay, delays, dsn, status, reply)
+ *      delay a float (0.0 when not a number), delays a tuple of 4 floats or None
  *   (2, start, end, prefix, qid, sender, size, nrcpt)     qmgr from=<>, size=, nrcpt= (queue active)
  *   (3, start, end, prefix, qid)                          qmgr removed
  *   (4, start, end, prefix, qid, message_id)              cleanup message-id=
@@ -54,6 +55,63 @@ static int is_space(unsigned char c) {
 
 static PyObject *str(P s, P e) { return PyUnicode_DecodeASCII((const char *)s, e - s, NULL); }
 
+/* float(text) as Python reads it, or NULL with ValueError set */
+static PyObject *to_float(P s, P e) {
+    /* plain "12.345", as Postfix writes them: read in place */
+    P d = digits(s, e);
+    if (d > s && d - s < 30 && (d == e || (*d == '.' && digits(d + 1, e) == e && d + 1 < e))) {
+        char buf[64];
+        if (e - s < (Py_ssize_t)sizeof buf) {
+            memcpy(buf, s, e - s);
+            buf[e - s] = 0;
+            double v = PyOS_string_to_double(buf, NULL, NULL);
+            if (v == -1.0 && PyErr_Occurred()) return NULL;
+            return PyFloat_FromDouble(v);
+        }
+    }
+    PyObject *t = str(s, e);
+    if (!t) return NULL;
+    PyObject *f = PyFloat_FromString(t);
+    Py_DECREF(t);
+    return f;
+}
+
+/* delay=: its float, 0.0 when it is empty or not a number (as maillog._float) */
+static PyObject *delay_of(P s, P e) {
+    PyObject *f = s < e ? to_float(s, e) : NULL;
+    if (!f && s < e) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
+        PyErr_Clear();
+    }
+    return f ? f : PyFloat_FromDouble(0.0);
+}
+
+/* delays=a/b/c/d: a tuple of four floats, None when it is not that (as maillog._delays) */
+static PyObject *delays_of(P s, P e) {
+    PyObject *t = PyTuple_New(4);
+    if (!t) return NULL;
+    for (int i = 0; i < 4; i++) {
+        P x = memchr(s, '/', e - s);
+        if (!x) x = e;
+        if ((i < 3) != (x < e)) goto none; /* not exactly four parts */
+        PyObject *f = to_float(s, x);
+        if (!f) {
+            if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+                Py_DECREF(t);
+                return NULL;
+            }
+            PyErr_Clear();
+            goto none;
+        }
+        PyTuple_SET_ITEM(t, i, f);
+        s = x + 1;
+    }
+    return t;
+none:
+    Py_DECREF(t);
+    Py_RETURN_NONE;
+}
+
 static PyObject *number(P s, P e) {
     if (e - s > 18) return NULL;
     long long v = 0;
@@ -81,6 +139,8 @@ static PyObject *item(int kind, Py_ssize_t a, Py_ssize_t b, int n, PyObject **fi
         Py_DECREF(t);
         return NULL;
     }
+    /* only str and int inside: no cycle can pass through it, the collector may skip it */
+    PyObject_GC_UnTrack(t);
     return t;
 fail:
     for (int i = 0; i < n; i++) Py_XDECREF(fields[i]);
@@ -156,8 +216,8 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line) {
         f[2] = str(to, to_e);
         f[3] = str(ot, ot_e);
         f[4] = str(rl, rl_e);
-        f[5] = str(dl, dl_e);
-        f[6] = str(ds, ds_e);
+        f[5] = delay_of(dl, dl_e);
+        f[6] = delays_of(ds, ds_e);
         f[7] = str(dn, dn_e);
         f[8] = str(st, st_e);
         f[9] = str(rp, rp_e);

@@ -89,6 +89,9 @@ def _delays(v: str) -> tuple[float, float, float, float] | None:
     return (a, b, c, d)
 
 
+_MEMO_SIZE = 4096
+
+
 def _classify_text(text: str) -> str:
     # Addresses never decide a reason; without them equal replies share one cache entry.
     return _ADDRESS.sub("<>", text) if "@" in text else text
@@ -111,16 +114,58 @@ def build_event(
     m: _Message | None,
 ) -> DeliveryEvent:
     """One delivery status line (and what its message's other lines said) -> DeliveryEvent."""
+    return event_of(
+        time,
+        node,
+        instance,
+        program,
+        queue_id,
+        recipient,
+        relay,
+        status,
+        logged_dsn,
+        reply,
+        _float(delay),
+        _delays(delays),
+        orig_to,
+        m,
+    )
+
+
+def event_of(
+    time: float,
+    node: str,
+    instance: str,
+    program: str,
+    queue_id: str,
+    recipient: str,
+    relay: str,
+    status: str,
+    logged_dsn: str,
+    reply: str,
+    delay: float,
+    delays: tuple[float, float, float, float] | None,
+    orig_to: str,
+    m: _Message | None,
+) -> DeliveryEvent:
+    """build_event with delay and delays already read."""
     c0 = reply[:1]
     if c0 and c0 in "245" and reply[1:3].isdecimal() and reply[3:4] in (" ", "-"):
         reply_code = reply[:3]  # the usual "250 2.0.0 ...": no regex needed
+        usual = True
     else:
         reply_code = reply_codes(reply)[0]
+        usual = False
     dsn = logged_dsn
     extra: dict[str, str] = {}
     # Postfix logs X.0.0 when the remote's enhanced code disagrees with its reply code's
-    # class (or is missing); the remote's own codes are what the analysis must see.
-    if logged_dsn.endswith(".0.0"):
+    # class (or is missing); the remote's own codes are what the analysis must see. When the
+    # reply starts with the logged code itself (not followed by a digit) they agree.
+    if logged_dsn.endswith(".0.0") and not (
+        usual
+        and reply.startswith(logged_dsn, 4)
+        and not reply[4 + len(logged_dsn) : 5 + len(logged_dsn)].isdecimal()
+    ):
         remote_dsn = reply_codes(reply)[1]
         if remote_dsn and remote_dsn != logged_dsn:
             dsn = remote_dsn
@@ -144,8 +189,8 @@ def build_event(
         verdict.reason,
         verdict.scope,
         verdict.hard,
-        _float(delay),
-        _delays(delays),
+        delay,
+        delays,
         orig_to,
         m.sender if m else "",
         m.size if m else None,
@@ -206,6 +251,7 @@ class Correlator:
         self.lines = 0
         self.not_postfix = 0
         self.samples: dict[str, list[str]] = {}
+        self._filter_relays: dict[str, bool] = {}  # relay -> is a content filter
 
     @property
     def stats(self) -> Counter[str]:
@@ -229,8 +275,14 @@ class Correlator:
         return m
 
     def _is_filter(self, relay: str) -> bool:
-        host, address = relay_address(relay)
-        return address in self.content_filters or host in self.content_filters
+        known = self._filter_relays.get(relay)
+        if known is None:
+            host, address = relay_address(relay)
+            known = address in self.content_filters or host in self.content_filters
+            if len(self._filter_relays) >= _MEMO_SIZE:
+                self._filter_relays.clear()
+            self._filter_relays[relay] = known
+        return known
 
     def _outcome(self, ev: DeliveryEvent, key: tuple[str, str, str], m: _Message | None) -> None:
         """Count the event; remember deferrals so an expiry can name its recipients."""
@@ -574,7 +626,7 @@ class Correlator:
                                 self.counts["content_filter_relays"] += 1
                                 continue
                             m = messages.get(key)
-                            ev = build_event(
+                            ev = event_of(
                                 t,
                                 node,
                                 instance,
@@ -585,7 +637,7 @@ class Correlator:
                                 status,
                                 dsn,
                                 reply,
-                                delay or "0",
+                                delay,
                                 delays,
                                 orig_to,
                                 m,

@@ -461,6 +461,25 @@ def test_block_road_equals_general_road_on_shapes_it_reads(block_scanner: str) -
         b"delays=a/b, dsn=5.0.0, status=bounced (550 5.1.1 <a@x>: no)",
         head + b"smtp[9]: " + q + b"to=<a@x>, orig_to=<>, relay=r, delay=1, delays=1/0/0/0, "
         b"dsn=2.0.0, status=sent",
+        # delay and delays as float() reads them, odd ones included
+        *(
+            head
+            + b"smtp[9]: "
+            + q
+            + b"to=<a@x>, relay=r, delay="
+            + d
+            + b", delays="
+            + ds
+            + b", dsn=2.0.0, status=sent (250 2.0.0 ok)"
+            for d, ds in (
+                (b"1_0", b" 1/0/0/0"),
+                (b"inf", b"1/2/3/4/5"),
+                (b"12.", b"1e3/0/0/.5"),
+                (b"0.00000000000000000000000000000000001", b"1//0/0"),
+                (b"99999999999999999999999999999999999", b"1/0/0/0/"),
+                (b"-1", b"1e400/-0/0/0"),
+            )
+        ),
         head + b"smtp[9]: " + q + b"to=<a@x>, relay=r, conn_use=, delay=1, delays=1/0/0/0, "
         b"dsn=2.0.0, status=sent (250 ok)",
         head + b"smtp[9]: " + q + b"to=<a@x>, relay=r, delay=1, delays=1/0/0/0, dsn=2.0.0, "
