@@ -15,7 +15,7 @@ import re
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from mailpulse.bounce.classify import classify
 from mailpulse.collectors.follower import JournalFollower, LogFollower
@@ -52,6 +52,12 @@ _LONG_QID = re.compile(r"[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,24}")
 _PREFIXES: dict[str, tuple[float, tuple[Any, ...]]] = {}
 _ADDRESS = re.compile(r"<[^<>\s]*@[^<>\s]*>")
 
+try:  # the C scanner for blocks of lines; without it, blocks go through feed_lines
+    from mailpulse.collectors._fastlog import scan as _scan
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _scan = None
+BLOCK = 1 << 20
+
 
 @dataclass(slots=True)
 class _Message:
@@ -83,6 +89,9 @@ def _delays(v: str) -> tuple[float, float, float, float] | None:
     return (a, b, c, d)
 
 
+_MEMO_SIZE = 4096
+
+
 def _classify_text(text: str) -> str:
     # Addresses never decide a reason; without them equal replies share one cache entry.
     return _ADDRESS.sub("<>", text) if "@" in text else text
@@ -105,16 +114,58 @@ def build_event(
     m: _Message | None,
 ) -> DeliveryEvent:
     """One delivery status line (and what its message's other lines said) -> DeliveryEvent."""
+    return event_of(
+        time,
+        node,
+        instance,
+        program,
+        queue_id,
+        recipient,
+        relay,
+        status,
+        logged_dsn,
+        reply,
+        _float(delay),
+        _delays(delays),
+        orig_to,
+        m,
+    )
+
+
+def event_of(
+    time: float,
+    node: str,
+    instance: str,
+    program: str,
+    queue_id: str,
+    recipient: str,
+    relay: str,
+    status: str,
+    logged_dsn: str,
+    reply: str,
+    delay: float,
+    delays: tuple[float, float, float, float] | None,
+    orig_to: str,
+    m: _Message | None,
+) -> DeliveryEvent:
+    """build_event with delay and delays already read."""
     c0 = reply[:1]
     if c0 and c0 in "245" and reply[1:3].isdecimal() and reply[3:4] in (" ", "-"):
         reply_code = reply[:3]  # the usual "250 2.0.0 ...": no regex needed
+        usual = True
     else:
         reply_code = reply_codes(reply)[0]
+        usual = False
     dsn = logged_dsn
     extra: dict[str, str] = {}
     # Postfix logs X.0.0 when the remote's enhanced code disagrees with its reply code's
-    # class (or is missing); the remote's own codes are what the analysis must see.
-    if logged_dsn.endswith(".0.0"):
+    # class (or is missing); the remote's own codes are what the analysis must see. When the
+    # reply starts with the logged code itself (not followed by a digit) they agree.
+    if logged_dsn.endswith(".0.0") and not (
+        usual
+        and reply.startswith(logged_dsn, 4)
+        and not reply[4 + len(logged_dsn) : 5 + len(logged_dsn)].isdecimal()
+    ):
         remote_dsn = reply_codes(reply)[1]
         if remote_dsn and remote_dsn != logged_dsn:
             dsn = remote_dsn
@@ -138,8 +189,8 @@ def build_event(
         verdict.reason,
         verdict.scope,
         verdict.hard,
-        _float(delay),
-        _delays(delays),
+        delay,
+        delays,
         orig_to,
         m.sender if m else "",
         m.size if m else None,
@@ -200,6 +251,7 @@ class Correlator:
         self.lines = 0
         self.not_postfix = 0
         self.samples: dict[str, list[str]] = {}
+        self._filter_relays: dict[str, bool] = {}  # relay -> is a content filter
 
     @property
     def stats(self) -> Counter[str]:
@@ -223,8 +275,14 @@ class Correlator:
         return m
 
     def _is_filter(self, relay: str) -> bool:
-        host, address = relay_address(relay)
-        return address in self.content_filters or host in self.content_filters
+        known = self._filter_relays.get(relay)
+        if known is None:
+            host, address = relay_address(relay)
+            known = address in self.content_filters or host in self.content_filters
+            if len(self._filter_relays) >= _MEMO_SIZE:
+                self._filter_relays.clear()
+            self._filter_relays[relay] = known
+        return known
 
     def _outcome(self, ev: DeliveryEvent, key: tuple[str, str, str], m: _Message | None) -> None:
         """Count the event; remember deferrals so an expiry can name its recipients."""
@@ -413,7 +471,9 @@ class Correlator:
                     r = e + 3
                     if s.startswith("orig_to=", r):
                         r = s.find(", ", r)
-                        orig_to = s[e + 12 : r - 1] if s[e + 11 : e + 12] == "<" else s[e + 11 : r]
+                        orig_to = s[e + 11 : r]
+                        if orig_to[:1] == "<" and orig_to[-1:] == ">":  # as _keyvalues does
+                            orig_to = orig_to[1:-1]
                         r += 2
                     d = s.find(", delay=", r, p)
                     ds = s.find(", delays=", d + 8, p)
@@ -500,9 +560,159 @@ class Correlator:
                 if count:
                     kinds[kind] += count
 
+    # -- the block road ------------------------------------------------------------------
+    def feed_stream(self, f: BinaryIO, block: int = BLOCK) -> Iterator[DeliveryEvent]:
+        """Every delivery event in a binary stream, read in blocks cut after their last
+        newline (a pipe's block is what it holds: events come as its lines arrive)."""
+        read = getattr(f, "read1", f.read)
+        rest = b""
+        while chunk := read(block):
+            data = rest + chunk if rest else chunk
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield from self.feed_block(data[:cut])
+            rest = data[cut:]
+        if rest:
+            yield from self.feed_block(rest)
+
+    def feed_block(self, data: bytes) -> list[DeliveryEvent]:
+        """Every delivery event in a block of whole lines ("\n" after each; the last one may
+        lack it): the same as feed_line on each line, several times faster."""
+        if data[-1:] == b"\n":
+            data = data[:-1]
+        elif not data:
+            return []
+        if _scan is None:
+            return list(self.feed_lines(data.split(b"\n")))
+        out: list[DeliveryEvent] = []
+        kinds = self.kinds
+        messages = self.messages
+        max_messages = self.max_messages
+        delivery_services = DELIVERY_SERVICES
+        filters = self.content_filters
+        prefixes = _PREFIXES
+        general = self._general
+        n = delivered = removed = queued = client = message_id = notification = 0
+        # one item per line: (kind, start, end, header, queue id, fields...), see _fastlog.c
+        for it in _scan(data, MAX_LINE):
+            n += 1
+            kind = it[0]
+            if kind:
+                hit = prefixes.get(it[3])
+                if hit is None:
+                    hit = _line_header(it[3])
+                if hit is not None:
+                    t, (node, instance, program, service, _pid, _h) = hit
+                    key = (it[4], node, instance)
+                    if kind == 1:
+                        if service in delivery_services:
+                            delivered += 1
+                            (
+                                _k,
+                                _s,
+                                _e,
+                                _p,
+                                qid,
+                                rcpt,
+                                orig_to,
+                                relay,
+                                delay,
+                                delays,
+                                dsn,
+                                status,
+                                reply,
+                            ) = it
+                            if filters and self._is_filter(relay):
+                                self.counts["content_filter_relays"] += 1
+                                continue
+                            m = messages.get(key)
+                            ev = event_of(
+                                t,
+                                node,
+                                instance,
+                                program,
+                                qid,
+                                rcpt,
+                                relay,
+                                status,
+                                dsn,
+                                reply,
+                                delay,
+                                delays,
+                                orig_to,
+                                m,
+                            )
+                            self._outcome(ev, key, m)
+                            out.append(ev)
+                            continue
+                    elif kind == 3:
+                        if service == "qmgr":
+                            messages.pop(key, None)
+                            removed += 1
+                            continue
+                    elif kind == 6:
+                        if service == "bounce":
+                            notification += 1
+                            continue
+                    elif service == ("", "", "qmgr", "", "cleanup", "smtpd")[kind]:
+                        m = messages.get(key)
+                        if m is None:
+                            m = messages[key] = _Message()
+                            if len(messages) > max_messages:
+                                messages.popitem(last=False)
+                                self.counts["evictions"] += 1
+                        if kind == 2:
+                            m.sender, m.size, m.nrcpt = it[5], it[6], it[7]
+                            queued += 1
+                        elif kind == 4:
+                            m.message_id = it[5]
+                            message_id += 1
+                        else:
+                            m.client = it[5]
+                            client += 1
+                        continue
+            out += general(data[it[1] : it[2]])
+        self.lines += n
+        for name, count in (
+            ("delivery", delivered),
+            ("removed", removed),
+            ("queued", queued),
+            ("client", client),
+            ("message_id", message_id),
+            ("notification", notification),
+        ):
+            if count:
+                kinds[name] += count
+        return out
+
     def _general(self, line: bytes | str) -> list[DeliveryEvent]:
         self.lines -= 1  # feed_line counts it again
         return self.feed_line(line)
+
+
+def _line_header(pre: str) -> tuple[float, tuple[Any, ...]] | None:
+    """ "Nov 28 17:33:59 host postfix/smtp[123]" -> (time, header) as _parse reads them, or
+    None when the general parser must see the line; remembered like feed_lines does."""
+    if len(pre) < 16 or pre.find(": ", 16) >= 0:
+        return None  # the line's first ": " must be the one after the tag
+    if pre[9:10] == ":" and pre[3:4] == " ":
+        j = pre.find(" ", 15)
+        tt = _classic_stamp(pre[:j]) if j > 0 else None
+    elif pre[4:5] == "-" and pre[10:11] == "T":
+        j = pre.find(" ")
+        tt = _iso_time(pre[:j]) if j > 0 else None
+    else:
+        return None
+    if tt is None:
+        return None
+    hdr = _HEADERS.get(pre[j + 1 :])
+    if not hdr:
+        return None
+    if pre[9:10] == ":":  # RFC 3339 stamps with a fraction never recur
+        if len(_PREFIXES) > 4096:
+            _PREFIXES.clear()
+        _PREFIXES[pre] = (tt, hdr)
+    return tt, hdr
 
 
 def events_from_lines(

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections import deque
@@ -221,7 +222,9 @@ class LogPipeline(threading.Thread):
         follower: Any = (
             LogFollower(self.source, self.checkpoint_path)
             if self.source
-            else JournalFollower(self.checkpoint_path, journal_args=JOURNAL_ARGS)
+            else JournalFollower(
+                self.checkpoint_path, journal_args=list(self.cfg.journal_args or JOURNAL_ARGS)
+            )
         )
         correlator = Correlator(
             content_filters=self.cfg.content_filters, max_messages=self.cfg.max_messages
@@ -498,11 +501,15 @@ class Agent:
         if self.check is not None:
             self.check.stop()
         self.http.stop()
-        self.state.commit()
+        # No commit here: each batch committed itself with its checkpoint, and a batch still
+        # running (a source that did not stop in time) must not be committed without its own.
         self.state.close()
 
 
 def run(cfg: Config, instances: list[Instance], log_sources: list[Path] | None) -> int:
+    # The queue sampler's pure-Python walk over a big spool holds the GIL; hand it over more
+    # often than the default 5 ms so a scrape arriving meanwhile is not kept waiting.
+    sys.setswitchinterval(0.001)
     agent = Agent(cfg, instances, log_sources)
     done = threading.Event()
 
@@ -526,7 +533,6 @@ def run(cfg: Config, instances: list[Instance], log_sources: list[Path] | None) 
 
 def main(args: Any) -> int:
     """The `agent` command."""
-    import sys
 
     from mailpulse.config import ConfigError, discover_instances, load_config
     from mailpulse.config import log_sources as find_log_sources

@@ -62,6 +62,7 @@ class Config:
     log_files: tuple[Path, ...] | None = None  # None: discover
     log_read_bytes: int = 4 << 20
     log_poll_s: float = 0.5
+    journal_args: tuple[str, ...] | None = None  # set: read the journal, with these selectors
     content_filters: tuple[str, ...] = ("127.0.0.1:10024", "127.0.0.1:10025")
     max_messages: int = 100_000  # queue ids kept by the log correlator
     postfix_config_dirs: tuple[Path, ...] | None = None  # None: postmulti, else /etc/postfix
@@ -71,6 +72,8 @@ class Config:
     top_k: int = 10
     top_k_min_count: int = 100
     agent_check: AgentCheckConfig = field(default_factory=AgentCheckConfig)
+    # Sections other parts of mailpulse read and check themselves, kept here as given.
+    other: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # key -> (type check, converter) for the flat keys; nested sections are handled below.
@@ -161,12 +164,15 @@ SECTION_KEYS: dict[str, dict[str, tuple[str, Any]]] = {
         "read_bytes": ("log_read_bytes", _positive(int)),
         "poll_interval": ("log_poll_s", _positive(float)),
         "content_filters": ("content_filters", _strings),
+        "journal_args": ("journal_args", _strings),
         "max_messages": ("max_messages", _positive(int)),
     },
     "postfix": {"config_dirs": ("postfix_config_dirs", _paths)},
     "queue": {"interval": ("queue_interval_s", _positive(float))},
     "host": {"interval": ("host_interval_s", _positive(float))},
 }
+# Sections of the same file that belong to other commands; the agent only checks they are maps.
+OTHER_SECTIONS = ("bounce", "blacklist", "redis", "snmp", "rrd", "graph", "alerts")
 AGENT_CHECK_KEYS: dict[str, Any] = {
     "listen": _listen,
     "queue_high": _positive(int),
@@ -219,8 +225,12 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
                     )
                 check[sub] = _convert(where, f"agent_check.{sub}", AGENT_CHECK_KEYS[sub], sub_raw)
             values["agent_check"] = AgentCheckConfig(**check)
+        elif key in OTHER_SECTIONS:
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{where}: {key}: expected a map of settings")
+            values.setdefault("other", {})[key] = raw
         else:
-            known = ", ".join([*TOP_KEYS, *SECTION_KEYS, "agent_check"])
+            known = ", ".join([*TOP_KEYS, *SECTION_KEYS, "agent_check", *OTHER_SECTIONS])
             raise ConfigError(f"{where}: {key}: unknown setting (known: {known})")
     return Config(source=source, **values)
 
@@ -300,6 +310,8 @@ def discover_instances(config: Config) -> list[Instance]:
 
 def log_sources(config: Config, instances: list[Instance]) -> list[Path] | None:
     """Log files to follow, each once (instances often share syslog); None: use the journal."""
+    if config.journal_args is not None:
+        return None
     if config.log_files:
         return list(config.log_files)
     files: list[Path] = []

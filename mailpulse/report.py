@@ -42,18 +42,14 @@ def _open(path: Path) -> BinaryIO:
     return path.open("rb")
 
 
-def input_lines(files: Iterable[Path]) -> Iterator[bytes]:
-    """Lines of these files in order ("-" or none: stdin), as bytes."""
-    paths = list(files)
-    if not paths or paths == [Path("-")]:
-        yield from sys.stdin.buffer
-        return
-    for p in paths:
+def input_events(c: Correlator, files: Iterable[Path]) -> Iterator[DeliveryEvent]:
+    """Delivery events of these files in order ("-" or none: stdin), read in blocks."""
+    for p in list(files) or [Path("-")]:
         if str(p) == "-":
-            yield from sys.stdin.buffer
+            yield from c.feed_stream(sys.stdin.buffer)
             continue
         with _open(p) as f:
-            yield from f
+            yield from c.feed_stream(f)
 
 
 def correlator_from_config(config: Path | None) -> Correlator:
@@ -82,7 +78,7 @@ def run_parse(args: argparse.Namespace) -> int:
     out = sys.stdout
     write = out.write
     try:
-        for ev in c.feed_lines(input_lines(args.files)):
+        for ev in input_events(c, args.files):
             if args.json:
                 write(json.dumps(event_json(ev)) + "\n")
             else:
@@ -209,7 +205,7 @@ def run_report(args: argparse.Namespace) -> int:
     c = correlator_from_config(args.config)
     rep = Report()
     try:
-        for ev in c.feed_lines(input_lines(args.files)):
+        for ev in input_events(c, args.files):
             rep.add(ev)
     except OSError as e:
         print(f"mailpulse: {e}", file=sys.stderr)

@@ -31,6 +31,7 @@ def test_a_full_file_is_read(tmp_path: Path) -> None:
         "  content_filters: ['127.0.0.1:10026']\n"
         "domain_groups:\n  Example.COM: example\n"
         "agent_check:\n  listen: 127.0.0.1:9155\n  block_share: 0.5\n"
+        "blacklist:\n  ttl_5xx: 30d\n"  # another command's section: kept, not judged
     )
     cfg = load_config(f)
     assert (cfg.node, cfg.role, cfg.listen) == ("bulk3", "transactional", "0.0.0.0:9999")
@@ -38,6 +39,7 @@ def test_a_full_file_is_read(tmp_path: Path) -> None:
     assert cfg.max_messages == 5000 and cfg.content_filters == ("127.0.0.1:10026",)
     assert cfg.domain_groups == {"example.com": "example"}
     assert cfg.agent_check.listen == "127.0.0.1:9155" and cfg.agent_check.block_share == 0.5
+    assert cfg.other == {"blacklist": {"ttl_5xx": "30d"}}
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,7 @@ def test_a_full_file_is_read(tmp_path: Path) -> None:
         ("agent_check:\n  block_share: 3\n", "agent_check.block_share"),  # not a share
         ("nodes: x\n", "nodes"),  # unknown key
         ("logs: [a, b]\n", "logs"),  # a list where a map belongs
+        ("blacklist: 3\n", "blacklist"),  # another command's section, not even a map
         ("role: [bulk\n", "not valid YAML"),  # broken YAML
         ("- a\n- b\n", "top level"),  # not a map at all
     ],

@@ -3,12 +3,14 @@ styles, instance names, the dsn rewrite, content filters, the bounded table, and
 
 from __future__ import annotations
 
+import io
 import random
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
+from mailpulse.collectors import maillog
 from mailpulse.collectors.maillog import Correlator, events_from_lines, parse_line
 
 # grok field -> our LogRecord field (fields[] or attribute)
@@ -322,6 +324,32 @@ def fast_road(lines: list[bytes]) -> tuple[list[dict[str, object]], dict[str, in
     return events, dict(c.stats)
 
 
+def block_road(data: bytes, block: int) -> tuple[list[dict[str, object]], dict[str, int]]:
+    """feed_stream over `data`, read `block` bytes at a time."""
+    c = Correlator()
+    events = [e.to_json() for e in c.feed_stream(io.BytesIO(data), block)]
+    return events, dict(c.stats)
+
+
+@pytest.fixture(params=["C scanner", "Python"])
+def block_scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the C block scanner, then with the pure-Python road it falls back to."""
+    if request.param == "Python":
+        monkeypatch.setattr(maillog, "_scan", None)
+    elif maillog._scan is None:
+        pytest.skip("the C block scanner is not built (pip install -e . builds it with gcc)")
+    return str(request.param)
+
+
+def assert_block_road_equals_general_road(lines: list[bytes]) -> None:
+    data = b"\n".join(lines) + b"\n"
+    general = general_road(data.split(b"\n")[:-1])
+    # blocks cut anywhere (a line split between reads) and the usual size; no final newline
+    for block in (7, 4096, maillog.BLOCK):
+        assert block_road(data, block) == general, block
+    assert block_road(data[:-1], 4096) == general
+
+
 VARIANTS = [
     b"Nov 28 17:33:59 mx1 postfix/smtpd[5]: 1A2B3C4D5E: client=a.example[192.0.2.7]",
     b"Nov 28 17:33:59 mx1 postfix/cleanup[6]: 1A2B3C4D5E: message-id=<x@a.example>",
@@ -383,6 +411,90 @@ def test_fast_road_equals_general_road_on_variants_and_garbage() -> None:
     assert fast[1]["events.deferred"] >= 3 and fast[1]["content_filter_relays"] >= 1
 
 
+def test_block_road_equals_general_road_on_variants_and_garbage(block_scanner: str) -> None:
+    # Bad input tried: the variants cut short, a byte changed (NUL, CR, newline, not UTF-8,
+    # a "," inside a field), lines over 64 KiB, empty lines.
+    rng = random.Random(11)
+    lines = list(VARIANTS)
+    for _ in range(3000):
+        line = rng.choice(VARIANTS)
+        if rng.random() < 0.4:
+            line = line[: rng.randrange(len(line) + 1)]
+        elif line:
+            i = rng.randrange(len(line))
+            line = (
+                line[:i]
+                + bytes([rng.choice((0, 10, 13, 44, 60, 62, 0xFF, rng.randrange(256)))])
+                + line[i + 1 :]
+            )
+        lines.append(line)
+    big = VARIANTS[3].replace(b"full (in", b"full " + b"x" * 70000 + b" (in")
+    lines += [big, b"", VARIANTS[0] + b"\r", b"\xef\xbb\xbf" + VARIANTS[1]]
+    assert_block_road_equals_general_road(lines)
+    events, stats = block_road(b"\n".join(lines) + b"\n", maillog.BLOCK)
+    assert stats["events.deferred"] >= 3 and stats["content_filter_relays"] >= 1
+    assert stats["cut_lines"] >= 1 and stats["records.queued"] >= 1
+
+
+def test_block_road_equals_general_road_on_shapes_it_reads(block_scanner: str) -> None:
+    # Each shape the scanner reads, next to near misses that must go to the general parser.
+    head = b"Nov 28 17:34:00 mx1 postfix/"
+    q = b"1A2B3C4D5E: "
+    lines = [
+        head + b"qmgr[3]: " + q + b"from=<>, size=12, nrcpt=1 (queue active)",
+        head + b"qmgr[3]: " + q + b"from=<a b@x>, size=12, nrcpt=1 (queue active)",
+        head + b"qmgr[3]: " + q + b"from=<a@x>, size=99999999999999999999, nrcpt=1 (queue active)",
+        head + b"qmgr[3]: " + q + b"from=<a@x>, size=12, nrcpt=1 (queue deferred)",
+        head + b"smtpd[5]: " + q + b"client=[192.0.2.1]",
+        head + b"smtpd[5]: " + q + b"client=a b[192.0.2.1]",
+        head + b"smtpd[5]: " + q + b"client=a[192.0.2.1], orig_queue_id=1F, orig_client=b[1.2.3.4]",
+        head + b"smtpd[5]: " + q + b"client=a[192.0.2.1",
+        head + b"cleanup[6]: " + q + b"message-id=",
+        head + b"cleanup[6]: " + q + b"message-id=<a,b@c>",
+        head + b"smtpd[6]: " + q + b"message-id=<a@c>",
+        head + b"bounce[7]: " + q + b"postmaster non-delivery notification: 0F1E",
+        head + b"smtp[7]: " + q + b"postmaster non-delivery notification: 0F1E",
+        head + b"smtp[7]: " + q + b"removed",
+        head + b"qmgr[7]: " + q + b"to=<a@x>, relay=none, delay=1, delays=1/0/0/0, dsn=4.3.0, "
+        b"status=deferred (mail transport unavailable)",
+        head + b"smtp[9]: " + q + b"to=<a@x>, orig_to=b@x, relay=r, conn_use=12, delay=, "
+        b"delays=a/b, dsn=5.0.0, status=bounced (550 5.1.1 <a@x>: no)",
+        head + b"smtp[9]: " + q + b"to=<a@x>, orig_to=<>, relay=r, delay=1, delays=1/0/0/0, "
+        b"dsn=2.0.0, status=sent",
+        # delay and delays as float() reads them, odd ones included
+        *(
+            head
+            + b"smtp[9]: "
+            + q
+            + b"to=<a@x>, relay=r, delay="
+            + d
+            + b", delays="
+            + ds
+            + b", dsn=2.0.0, status=sent (250 2.0.0 ok)"
+            for d, ds in (
+                (b"1_0", b" 1/0/0/0"),
+                (b"inf", b"1/2/3/4/5"),
+                (b"12.", b"1e3/0/0/.5"),
+                (b"0.00000000000000000000000000000000001", b"1//0/0"),
+                (b"99999999999999999999999999999999999", b"1/0/0/0/"),
+                (b"-1", b"1e400/-0/0/0"),
+            )
+        ),
+        head + b"smtp[9]: " + q + b"to=<a@x>, relay=r, conn_use=, delay=1, delays=1/0/0/0, "
+        b"dsn=2.0.0, status=sent (250 ok)",
+        head + b"smtp[9]: " + q + b"to=<a@x>, relay=r, delay=1, delays=1/0/0/0, dsn=2.0.0, "
+        b"status=sentx (250 ok)",
+        head + b"smtp[9]: 1a2b3c4d5e: to=<a@x>, relay=r, delay=1, delays=1/0/0/0, dsn=2.0.0, "
+        b"status=sent (250 ok)",
+        b"Nov 28 17:34:00 mx1 postfix/smtp: " + q + b"removed",
+        b"Nov 28 17:34:00 mx1 foo: bar postfix/qmgr[3]: " + q + b"removed",
+        b"2026-11-28T17:34:01.000123+01:00 mx2 postfix/qmgr[3]: " + q + b"removed",
+        b"Nov 28 17:34:00 mx1 postfix/qmgr[3]: " + q + b"removed",
+        b"Nov 28 17:34:00 mx1 postfix/qmgr[3]: " + q + b"removed",
+    ]
+    assert_block_road_equals_general_road(lines)
+
+
 def test_fast_road_equals_general_road_on_grok_corpus(shared_corpus: Path) -> None:
     lines = []
     for path in sorted((shared_corpus / "postfix-lines" / "grok-tests").glob("*.yaml")):
@@ -390,6 +502,7 @@ def test_fast_road_equals_general_road_on_grok_corpus(shared_corpus: Path) -> No
         service, message = _case_line(path.stem, str(case["data"]))
         lines.append(f"Nov 28 17:33:59 mx1 postfix/{service}[4242]: {message}".encode())
     assert fast_road(lines) == general_road(lines)
+    assert_block_road_equals_general_road(lines)
 
 
 def test_more_real_world_shapes() -> None:

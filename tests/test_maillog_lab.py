@@ -18,7 +18,7 @@ import pytest
 
 from lab.campaign import run_campaign
 from lab.postfix import Lab, wait_until
-from tests.test_maillog import fast_road, general_road
+from tests.test_maillog import assert_block_road_equals_general_road, fast_road, general_road
 
 
 def logs_parse(*files: Path) -> list[dict[str, object]]:
@@ -60,6 +60,7 @@ def test_campaign_of_5000_parses_to_the_plan(lab: Lab) -> None:
     # The fast road for common lines and the general parser agree on this real log.
     lines = lab.maillog.read_bytes().splitlines(keepends=True)
     assert fast_road(lines) == general_road(lines)
+    assert_block_road_equals_general_road(lines)
 
 
 @pytest.mark.lab

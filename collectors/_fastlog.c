@@ -1,0 +1,318 @@
+/* Postfix log lines -> the fields of their six common shapes, a block of lines at a time.
+ *
+ * scan(block: bytes) -> list, one item per line ("\n" between lines):
+ *   (0, start, end)                                 any other line: the caller's general parser
+ *   (1, start, end, prefix, qid, to, orig_to, relay, delay, delays, dsn, status, reply)
+ *      delay a float (0.0 when not a number), delays a tuple of 4 floats or None
+ *   (2, start, end, prefix, qid, sender, size, nrcpt)     qmgr from=<>, size=, nrcpt= (queue active)
+ *   (3, start, end, prefix, qid)                          qmgr removed
+ *   (4, start, end, prefix, qid, message_id)              cleanup message-id=
+ *   (5, start, end, prefix, qid, client_ip)               smtpd client=
+ *   (6, start, end, prefix, qid)                          bounce "... notification: ..."
+ * prefix is "Nov 28 17:33:59 host postfix/smtp[123]"; the caller checks the service. Shapes
+ * are strict (see maillog._feed_python, the reference): a line with anything unusual (not
+ * ASCII, NUL, CR, over max_line bytes, a "," or "<>" inside a field) is item kind 0.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+typedef const unsigned char *P;
+
+static int starts(P s, P e, const char *lit, Py_ssize_t n) {
+    return e - s >= n && memcmp(s, lit, n) == 0;
+}
+
+/* a run of chars outside "<>,\n" ("," stops every field: Postfix separates them with ", ") */
+static P field(P s, P e) {
+    while (s < e && *s != '<' && *s != '>' && *s != ',') s++;
+    return s;
+}
+
+static P digits(P s, P e) {
+    while (s < e && *s >= '0' && *s <= '9') s++;
+    return s;
+}
+
+static int is_hex(unsigned char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F'); }
+
+static int is_long_qid(unsigned char c) {
+    /* digits and letters without vowels (enable_long_queue_ids) */
+    if (c >= '0' && c <= '9') return 1;
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) {
+        switch (c | 0x20) {
+        case 'a': case 'e': case 'i': case 'o': case 'u': return 0;
+        default: return 1;
+        }
+    }
+    return 0;
+}
+
+static int is_space(unsigned char c) {
+    /* what \s matches in a str pattern, within ASCII */
+    return c == ' ' || (c >= 9 && c <= 13) || (c >= 28 && c <= 31);
+}
+
+static PyObject *str(P s, P e) { return PyUnicode_DecodeASCII((const char *)s, e - s, NULL); }
+
+/* float(text) as Python reads it, or NULL with ValueError set */
+static PyObject *to_float(P s, P e) {
+    /* plain "12.345", as Postfix writes them: read in place */
+    P d = digits(s, e);
+    if (d > s && d - s < 30 && (d == e || (*d == '.' && digits(d + 1, e) == e && d + 1 < e))) {
+        char buf[64];
+        if (e - s < (Py_ssize_t)sizeof buf) {
+            memcpy(buf, s, e - s);
+            buf[e - s] = 0;
+            double v = PyOS_string_to_double(buf, NULL, NULL);
+            if (v == -1.0 && PyErr_Occurred()) return NULL;
+            return PyFloat_FromDouble(v);
+        }
+    }
+    PyObject *t = str(s, e);
+    if (!t) return NULL;
+    PyObject *f = PyFloat_FromString(t);
+    Py_DECREF(t);
+    return f;
+}
+
+/* delay=: its float, 0.0 when it is empty or not a number (as maillog._float) */
+static PyObject *delay_of(P s, P e) {
+    PyObject *f = s < e ? to_float(s, e) : NULL;
+    if (!f && s < e) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
+        PyErr_Clear();
+    }
+    return f ? f : PyFloat_FromDouble(0.0);
+}
+
+/* delays=a/b/c/d: a tuple of four floats, None when it is not that (as maillog._delays) */
+static PyObject *delays_of(P s, P e) {
+    PyObject *t = PyTuple_New(4);
+    if (!t) return NULL;
+    for (int i = 0; i < 4; i++) {
+        P x = memchr(s, '/', e - s);
+        if (!x) x = e;
+        if ((i < 3) != (x < e)) goto none; /* not exactly four parts */
+        PyObject *f = to_float(s, x);
+        if (!f) {
+            if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+                Py_DECREF(t);
+                return NULL;
+            }
+            PyErr_Clear();
+            goto none;
+        }
+        PyTuple_SET_ITEM(t, i, f);
+        s = x + 1;
+    }
+    return t;
+none:
+    Py_DECREF(t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *number(P s, P e) {
+    if (e - s > 18) return NULL;
+    long long v = 0;
+    for (; s < e; s++) v = v * 10 + (*s - '0');
+    return PyLong_FromLongLong(v);
+}
+
+/* a tuple of kind, start, end and the given fields (new references, stolen) */
+static PyObject *item(int kind, Py_ssize_t a, Py_ssize_t b, int n, PyObject **fields) {
+    PyObject *t = PyTuple_New(3 + n);
+    if (!t) goto fail;
+    PyTuple_SET_ITEM(t, 0, PyLong_FromLong(kind));
+    PyTuple_SET_ITEM(t, 1, PyLong_FromSsize_t(a));
+    PyTuple_SET_ITEM(t, 2, PyLong_FromSsize_t(b));
+    for (int i = 0; i < n; i++) {
+        if (!fields[i]) {
+            Py_DECREF(t);
+            t = NULL;
+            goto fail;
+        }
+        PyTuple_SET_ITEM(t, 3 + i, fields[i]);
+        fields[i] = NULL;
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    /* only str and int inside: no cycle can pass through it, the collector may skip it */
+    PyObject_GC_UnTrack(t);
+    return t;
+fail:
+    for (int i = 0; i < n; i++) Py_XDECREF(fields[i]);
+    return NULL;
+}
+
+/* One line [s, e) of the block starting at base -> its item, or NULL with an error set. */
+static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line) {
+    Py_ssize_t a = s - base, b = e - base;
+    PyObject *f[10] = {0};
+    if (e - s > max_line) return item(0, a, b, 0, f);
+    for (P c = s; c < e; c++)
+        if (*c == 0 || *c == '\r' || *c >= 0x80) return item(0, a, b, 0, f);
+    /* the header ends at the first "]", which must be followed by ": " */
+    P pre = memchr(s, ']', e - s);
+    if (!pre || !starts(pre + 1, e, ": ", 2)) return item(0, a, b, 0, f);
+    P q = pre + 3, qe = q;
+    while (qe < e && is_hex(*qe) && qe - q < 25) qe++;
+    if (!(qe - q >= 5 && qe - q <= 24 && starts(qe, e, ": ", 2))) {
+        qe = q;
+        while (qe < e && is_long_qid(*qe) && qe - q < 25) qe++;
+        if (!(qe - q >= 10 && qe - q <= 24 && starts(qe, e, ": ", 2))) return item(0, a, b, 0, f);
+    }
+    P r = qe + 2;
+    int kind = 0;
+    if (starts(r, e, "to=<", 4)) {
+        P p = r + 4, x;
+        P to = p, to_e = field(p, e);
+        if (!starts(to_e, e, ">, ", 3)) goto other;
+        p = to_e + 3;
+        P ot = p, ot_e = p;
+        if (starts(p, e, "orig_to=", 8)) {
+            p += 8;
+            if (p < e && *p == '<') {
+                ot = p + 1;
+                ot_e = field(ot, e);
+                if (!starts(ot_e, e, ">, ", 3)) goto other;
+                p = ot_e + 3;
+            } else {
+                ot = p;
+                ot_e = field(p, e);
+                if (!starts(ot_e, e, ", ", 2)) goto other;
+                p = ot_e + 2;
+            }
+        }
+        if (!starts(p, e, "relay=", 6)) goto other;
+        P rl = p + 6, rl_e = field(rl, e);
+        if (!starts(rl_e, e, ", ", 2)) goto other;
+        p = rl_e + 2;
+        if (starts(p, e, "conn_use=", 9)) {
+            x = digits(p + 9, e);
+            if (x == p + 9 || !starts(x, e, ", ", 2)) goto other;
+            p = x + 2;
+        }
+        if (!starts(p, e, "delay=", 6)) goto other;
+        P dl = p + 6, dl_e = field(dl, e);
+        if (!starts(dl_e, e, ", delays=", 9)) goto other;
+        P ds = dl_e + 9, ds_e = field(ds, e);
+        if (!starts(ds_e, e, ", dsn=", 6)) goto other;
+        P dn = ds_e + 6, dn_e = field(dn, e);
+        if (!starts(dn_e, e, ", status=", 9)) goto other;
+        P st = dn_e + 9, st_e = st;
+        while (st_e < e && *st_e != ' ') st_e++;
+        Py_ssize_t sl = st_e - st;
+        if (!((sl == 4 && memcmp(st, "sent", 4) == 0) || (sl == 8 && memcmp(st, "deferred", 8) == 0)
+              || (sl == 7 && memcmp(st, "bounced", 7) == 0)
+              || (sl == 7 && memcmp(st, "expired", 7) == 0)))
+            goto other;
+        P rp = st_e < e ? st_e + 1 : e, rp_e = e;
+        if (rp_e - rp >= 2 && *rp == '(' && rp_e[-1] == ')') rp++, rp_e--;
+        f[0] = str(s, pre + 1);
+        f[1] = str(q, qe);
+        f[2] = str(to, to_e);
+        f[3] = str(ot, ot_e);
+        f[4] = str(rl, rl_e);
+        f[5] = delay_of(dl, dl_e);
+        f[6] = delays_of(ds, ds_e);
+        f[7] = str(dn, dn_e);
+        f[8] = str(st, st_e);
+        f[9] = str(rp, rp_e);
+        return item(1, a, b, 10, f);
+    }
+    if (starts(r, e, "from=<", 6)) {
+        P sd = r + 6, sd_e = sd;
+        while (sd_e < e && *sd_e != '<' && *sd_e != '>' && *sd_e != ',' && *sd_e != ' ') sd_e++;
+        if (!starts(sd_e, e, ">, size=", 8)) goto other;
+        P sz = sd_e + 8, sz_e = digits(sz, e);
+        if (sz_e == sz || !starts(sz_e, e, ", nrcpt=", 8)) goto other;
+        P nr = sz_e + 8, nr_e = digits(nr, e);
+        if (nr_e == nr || e - nr_e != 15 || memcmp(nr_e, " (queue active)", 15) != 0) goto other;
+        f[3] = number(sz, sz_e);
+        f[4] = number(nr, nr_e);
+        if (!f[3] || !f[4]) {
+            Py_XDECREF(f[3]);
+            Py_XDECREF(f[4]);
+            f[3] = f[4] = NULL;
+            goto other;
+        }
+        f[0] = str(s, pre + 1);
+        f[1] = str(q, qe);
+        f[2] = str(sd, sd_e);
+        return item(2, a, b, 5, f);
+    }
+    if (e - r == 7 && memcmp(r, "removed", 7) == 0) {
+        kind = 3;
+    } else if (starts(r, e, "message-id=", 11)) {
+        f[0] = str(s, pre + 1);
+        f[1] = str(q, qe);
+        f[2] = str(r + 11, e);
+        return item(4, a, b, 3, f);
+    } else if (starts(r, e, "client=", 7)) {
+        P c = r + 7;
+        while (c < e && *c != '[' && *c != ',' && !is_space(*c)) c++;
+        if (c < e && *c == '[') {
+            P ip = c + 1, ip_e = ip;
+            while (ip_e < e && *ip_e != ']' && *ip_e != ',') ip_e++;
+            if (ip_e < e && *ip_e == ']') {
+                f[0] = str(s, pre + 1);
+                f[1] = str(q, qe);
+                f[2] = str(ip, ip_e);
+                return item(5, a, b, 3, f);
+            }
+        }
+    }
+other:
+    if (!kind) {
+        /* a notice from bounce: " notification: " anywhere after the queue id */
+        static const char note[] = " notification: ";
+        for (P c = r; e - c >= 15; c++) {
+            c = memchr(c, ' ', e - c);
+            if (!c || e - c < 15) break;
+            if (memcmp(c, note, 15) == 0) {
+                kind = 6;
+                break;
+            }
+        }
+    }
+    if (!kind) return item(0, a, b, 0, f);
+    f[0] = str(s, pre + 1);
+    f[1] = str(q, qe);
+    return item(kind, a, b, 2, f);
+}
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t max_line;
+    if (!PyArg_ParseTuple(args, "y*n", &buf, &max_line)) return NULL;
+    PyObject *out = PyList_New(0);
+    P base = buf.buf, s = base, end = base + buf.len;
+    while (out) {
+        P e = memchr(s, '\n', end - s);
+        if (!e) e = end;
+        PyObject *it = line_item(base, s, e, max_line);
+        if (!it || PyList_Append(out, it) < 0) {
+            Py_XDECREF(it);
+            Py_CLEAR(out);
+            break;
+        }
+        Py_DECREF(it);
+        if (e == end) break;
+        s = e + 1;
+    }
+    PyBuffer_Release(&buf);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS,
+     "scan(block, max_line) -> one item per line of block (see the module's source)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastlog", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__fastlog(void) { return PyModule_Create(&module); }
