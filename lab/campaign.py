@@ -144,6 +144,15 @@ def wait_settled(lab: Lab, bounces_expected: int, timeout: float = 600) -> None:
     wait_until(lab.queue_settled, timeout, "the queue to settle", step=0.25)
     wait_until(lambda: maildir_count(lab) >= bounces_expected, timeout, "DSNs in the Maildir", 0.25)
     wait_until(lab.queue_settled, timeout, "the queue to settle", step=0.25)
+    # Postfix's daemons log through postlogd, which may still be writing the last lines.
+    last_size = -1
+
+    def log_quiet() -> bool:
+        nonlocal last_size
+        previous, last_size = last_size, lab.maillog.stat().st_size
+        return previous == last_size
+
+    wait_until(log_quiet, timeout, "the maillog to stop growing", step=0.3)
 
 
 def run_campaign(
