@@ -154,7 +154,8 @@ def event_of(
         reply_code = reply[:3]  # the usual "250 2.0.0 ...": no regex needed
         usual = True
     else:
-        reply_code = reply_codes(reply)[0]
+        codes = reply_codes(reply)
+        reply_code = codes[0]
         usual = False
     dsn = logged_dsn
     extra: dict[str, str] = {}
@@ -166,7 +167,7 @@ def event_of(
         and reply.startswith(logged_dsn, 4)
         and not reply[4 + len(logged_dsn) : 5 + len(logged_dsn)].isdecimal()
     ):
-        remote_dsn = reply_codes(reply)[1]
+        remote_dsn = (reply_codes(reply) if usual else codes)[1]
         if remote_dsn and remote_dsn != logged_dsn:
             dsn = remote_dsn
             extra["logged_dsn"] = logged_dsn
@@ -287,6 +288,11 @@ class Correlator:
     def _outcome(self, ev: DeliveryEvent, key: tuple[str, str, str], m: _Message | None) -> None:
         """Count the event; remember deferrals so an expiry can name its recipients."""
         self.counts["events." + ev.status] += 1
+        self._track_deferral(ev, key, m)
+
+    def _track_deferral(
+        self, ev: DeliveryEvent, key: tuple[str, str, str], m: _Message | None
+    ) -> None:
         if ev.status == "deferred":
             m = m or self._message(key)
             d = m.deferred
@@ -592,10 +598,11 @@ class Correlator:
         filters = self.content_filters
         prefixes = _PREFIXES
         general = self._general
-        n = delivered = removed = queued = client = message_id = notification = 0
+        delivered = removed = queued = client = message_id = notification = 0
+        outcomes = dict.fromkeys(FINAL, 0)
         # one item per line: (kind, start, end, header, queue id, fields...), see _fastlog.c
-        for it in _scan(data, MAX_LINE):
-            n += 1
+        items = _scan(data, MAX_LINE)
+        for it in items:
             kind = it[0]
             if kind:
                 hit = prefixes.get(it[3])
@@ -642,7 +649,9 @@ class Correlator:
                                 orig_to,
                                 m,
                             )
-                            self._outcome(ev, key, m)
+                            outcomes[status] += 1
+                            if status == "deferred" or (m is not None and m.deferred):
+                                self._track_deferral(ev, key, m)
                             out.append(ev)
                             continue
                     elif kind == 3:
@@ -672,7 +681,10 @@ class Correlator:
                             client += 1
                         continue
             out += general(data[it[1] : it[2]])
-        self.lines += n
+        self.lines += len(items)
+        for status, count in outcomes.items():
+            if count:
+                self.counts["events." + status] += count
         for name, count in (
             ("delivery", delivered),
             ("removed", removed),
