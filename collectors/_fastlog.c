@@ -1,17 +1,19 @@
 /* Postfix log lines -> the fields of their six common shapes, a block of lines at a time.
  *
- * scan(block: bytes) -> list, one item per line ("\n" between lines):
- *   (0, start, end)                                 any other line: the caller's general parser
+ * scan(block: bytes, max_line: int) -> list, one item per line ("\n" between lines):
+ *   (0, start, end)                   any other line: for the caller's general parser
  *   (1, start, end, prefix, qid, to, orig_to, relay, delay, delays, dsn, status, reply)
- *      delay a float (0.0 when not a number), delays a tuple of 4 floats or None
- *   (2, start, end, prefix, qid, sender, size, nrcpt)     qmgr from=<>, size=, nrcpt= (queue active)
- *   (3, start, end, prefix, qid)                          qmgr removed
- *   (4, start, end, prefix, qid, message_id)              cleanup message-id=
- *   (5, start, end, prefix, qid, client_ip)               smtpd client=
- *   (6, start, end, prefix, qid)                          bounce "... notification: ..."
+ *                                     delay a float (0.0 when not a number), delays a tuple
+ *                                     of 4 floats or None, reply without its parentheses
+ *   (2, start, end, prefix, qid, sender, size, nrcpt)   qmgr from=<>, ... (queue active)
+ *   (3, start, end, prefix, qid)                        qmgr removed
+ *   (4, start, end, prefix, qid, message_id)            cleanup message-id=
+ *   (5, start, end, prefix, qid, client_ip)             smtpd client=
+ *   (6, start, end, prefix, qid)                        bounce "... notification: ..."
  * prefix is "Nov 28 17:33:59 host postfix/smtp[123]"; the caller checks the service. Shapes
- * are strict (see maillog._feed_python, the reference): a line with anything unusual (not
- * ASCII, NUL, CR, over max_line bytes, a "," or "<>" inside a field) is item kind 0.
+ * are strict: a line with anything unusual (not ASCII, NUL, CR, over max_line bytes, a "," or
+ * "<>" inside a field) is kind 0. The reference is the general parser (logparse.py): tests
+ * hold the two equal.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -148,12 +150,13 @@ fail:
 }
 
 /* One line [s, e) of the block starting at base -> its item, or NULL with an error set. */
-static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line) {
+static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
     Py_ssize_t a = s - base, b = e - base;
     PyObject *f[10] = {0};
     if (e - s > max_line) return item(0, a, b, 0, f);
-    for (P c = s; c < e; c++)
-        if (*c == 0 || *c == '\r' || *c >= 0x80) return item(0, a, b, 0, f);
+    if (!plain)
+        for (P c = s; c < e; c++)
+            if (*c == 0 || *c == '\r' || *c >= 0x80) return item(0, a, b, 0, f);
     /* the header ends at the first "]", which must be followed by ": " */
     P pre = memchr(s, ']', e - s);
     if (!pre || !starts(pre + 1, e, ": ", 2)) return item(0, a, b, 0, f);
@@ -290,10 +293,14 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*n", &buf, &max_line)) return NULL;
     PyObject *out = PyList_New(0);
     P base = buf.buf, s = base, end = base + buf.len;
+    /* usually the whole block is plain ASCII: then no line needs looking at byte by byte */
+    unsigned char high = 0;
+    for (P c = base; c < end; c++) high |= *c;
+    int plain = high < 0x80 && !memchr(base, 0, buf.len) && !memchr(base, '\r', buf.len);
     while (out) {
         P e = memchr(s, '\n', end - s);
         if (!e) e = end;
-        PyObject *it = line_item(base, s, e, max_line);
+        PyObject *it = line_item(base, s, e, max_line, plain);
         if (!it || PyList_Append(out, it) < 0) {
             Py_XDECREF(it);
             Py_CLEAR(out);

@@ -11,6 +11,7 @@ the same functions below, and a test holds them equal on the lab's logs and the 
 
 from __future__ import annotations
 
+import gc
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
@@ -590,6 +591,19 @@ class Correlator:
             return []
         if _scan is None:
             return list(self.feed_lines(data.split(b"\n")))
+        # one item per line: (kind, start, end, header, queue id, fields...), see _fastlog.c
+        # The loop below makes a few objects per line and keeps none that could form a cycle:
+        # the cycle collector, which would walk the young ones again and again, waits for the
+        # block's end.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._feed_scanned(data, _scan(data, MAX_LINE))
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _feed_scanned(self, data: bytes, items: list[tuple[Any, ...]]) -> list[DeliveryEvent]:
         out: list[DeliveryEvent] = []
         kinds = self.kinds
         messages = self.messages
@@ -600,8 +614,6 @@ class Correlator:
         general = self._general
         delivered = removed = queued = client = message_id = notification = 0
         outcomes = dict.fromkeys(FINAL, 0)
-        # one item per line: (kind, start, end, header, queue id, fields...), see _fastlog.c
-        items = _scan(data, MAX_LINE)
         for it in items:
             kind = it[0]
             if kind:

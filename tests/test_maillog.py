@@ -3,6 +3,7 @@ styles, instance names, the dsn rewrite, content filters, the bounded table, and
 
 from __future__ import annotations
 
+import gc
 import io
 import random
 from datetime import UTC, datetime
@@ -434,6 +435,7 @@ def test_block_road_equals_general_road_on_variants_and_garbage(block_scanner: s
     events, stats = block_road(b"\n".join(lines) + b"\n", maillog.BLOCK)
     assert stats["events.deferred"] >= 3 and stats["content_filter_relays"] >= 1
     assert stats["cut_lines"] >= 1 and stats["records.queued"] >= 1
+    assert gc.isenabled()  # paused for each block only
 
 
 def test_block_road_equals_general_road_on_shapes_it_reads(block_scanner: str) -> None:
@@ -489,6 +491,16 @@ def test_block_road_equals_general_road_on_shapes_it_reads(block_scanner: str) -
         b"Nov 28 17:34:00 mx1 postfix/smtp: " + q + b"removed",
         b"Nov 28 17:34:00 mx1 foo: bar postfix/qmgr[3]: " + q + b"removed",
         b"2026-11-28T17:34:01.000123+01:00 mx2 postfix/qmgr[3]: " + q + b"removed",
+        b"2026-11-28T17:34:01 mx2 postfix/qmgr[3]: " + q + b"removed",
+        b"2026-11-28T17:34:01Z postfix/qmgr[3]: " + q + b"removed",
+        b"Nov 28 17:34:00.123 mx1 postfix/qmgr[3]: " + q + b"removed",
+        b"2026 Nov 28 17:34:00 mx1 postfix/qmgr[3]: " + q + b"removed",
+        b"Nov 28 2026 17:34:00 mx1 postfix/qmgr[3]: " + q + b"removed",
+        b"Nov 28 7:34:00 h postfix/qmgr[3]: " + q + b"removed",
+        b"Nov 28 17:34:00 mx1 sendmail[3]: " + q + b"removed",
+        b"Nov 28 17:34:00 mx1 postfix-bulk1/qmgr[3]: " + q + b"removed",
+        b"Nov 28 17:34:00 mx1 postfix/qmgr[3]:  " + q + b"removed",
+        b"Nov 31 17:34:00 mx1 postfix/qmgr[3]: " + q + b"removed",
         b"Nov 28 17:34:00 mx1 postfix/qmgr[3]: " + q + b"removed",
         b"Nov 28 17:34:00 mx1 postfix/qmgr[3]: " + q + b"removed",
     ]
