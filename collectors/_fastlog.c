@@ -1,4 +1,4 @@
-/* Postfix log lines -> the fields of their six common shapes, a block of lines at a time.
+/* Postfix log lines -> the fields of their seven common shapes, a block of lines at a time.
  *
  * scan(block: bytes, max_line: int) -> list, one item per line ("\n" between lines):
  *   (0, start, end)                   any other line: for the caller's general parser
@@ -10,6 +10,7 @@
  *   (4, start, end, prefix, qid, message_id)            cleanup message-id=
  *   (5, start, end, prefix, qid, client_ip)             smtpd client=
  *   (6, start, end, prefix, qid)                        bounce "... notification: ..."
+ *   (7, start, end, prefix, qid, sender)                qmgr from=<>, status=expired...
  * prefix is "Nov 28 17:33:59 host postfix/smtp[123]"; the caller checks the service. Shapes
  * are strict: a line with anything unusual (not ASCII, NUL, CR, over max_line bytes, a "," or
  * "<>" inside a field) is kind 0. The reference is the general parser (logparse.py): tests
@@ -235,6 +236,12 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
     if (starts(r, e, "from=<", 6)) {
         P sd = r + 6, sd_e = sd;
         while (sd_e < e && *sd_e != '<' && *sd_e != '>' && *sd_e != ',' && *sd_e != ' ') sd_e++;
+        if (starts(sd_e, e, ">, status=expired", 17)) {
+            f[0] = str(s, pre + 1);
+            f[1] = str(q, qe);
+            f[2] = str(sd, sd_e);
+            return item(7, a, b, 3, f);
+        }
         if (!starts(sd_e, e, ">, size=", 8)) goto other;
         P sz = sd_e + 8, sz_e = digits(sz, e);
         if (sz_e == sz || !starts(sz_e, e, ", nrcpt=", 8)) goto other;

@@ -356,6 +356,21 @@ class Correlator:
         return []
 
     def _expired(self, rec: LogRecord, key: tuple[str, str, str]) -> list[DeliveryEvent]:
+        f = rec.fields
+        return self._expire(
+            key, rec.time, rec.node, rec.instance, rec.program, rec.queue_id, f.get("from", "")
+        )
+
+    def _expire(
+        self,
+        key: tuple[str, str, str],
+        time: float,
+        node: str,
+        instance: str,
+        program: str,
+        queue_id: str,
+        sender: str,
+    ) -> list[DeliveryEvent]:
         """qmgr gives up on a message: one event per recipient still deferred in it."""
         m = self.messages.get(key)
         text = "message expired"
@@ -366,11 +381,11 @@ class Correlator:
             domain, relay, dsn, code, reason = last or ("", "", "", "", "")
             out.append(
                 DeliveryEvent(
-                    time=rec.time,
-                    node=rec.node,
-                    instance=rec.instance,
-                    program=rec.program,
-                    queue_id=rec.queue_id,
+                    time=time,
+                    node=node,
+                    instance=instance,
+                    program=program,
+                    queue_id=queue_id,
                     recipient=rcpt,
                     domain=domain,
                     relay=relay,
@@ -382,7 +397,7 @@ class Correlator:
                     scope=verdict.scope,
                     hard=False,
                     delay=0.0,
-                    sender=rec.fields.get("from", ""),
+                    sender=sender,
                     size=m.size if m else None,
                     extra={"last_reason": reason} if reason else {},
                 )
@@ -612,7 +627,7 @@ class Correlator:
         filters = self.content_filters
         prefixes = _PREFIXES
         general = self._general
-        delivered = removed = queued = client = message_id = notification = 0
+        delivered = removed = queued = client = message_id = notification = expired = 0
         outcomes = dict.fromkeys(FINAL, 0)
         for it in items:
             kind = it[0]
@@ -675,6 +690,11 @@ class Correlator:
                         if service == "bounce":
                             notification += 1
                             continue
+                    elif kind == 7:
+                        if service == "qmgr":
+                            expired += 1
+                            out += self._expire(key, t, node, instance, program, it[4], it[5])
+                            continue
                     elif service == ("", "", "qmgr", "", "cleanup", "smtpd")[kind]:
                         m = messages.get(key)
                         if m is None:
@@ -704,6 +724,7 @@ class Correlator:
             ("client", client),
             ("message_id", message_id),
             ("notification", notification),
+            ("expired", expired),
         ):
             if count:
                 kinds[name] += count

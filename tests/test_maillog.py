@@ -461,6 +461,12 @@ def test_block_road_equals_general_road_on_shapes_it_reads(block_scanner: str) -
         head + b"bounce[7]: " + q + b"postmaster non-delivery notification: 0F1E",
         head + b"smtp[7]: " + q + b"postmaster non-delivery notification: 0F1E",
         head + b"smtp[7]: " + q + b"removed",
+        head + b"smtp[9]: " + q + b"to=<d@x>, relay=r, delay=1, delays=1/0/0/0, dsn=4.2.2, "
+        b"status=deferred (452 4.2.2 full)",
+        head + b"qmgr[3]: " + q + b"from=<s@ours>, status=expired, returned to sender",
+        head + b"qmgr[3]: " + q + b"from=<>, status=expired, returned to sender",
+        head + b"qmgr[3]: " + q + b"from=<a b@x>, status=expired, returned to sender",
+        head + b"smtp[3]: " + q + b"from=<s@ours>, status=expired, returned to sender",
         head + b"qmgr[7]: " + q + b"to=<a@x>, relay=none, delay=1, delays=1/0/0/0, dsn=4.3.0, "
         b"status=deferred (mail transport unavailable)",
         head + b"smtp[9]: " + q + b"to=<a@x>, orig_to=b@x, relay=r, conn_use=12, delay=, "
