@@ -115,6 +115,7 @@ static PyObject *delays_of(P s, P e) {
         PyTuple_SET_ITEM(t, i, f);
         s = x + 1;
     }
+    PyObject_GC_UnTrack(t); /* floats only: the collector need not look at it */
     return t;
 none:
     Py_DECREF(t);
