@@ -1,12 +1,15 @@
 """Postfix log -> delivery events: parse (collectors.logparse), correlate by queue id, follow.
 
-The agent reads lines with LogFollower, feeds them to one Correlator and gets DeliveryEvents;
-`mailpulse logs parse|report` do the same over files or stdin.
+The agent reads blocks of whole lines with LogFollower.read_blocks, feeds them to one
+Correlator (feed_block) and gets DeliveryEvents; `mailpulse logs parse|report` do the same over
+files or stdin (feed_stream).
 
-Speed: `Correlator.feed_lines` reads the six line shapes that make most of a busy log
-(qmgr from=/removed, cleanup message-id, smtpd client=, bounce notices, delivery status) in
-one loop of str methods, and hands every other line to the general parser. Both roads end in
-the same functions below, and a test holds them equal on the lab's logs and the grok corpus.
+Speed: the shapes that make most of a busy log (qmgr from=/removed/expired, cleanup
+message-id, smtpd client=, bounce notices, delivery status) are read by the C scanner
+(_fastlog.c) a block at a time, or, where it is not built, by `feed_lines`, one loop of str
+methods per line. Every other line goes to the general parser. All roads end in the same
+functions below, and tests hold them equal to the general parser on the lab's logs, the grok
+corpus and garbage.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from mailpulse.bounce.classify import classify
-from mailpulse.collectors.follower import JournalFollower, LogFollower
+from mailpulse.collectors.follower import BLOCK, JournalFollower, LogFollower
 from mailpulse.collectors.logparse import (
     _HEADERS,
     DELIVERY_SERVICES,
@@ -57,7 +60,6 @@ try:  # the C scanner for blocks of lines; without it, blocks go through feed_li
     from mailpulse.collectors._fastlog import scan as _scan
 except ImportError:  # pragma: no cover - a build without a C compiler
     _scan = None
-BLOCK = 1 << 20
 
 
 @dataclass(slots=True)
