@@ -14,7 +14,6 @@ corpus and garbage.
 
 from __future__ import annotations
 
-import gc
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
@@ -609,16 +608,7 @@ class Correlator:
         if _scan is None:
             return list(self.feed_lines(data.split(b"\n")))
         # one item per line: (kind, start, end, header, queue id, fields...), see _fastlog.c
-        # The loop below makes a few objects per line and keeps none that could form a cycle:
-        # the cycle collector, which would walk the young ones again and again, waits for the
-        # block's end.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            return self._feed_scanned(data, _scan(data, MAX_LINE))
-        finally:
-            if collecting:
-                gc.enable()
+        return self._feed_scanned(data, _scan(data, MAX_LINE))
 
     def _feed_scanned(self, data: bytes, items: list[tuple[Any, ...]]) -> list[DeliveryEvent]:
         out: list[DeliveryEvent] = []
