@@ -1,6 +1,7 @@
 /* Postfix log lines -> the fields of their seven common shapes, a block of lines at a time.
  *
- * scan(block: bytes, max_line: int) -> list, one item per line ("\n" between lines):
+ * scan(block: bytes, max_line: int[, end: int]) -> list, one item per line of block[:end]
+ * ("\n" between lines):
  *   (0, start, end)                   any other line: for the caller's general parser
  *   (1, start, end, prefix, qid, to, orig_to, relay, delay, delays, dsn, status, reply)
  *                                     delay a float (0.0 when not a number), delays a tuple
@@ -303,10 +304,11 @@ other:
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    Py_ssize_t max_line;
-    if (!PyArg_ParseTuple(args, "y*n", &buf, &max_line)) return NULL;
+    Py_ssize_t max_line, n = -1;
+    if (!PyArg_ParseTuple(args, "y*n|n", &buf, &max_line, &n)) return NULL;
+    if (n < 0 || n > buf.len) n = buf.len;
     PyObject *out = PyList_New(0);
-    P base = buf.buf, s = base, end = base + buf.len;
+    P base = buf.buf, s = base, end = base + n;
     /* usually the whole block is plain ASCII: then no line needs looking at byte by byte */
     uint64_t high = 0, word;
     P c = base;
@@ -315,8 +317,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         high |= word;
     }
     for (; c < end; c++) high |= *c;
-    int plain = !(high & 0x8080808080808080ULL) && !memchr(base, 0, buf.len)
-                && !memchr(base, '\r', buf.len);
+    int plain = !(high & 0x8080808080808080ULL) && !memchr(base, 0, n) && !memchr(base, '\r', n);
     while (out) {
         P e = memchr(s, '\n', end - s);
         if (!e) e = end;
@@ -336,7 +337,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(block, max_line) -> one item per line of block (see the module's source)"},
+     "scan(block, max_line[, end]) -> one item per line of block[:end] (see the source)"},
     {NULL, NULL, 0, NULL},
 };
 

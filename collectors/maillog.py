@@ -591,24 +591,26 @@ class Correlator:
         rest = b""
         while chunk := read(block):
             data = rest + chunk if rest else chunk
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                yield from self.feed_block(data[:cut])
-            rest = data[cut:]
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                yield from self._feed_lines_of(data, cut)
+            rest = data[cut + 1 :]
         if rest:
-            yield from self.feed_block(rest)
+            yield from self._feed_lines_of(rest, len(rest))
 
     def feed_block(self, data: bytes) -> list[DeliveryEvent]:
         """Every delivery event in a block of whole lines ("\n" after each; the last one may
         lack it): the same as feed_line on each line, several times faster."""
-        if data[-1:] == b"\n":
-            data = data[:-1]
-        elif not data:
+        if not data:
             return []
+        return self._feed_lines_of(data, len(data) - 1 if data[-1:] == b"\n" else len(data))
+
+    def _feed_lines_of(self, data: bytes, end: int) -> list[DeliveryEvent]:
+        """The lines of data[:end] ("\n" between them), without copying them out."""
         if _scan is None:
-            return list(self.feed_lines(data.split(b"\n")))
+            return list(self.feed_lines(data[:end].split(b"\n")))
         # one item per line: (kind, start, end, header, queue id, fields...), see _fastlog.c
-        return self._feed_scanned(data, _scan(data, MAX_LINE))
+        return self._feed_scanned(data, _scan(data, MAX_LINE, end))
 
     def _feed_scanned(self, data: bytes, items: list[tuple[Any, ...]]) -> list[DeliveryEvent]:
         out: list[DeliveryEvent] = []
