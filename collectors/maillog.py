@@ -1,12 +1,15 @@
 """Postfix log -> delivery events: parse (collectors.logparse), correlate by queue id, follow.
 
-The agent reads lines with LogFollower, feeds them to one Correlator and gets DeliveryEvents;
-`mailpulse logs parse|report` do the same over files or stdin.
+The agent reads blocks of whole lines with LogFollower.read_blocks, feeds them to one
+Correlator (feed_block) and gets DeliveryEvents; `mailpulse logs parse|report` do the same over
+files or stdin (feed_stream).
 
-Speed: `Correlator.feed_lines` reads the six line shapes that make most of a busy log
-(qmgr from=/removed, cleanup message-id, smtpd client=, bounce notices, delivery status) in
-one loop of str methods, and hands every other line to the general parser. Both roads end in
-the same functions below, and a test holds them equal on the lab's logs and the grok corpus.
+Speed: the shapes that make most of a busy log (qmgr from=/removed/expired, cleanup
+message-id, smtpd client=, bounce notices, delivery status) are read by the C scanner
+(_fastlog.c) a block at a time, or, where it is not built, by `feed_lines`, one loop of str
+methods per line. Every other line goes to the general parser. All roads end in the same
+functions below, and tests hold them equal to the general parser on the lab's logs, the grok
+corpus and garbage.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from mailpulse.bounce.classify import classify
-from mailpulse.collectors.follower import JournalFollower, LogFollower
+from mailpulse.collectors.follower import BLOCK, JournalFollower, LogFollower
 from mailpulse.collectors.logparse import (
     _HEADERS,
     DELIVERY_SERVICES,
@@ -56,7 +59,6 @@ try:  # the C scanner for blocks of lines; without it, blocks go through feed_li
     from mailpulse.collectors._fastlog import scan as _scan
 except ImportError:  # pragma: no cover - a build without a C compiler
     _scan = None
-BLOCK = 1 << 20
 
 
 @dataclass(slots=True)
@@ -154,7 +156,8 @@ def event_of(
         reply_code = reply[:3]  # the usual "250 2.0.0 ...": no regex needed
         usual = True
     else:
-        reply_code = reply_codes(reply)[0]
+        codes = reply_codes(reply)
+        reply_code = codes[0]
         usual = False
     dsn = logged_dsn
     extra: dict[str, str] = {}
@@ -166,7 +169,7 @@ def event_of(
         and reply.startswith(logged_dsn, 4)
         and not reply[4 + len(logged_dsn) : 5 + len(logged_dsn)].isdecimal()
     ):
-        remote_dsn = reply_codes(reply)[1]
+        remote_dsn = (reply_codes(reply) if usual else codes)[1]
         if remote_dsn and remote_dsn != logged_dsn:
             dsn = remote_dsn
             extra["logged_dsn"] = logged_dsn
@@ -287,6 +290,11 @@ class Correlator:
     def _outcome(self, ev: DeliveryEvent, key: tuple[str, str, str], m: _Message | None) -> None:
         """Count the event; remember deferrals so an expiry can name its recipients."""
         self.counts["events." + ev.status] += 1
+        self._track_deferral(ev, key, m)
+
+    def _track_deferral(
+        self, ev: DeliveryEvent, key: tuple[str, str, str], m: _Message | None
+    ) -> None:
         if ev.status == "deferred":
             m = m or self._message(key)
             d = m.deferred
@@ -349,6 +357,21 @@ class Correlator:
         return []
 
     def _expired(self, rec: LogRecord, key: tuple[str, str, str]) -> list[DeliveryEvent]:
+        f = rec.fields
+        return self._expire(
+            key, rec.time, rec.node, rec.instance, rec.program, rec.queue_id, f.get("from", "")
+        )
+
+    def _expire(
+        self,
+        key: tuple[str, str, str],
+        time: float,
+        node: str,
+        instance: str,
+        program: str,
+        queue_id: str,
+        sender: str,
+    ) -> list[DeliveryEvent]:
         """qmgr gives up on a message: one event per recipient still deferred in it."""
         m = self.messages.get(key)
         text = "message expired"
@@ -359,11 +382,11 @@ class Correlator:
             domain, relay, dsn, code, reason = last or ("", "", "", "", "")
             out.append(
                 DeliveryEvent(
-                    time=rec.time,
-                    node=rec.node,
-                    instance=rec.instance,
-                    program=rec.program,
-                    queue_id=rec.queue_id,
+                    time=time,
+                    node=node,
+                    instance=instance,
+                    program=program,
+                    queue_id=queue_id,
                     recipient=rcpt,
                     domain=domain,
                     relay=relay,
@@ -375,7 +398,7 @@ class Correlator:
                     scope=verdict.scope,
                     hard=False,
                     delay=0.0,
-                    sender=rec.fields.get("from", ""),
+                    sender=sender,
                     size=m.size if m else None,
                     extra={"last_reason": reason} if reason else {},
                 )
@@ -568,22 +591,28 @@ class Correlator:
         rest = b""
         while chunk := read(block):
             data = rest + chunk if rest else chunk
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                yield from self.feed_block(data[:cut])
-            rest = data[cut:]
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                yield from self._feed_lines_of(data, cut)
+            rest = data[cut + 1 :]
         if rest:
-            yield from self.feed_block(rest)
+            yield from self._feed_lines_of(rest, len(rest))
 
     def feed_block(self, data: bytes) -> list[DeliveryEvent]:
         """Every delivery event in a block of whole lines ("\n" after each; the last one may
         lack it): the same as feed_line on each line, several times faster."""
-        if data[-1:] == b"\n":
-            data = data[:-1]
-        elif not data:
+        if not data:
             return []
+        return self._feed_lines_of(data, len(data) - 1 if data[-1:] == b"\n" else len(data))
+
+    def _feed_lines_of(self, data: bytes, end: int) -> list[DeliveryEvent]:
+        """The lines of data[:end] ("\n" between them), without copying them out."""
         if _scan is None:
-            return list(self.feed_lines(data.split(b"\n")))
+            return list(self.feed_lines(data[:end].split(b"\n")))
+        # one item per line: (kind, start, end, header, queue id, fields...), see _fastlog.c
+        return self._feed_scanned(data, _scan(data, MAX_LINE, end))
+
+    def _feed_scanned(self, data: bytes, items: list[tuple[Any, ...]]) -> list[DeliveryEvent]:
         out: list[DeliveryEvent] = []
         kinds = self.kinds
         messages = self.messages
@@ -592,10 +621,9 @@ class Correlator:
         filters = self.content_filters
         prefixes = _PREFIXES
         general = self._general
-        n = delivered = removed = queued = client = message_id = notification = 0
-        # one item per line: (kind, start, end, header, queue id, fields...), see _fastlog.c
-        for it in _scan(data, MAX_LINE):
-            n += 1
+        delivered = removed = queued = client = message_id = notification = expired = 0
+        outcomes = dict.fromkeys(FINAL, 0)
+        for it in items:
             kind = it[0]
             if kind:
                 hit = prefixes.get(it[3])
@@ -642,7 +670,9 @@ class Correlator:
                                 orig_to,
                                 m,
                             )
-                            self._outcome(ev, key, m)
+                            outcomes[status] += 1
+                            if status == "deferred" or (m is not None and m.deferred):
+                                self._track_deferral(ev, key, m)
                             out.append(ev)
                             continue
                     elif kind == 3:
@@ -653,6 +683,11 @@ class Correlator:
                     elif kind == 6:
                         if service == "bounce":
                             notification += 1
+                            continue
+                    elif kind == 7:
+                        if service == "qmgr":
+                            expired += 1
+                            out += self._expire(key, t, node, instance, program, it[4], it[5])
                             continue
                     elif service == ("", "", "qmgr", "", "cleanup", "smtpd")[kind]:
                         m = messages.get(key)
@@ -672,7 +707,10 @@ class Correlator:
                             client += 1
                         continue
             out += general(data[it[1] : it[2]])
-        self.lines += n
+        self.lines += len(items)
+        for status, count in outcomes.items():
+            if count:
+                self.counts["events." + status] += count
         for name, count in (
             ("delivery", delivered),
             ("removed", removed),
@@ -680,6 +718,7 @@ class Correlator:
             ("client", client),
             ("message_id", message_id),
             ("notification", notification),
+            ("expired", expired),
         ):
             if count:
                 kinds[name] += count

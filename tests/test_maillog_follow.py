@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from mailpulse.collectors.maillog import (
     Correlator,
     JournalFollower,
@@ -63,11 +64,27 @@ class Writer:
         self.next += n
 
 
+ROAD = {"road": "lines"}
+
+
+@pytest.fixture(params=["lines", "blocks"])
+def road(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test twice: read_lines into feed_lines, then read_blocks into feed_block."""
+    ROAD["road"] = request.param
+    yield request.param
+    ROAD["road"] = "lines"
+
+
 def drain(follower: LogFollower, c: Correlator, got: Counter[str], max_bytes: int | None = None):
-    for ev in events_from_lines(follower.read_lines(max_bytes), c):
+    if ROAD["road"] == "blocks":
+        events = (ev for block in follower.read_blocks(max_bytes) for ev in c.feed_block(block))
+    else:
+        events = events_from_lines(follower.read_lines(max_bytes), c)
+    for ev in events:
         got[ev.status] += 1
 
 
+@pytest.mark.usefixtures("road")
 def test_rename_and_create_rotation_finishes_the_old_file_first(tmp_path: Path) -> None:
     log = tmp_path / "maillog"
     w = Writer(log)
@@ -86,6 +103,7 @@ def test_rename_and_create_rotation_finishes_the_old_file_first(tmp_path: Path) 
     assert f.stats["rotations"] == 1
 
 
+@pytest.mark.usefixtures("road")
 def test_copytruncate_rotation_reads_the_copy_then_the_new_start(tmp_path: Path) -> None:
     log = tmp_path / "maillog"
     w = Writer(log)
@@ -103,6 +121,7 @@ def test_copytruncate_rotation_reads_the_copy_then_the_new_start(tmp_path: Path)
     assert f.stats["truncations"] == 1
 
 
+@pytest.mark.usefixtures("road")
 def test_restart_in_the_middle_of_a_line(tmp_path: Path) -> None:
     log, cp = tmp_path / "maillog", tmp_path / "cp.json"
     w = Writer(log)
@@ -123,6 +142,7 @@ def test_restart_in_the_middle_of_a_line(tmp_path: Path) -> None:
     assert got == w.expected and sum(got.values()) == 31
 
 
+@pytest.mark.usefixtures("road")
 def test_checkpoint_survives_rotation_while_stopped(tmp_path: Path) -> None:
     log, cp = tmp_path / "maillog", tmp_path / "cp.json"
     w = Writer(log)
@@ -155,7 +175,11 @@ c = Correlator()
 while True:
     counts = Counter(f.state.get("counts", {}))
     n = 0
-    for ev in events_from_lines(f.read_lines(max_bytes=3000), c):
+    if sys.argv[4] == "blocks":
+        events = [ev for block in f.read_blocks(max_bytes=3000) for ev in c.feed_block(block)]
+    else:
+        events = list(events_from_lines(f.read_lines(max_bytes=3000), c))
+    for ev in events:
         counts[ev.status] += 1
         n += 1
     if n == 0:
@@ -166,7 +190,7 @@ print("done", flush=True)
 """
 
 
-def test_kill_9_between_checkpoints_loses_and_repeats_nothing(tmp_path: Path) -> None:
+def test_kill_9_between_checkpoints_loses_and_repeats_nothing(tmp_path: Path, road: str) -> None:
     log, cp = tmp_path / "maillog", tmp_path / "cp.json"
     w = Writer(log)
     w.write(400)
@@ -174,7 +198,9 @@ def test_kill_9_between_checkpoints_loses_and_repeats_nothing(tmp_path: Path) ->
     script.write_text(READER)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     for _ in range(3):  # three kills at whatever point the reader has reached
-        p = subprocess.Popen([sys.executable, str(script), str(log), str(cp), "0.02"], env=env)
+        p = subprocess.Popen(
+            [sys.executable, str(script), str(log), str(cp), "0.02", road], env=env
+        )
         deadline = time.monotonic() + 60
         first = cp.stat().st_mtime_ns if cp.exists() else 0
         while time.monotonic() < deadline:
@@ -186,7 +212,10 @@ def test_kill_9_between_checkpoints_loses_and_repeats_nothing(tmp_path: Path) ->
         p.wait()
         w.write(30)  # the log keeps growing while the reader is dead
     done = subprocess.run(
-        [sys.executable, str(script), str(log), str(cp), "0"], env=env, timeout=120, check=True
+        [sys.executable, str(script), str(log), str(cp), "0", road],
+        env=env,
+        timeout=120,
+        check=True,
     )
     assert done.returncode == 0
     counts = json.loads(cp.read_text())["state"]["counts"]
