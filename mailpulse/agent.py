@@ -245,8 +245,13 @@ class LogPipeline(threading.Thread):
     def _batch(self, follower: Any, correlator: Any) -> int:
         before = correlator.lines
         limit = self.cfg.log_read_bytes if self.source else self.cfg.log_read_bytes // 200
-        for ev in correlator.feed_lines(follower.read_lines(limit)):
-            self.accounting.apply(ev)
+        if self.source:  # a file: whole-line blocks through the block scanner
+            for block in follower.read_blocks(limit):
+                for ev in correlator.feed_block(block):
+                    self.accounting.apply(ev)
+        else:  # the journal hands over one entry at a time
+            for ev in correlator.feed_lines(follower.read_lines(limit)):
+                self.accounting.apply(ev)
         n: int = correlator.lines - before
         if n == 0:
             return 0
