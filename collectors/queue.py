@@ -273,8 +273,8 @@ class QueueSampler:
                 if not self._deferrals[k]:
                     del self._deferrals[k]
 
-    def _put(self, qid: str, shape: _Shape, ctime_ns: int, arrival: int, size: int) -> None:
-        self._drop(qid)
+    def _ref(self, shape: _Shape) -> int:
+        """The index of a shape, shared by every message that has it."""
         sid = self._shape_ids.get(shape)
         if sid is None:
             if self._free_ids:
@@ -286,7 +286,17 @@ class QueueSampler:
                 self._shape_refs.append(0)
             self._shape_ids[shape] = sid
         self._shape_refs[sid] += 1
-        self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, sid)
+        return sid
+
+    def _unref(self, sid: int) -> None:
+        self._shape_refs[sid] -= 1
+        if not self._shape_refs[sid]:
+            del self._shape_ids[self._shapes[sid]]
+            self._free_ids.append(sid)
+
+    def _put(self, qid: str, shape: _Shape, ctime_ns: int, arrival: int, size: int) -> None:
+        self._drop(qid)
+        self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, self._ref(shape))
         self._apply(shape, arrival, size, +1)
         if shape[4] and shape[4][0][0][1] == PENDING:  # all of a shape's classes are, or none
             self._pending[qid] = None
@@ -297,12 +307,8 @@ class QueueSampler:
             return
         self._pending.pop(qid, None)
         _ctime, arrival, size, sid = _ENTRY.unpack(entry)
-        shape = self._shapes[sid]
-        self._apply(shape, arrival, size, -1)
-        self._shape_refs[sid] -= 1
-        if not self._shape_refs[sid]:
-            del self._shape_ids[shape]
-            self._free_ids.append(sid)
+        self._apply(self._shapes[sid], arrival, size, -1)
+        self._unref(sid)
 
     def _queue_of(self, qid: str) -> str | None:
         entry = self._cache.get(qid)
@@ -429,6 +435,9 @@ class QueueSampler:
         the message next enters the active queue, so a log changes only after its queue file
         was re-listed or changed its ctime, and was therefore re-read and made pending again."""
         batch = list(itertools.islice(self._pending, self.defer_logs_per_sample))
+        # (pending shape, its classes) -> the shape with them: bulk mail shares a few
+        known: dict[tuple[int, tuple[tuple[tuple[str, str], int], ...]], _Shape] = {}
+        totals = self._deferrals
         for i, qid in enumerate(batch):
             if deadline is not None and i % 64 == 63 and time.monotonic() > deadline:
                 return True
@@ -438,17 +447,38 @@ class QueueSampler:
                 text = self._read_small(self._defer_log_path(qid, shape[1]))
             except OSError:  # none (e.g. requeued by postsuper -r) or unreadable: "other"
                 text = ""
-            self._put(
-                qid, self._with_reasons(shape, parse_defer_log(text)), ctime_ns, arrival, size
-            )
+            classes = self._classes(shape[4], parse_defer_log(text))
+            new = known.get((sid, classes))
+            if new is None:
+                new = known[(sid, classes)] = (*shape[:4], classes, shape[5])
+            # Only the deferral counts move: the message's cells and totals stay as they are.
+            self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, self._ref(new))
+            self._unref(sid)
+            del self._pending[qid]
+            for k, n in shape[4]:
+                totals[k] -= n
+                if not totals[k]:
+                    del totals[k]
+            for k, n in classes:
+                totals[k] += n
         return False
 
-    def _with_reasons(self, shape: _Shape, entries: list[DeferEntry]) -> _Shape:
-        """A pending shape with its recipients' classes; recipients without a logged reason
-        count as "other". A defer log names only its own message's recipients, so matching an
-        entry to a recipient's domain group is matching it to the recipient."""
+    def _classes(
+        self, pending: tuple[tuple[tuple[str, str], int], ...], entries: list[DeferEntry]
+    ) -> tuple[tuple[tuple[str, str], int], ...]:
+        """A message's recipients by (group, class), from its pending counts and its defer log;
+        recipients without a logged reason count as "other". A defer log names only its own
+        message's recipients, so matching an entry to a recipient's domain group is matching
+        it to the recipient."""
+        if len(pending) == 1 and pending[0][1] == 1:  # one recipient: its last logged word
+            group = pending[0][0][0]
+            klass = "other"
+            for e in entries:
+                if self._group(qshape_domain(e.recipient)) == group:
+                    klass = _deferral_class_of(e)
+            return (((group, klass), 1),)
         left: Counter[str] = Counter()
-        for (group, _pending), n in shape[4]:
+        for (group, _pending), n in pending:
             left[group] += n
         deferrals: Counter[tuple[str, str]] = Counter()
         for e in {e.recipient: e for e in entries}.values():  # the last word per recipient
@@ -459,7 +489,7 @@ class QueueSampler:
         for group, n in left.items():
             if n:
                 deferrals[(group, "other")] += n
-        return (*shape[:4], tuple(deferrals.items()), shape[5])
+        return tuple(deferrals.items())
 
     def _defer_log_path(self, qid: str, directory: str) -> str:
         """defer/ is hashed like deferred/ (Postfix's default hash_queue_names)."""
