@@ -209,7 +209,7 @@ class QueueSampler:
         huge_queue: int = 2_000_000,  # beyond this many files: count them, do not read them
         top_domains: int = 100,
         revalidate_every: int = 10,
-        defer_logs_per_sample: int = 25_000,  # deferred messages whose reasons one sample reads
+        defer_logs_per_sample: int = 50_000,  # deferred messages whose reasons one sample reads
     ) -> None:
         self.config_dir = config_dir
         self.instance = instance
