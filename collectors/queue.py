@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import itertools
 import json
 import os
 import re
@@ -26,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -176,6 +175,12 @@ _Shape = tuple[
     str, str, tuple[tuple[str, str, int], ...], int, tuple[tuple[tuple[str, str], int], ...], str
 ]
 
+
+def _is_pending(shape: _Shape) -> bool:
+    """A deferred message whose reasons are not read (all of a shape's classes are, or none)."""
+    return bool(shape[4]) and shape[4][0][0][1] == PENDING
+
+
 # Per message, 28 bytes: ctime (changes when Postfix renames the file, retries it or marks
 # recipients done), arrival, size, and the index of its shape.
 _ENTRY = struct.Struct("=qqqI")
@@ -243,8 +248,11 @@ class QueueSampler:
         self._errors: Counter[str] = Counter()  # unreadable files in the cache, by kind
         self._dirs: dict[str, _Dir] = {}
         self._not_ready: dict[str, tuple[str, str]] = {}  # qid -> (queue, directory)
-        # Deferred messages whose reasons are not read yet, oldest first (read in that order).
-        self._pending: dict[str, None] = {}
+        # Deferred messages whose reasons are not read yet, in the order they came (read in
+        # that order); a queue id gone or read since is skipped when its turn comes.
+        self._pending: deque[str] = deque()
+        self._pending_count = 0
+        self._warm = False  # a first sample was made: later ones read reasons too
 
     # -- aggregates ------------------------------------------------------------------------
     def _apply(self, shape: _Shape, arrival: int, size: int, sign: int) -> None:
@@ -298,17 +306,19 @@ class QueueSampler:
         self._drop(qid)
         self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, self._ref(shape))
         self._apply(shape, arrival, size, +1)
-        if shape[4] and shape[4][0][0][1] == PENDING:  # all of a shape's classes are, or none
-            self._pending[qid] = None
+        if _is_pending(shape):
+            self._pending.append(qid)
+            self._pending_count += 1
 
     def _drop(self, qid: str) -> None:
         entry = self._cache.pop(qid, None)
         if entry is None:
             return
-        self._pending.pop(qid, None)
         _ctime, arrival, size, sid = _ENTRY.unpack(entry)
-        self._apply(self._shapes[sid], arrival, size, -1)
+        shape = self._shapes[sid]
+        self._apply(shape, arrival, size, -1)
         self._unref(sid)
+        self._pending_count -= _is_pending(shape)
 
     def _queue_of(self, qid: str) -> str | None:
         entry = self._cache.get(qid)
@@ -383,7 +393,7 @@ class QueueSampler:
         being written, and one turn of files whose ctime moved (a retry, recipients delivered:
         what a directory listing cannot show)."""
         self._samples += 1
-        cold = not self._cache  # a first sample: queue files only, reasons from the next one
+        cold = not self._warm  # a first sample: queue files only, reasons from the next one
         todo: list[tuple[str, str, Iterable[str]]] = []  # (queue, directory, queue ids)
         gone: list[tuple[str, str]] = []  # (qid, queue)
         for q in QUEUE_NAMES:
@@ -426,6 +436,7 @@ class QueueSampler:
                     self._read_file(qid, q, directory, errors)
         if not cold and not late:
             late = self._read_reasons(deadline)
+        self._warm = self._warm or not late
         errors.update(+self._errors)
         return not late, None
 
@@ -434,15 +445,21 @@ class QueueSampler:
         first; True when the deadline cut it short. Postfix removes a message's defer log when
         the message next enters the active queue, so a log changes only after its queue file
         was re-listed or changed its ctime, and was therefore re-read and made pending again."""
-        batch = list(itertools.islice(self._pending, self.defer_logs_per_sample))
         # (pending shape, its classes) -> the shape with them: bulk mail shares a few
         known: dict[tuple[int, tuple[tuple[tuple[str, str], int], ...]], _Shape] = {}
-        totals = self._deferrals
-        for i, qid in enumerate(batch):
+        totals, pending = self._deferrals, self._pending
+        for i in range(self.defer_logs_per_sample):
             if deadline is not None and i % 64 == 63 and time.monotonic() > deadline:
                 return True
-            ctime_ns, arrival, size, sid = _ENTRY.unpack(self._cache[qid])
-            shape = self._shapes[sid]
+            shape = None
+            while pending and shape is None:
+                qid = pending.popleft()
+                entry = self._cache.get(qid)
+                if entry is not None:
+                    ctime_ns, arrival, size, sid = _ENTRY.unpack(entry)
+                    shape = self._shapes[sid] if _is_pending(self._shapes[sid]) else None
+            if shape is None:
+                break  # every reason is read
             try:
                 text = self._read_small(self._defer_log_path(qid, shape[1]))
             except OSError:  # none (e.g. requeued by postsuper -r) or unreadable: "other"
@@ -454,7 +471,7 @@ class QueueSampler:
             # Only the deferral counts move: the message's cells and totals stay as they are.
             self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, self._ref(new))
             self._unref(sid)
-            del self._pending[qid]
+            self._pending_count -= 1
             for k, n in shape[4]:
                 totals[k] -= n
                 if not totals[k]:
@@ -612,7 +629,7 @@ class QueueSampler:
         snap.domain_shape = _top_domains(raw, self.top_domains)
         snap.deferral_classes = dict(self._deferrals)
         deferred = self._queue_totals["deferred"][0]
-        snap.deferral_coverage = (deferred - len(self._pending)) / deferred if deferred else 1.0
+        snap.deferral_coverage = (deferred - self._pending_count) / deferred if deferred else 1.0
         snap.duration_s = time.monotonic() - started
         return snap
 

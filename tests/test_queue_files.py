@@ -393,6 +393,18 @@ def test_reasons_are_read_after_the_queue_files_a_budget_per_sample(tmp_path: Pa
     expected[("gmail", "mailboxfull")] += 1
     assert again.deferral_classes == {k: n for k, n in expected.items() if n}
 
+    # A sampler that has seen its queue empty reads the reasons of new mail at once.
+    quiet = tmp_path / "quiet"
+    (quiet / "deferred").mkdir(parents=True)
+    watcher = QueueSampler(queue_dir=quiet, source="spool")
+    assert watcher.sample().deferral_coverage == 1.0
+    put(quiet, "deferred", qid, queue_file(now - 600, "s@bounces.lab.test", ["u0-0@gmail.com"]))
+    (quiet / "defer" / qid[0]).mkdir(parents=True)
+    (quiet / "defer" / qid[0] / qid).write_text(defer_entry("u0-0@gmail.com", *answers[2][:2]))
+    arrived = watcher.sample()
+    assert arrived.deferral_coverage == 1.0
+    assert arrived.deferral_classes == {("gmail", "greylisting"): 1}
+
 
 def showq_stream(*messages: list[tuple[str, str]]) -> bytes:
     out = b"protocol\0mail_queue_list_protocol\0\0"
