@@ -6,14 +6,15 @@ access to the public/ directory). From the spool, sampling is incremental: a que
 arrival time, sender and recipients do not change while it sits in a queue, so a sample lists
 only the directories whose mtime moved, reads only the queue ids new in them (a queue id
 encodes the file's inode), re-checks one turn of known files by ctime (a retry or a delivered
-recipient changes it), and adjusts running totals for what came and went.
+recipient changes it), and adjusts running totals for what came and went. Why deferred mail
+waits (the defer logs) is read after the queue files, a bounded number of messages per sample
+and none in a first sample, so the first view of a big queue costs what qshape's does.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
-import contextlib
 import json
 import os
 import re
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -54,7 +55,9 @@ DEFERRAL_CLASSES = (
     "blocklisted",
     "mailboxfull",
     "other",
+    "pending",  # reasons not read yet (QueueSnapshot.deferral_coverage says how many are)
 )
+PENDING = "pending"
 _REASON_CLASS = {
     "networkerror": "connection",
     "hostunknown": "dns",
@@ -172,6 +175,12 @@ _Shape = tuple[
     str, str, tuple[tuple[str, str, int], ...], int, tuple[tuple[tuple[str, str], int], ...], str
 ]
 
+
+def _is_pending(shape: _Shape) -> bool:
+    """A deferred message whose reasons are not read (all of a shape's classes are, or none)."""
+    return bool(shape[4]) and shape[4][0][0][1] == PENDING
+
+
 # Per message, 28 bytes: ctime (changes when Postfix renames the file, retries it or marks
 # recipients done), arrival, size, and the index of its shape.
 _ENTRY = struct.Struct("=qqqI")
@@ -205,6 +214,7 @@ class QueueSampler:
         huge_queue: int = 2_000_000,  # beyond this many files: count them, do not read them
         top_domains: int = 100,
         revalidate_every: int = 10,
+        defer_logs_per_sample: int = 50_000,  # deferred messages whose reasons one sample reads
     ) -> None:
         self.config_dir = config_dir
         self.instance = instance
@@ -215,6 +225,7 @@ class QueueSampler:
         self.huge_queue = huge_queue
         self.top_domains = top_domains
         self.revalidate_every = max(1, revalidate_every)
+        self.defer_logs_per_sample = max(1, defer_logs_per_sample)
         self.files_read = 0  # queue files opened since this sampler was made
         self._samples = 0
         self._group_of: dict[str, str] = {}
@@ -237,6 +248,11 @@ class QueueSampler:
         self._errors: Counter[str] = Counter()  # unreadable files in the cache, by kind
         self._dirs: dict[str, _Dir] = {}
         self._not_ready: dict[str, tuple[str, str]] = {}  # qid -> (queue, directory)
+        # Deferred messages whose reasons are not read yet, in the order they came (read in
+        # that order); a queue id gone or read since is skipped when its turn comes.
+        self._pending: deque[str] = deque()
+        self._pending_count = 0
+        self._warm = False  # a first sample was made: later ones read reasons too
 
     # -- aggregates ------------------------------------------------------------------------
     def _apply(self, shape: _Shape, arrival: int, size: int, sign: int) -> None:
@@ -265,8 +281,8 @@ class QueueSampler:
                 if not self._deferrals[k]:
                     del self._deferrals[k]
 
-    def _put(self, qid: str, shape: _Shape, ctime_ns: int, arrival: int, size: int) -> None:
-        self._drop(qid)
+    def _ref(self, shape: _Shape) -> int:
+        """The index of a shape, shared by every message that has it."""
         sid = self._shape_ids.get(shape)
         if sid is None:
             if self._free_ids:
@@ -278,8 +294,21 @@ class QueueSampler:
                 self._shape_refs.append(0)
             self._shape_ids[shape] = sid
         self._shape_refs[sid] += 1
-        self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, sid)
+        return sid
+
+    def _unref(self, sid: int) -> None:
+        self._shape_refs[sid] -= 1
+        if not self._shape_refs[sid]:
+            del self._shape_ids[self._shapes[sid]]
+            self._free_ids.append(sid)
+
+    def _put(self, qid: str, shape: _Shape, ctime_ns: int, arrival: int, size: int) -> None:
+        self._drop(qid)
+        self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, self._ref(shape))
         self._apply(shape, arrival, size, +1)
+        if _is_pending(shape):
+            self._pending.append(qid)
+            self._pending_count += 1
 
     def _drop(self, qid: str) -> None:
         entry = self._cache.pop(qid, None)
@@ -288,10 +317,8 @@ class QueueSampler:
         _ctime, arrival, size, sid = _ENTRY.unpack(entry)
         shape = self._shapes[sid]
         self._apply(shape, arrival, size, -1)
-        self._shape_refs[sid] -= 1
-        if not self._shape_refs[sid]:
-            del self._shape_ids[shape]
-            self._free_ids.append(sid)
+        self._unref(sid)
+        self._pending_count -= _is_pending(shape)
 
     def _queue_of(self, qid: str) -> str | None:
         entry = self._cache.get(qid)
@@ -309,15 +336,17 @@ class QueueSampler:
         directory: str,
         sender: str,
         recipients: tuple[str, ...],
-        reasons: dict[str, DeferEntry],
+        reasons: dict[str, DeferEntry] | None,
     ) -> _Shape:
+        """reasons None: not read yet, every deferred recipient counts as pending."""
         sender_domain = qshape_domain(sender)
         if len(recipients) == 1:  # bulk mail: most messages, without the general machinery
             d = qshape_domain(recipients[0])
             deferred: tuple[tuple[tuple[str, str], int], ...] = ()
             if queue == "deferred":
-                e = reasons.get(recipients[0])
-                klass = _deferral_class_of(e)
+                klass = (
+                    PENDING if reasons is None else _deferral_class_of(reasons.get(recipients[0]))
+                )
                 deferred = (((self._group(d), klass), 1),)
             counts: tuple[tuple[str, str, int], ...] = (
                 ("sender", sender_domain, 1),
@@ -328,8 +357,7 @@ class QueueSampler:
         deferrals: Counter[tuple[str, str]] = Counter()
         if queue == "deferred":
             for r, d in zip(recipients, domains, strict=True):
-                e = reasons.get(r)
-                klass = _deferral_class_of(e)
+                klass = PENDING if reasons is None else _deferral_class_of(reasons.get(r))
                 deferrals[(self._group(d), klass)] += 1
         n = len(recipients)
         counts = (("sender", sender_domain, n),) + tuple(
@@ -365,6 +393,7 @@ class QueueSampler:
         being written, and one turn of files whose ctime moved (a retry, recipients delivered:
         what a directory listing cannot show)."""
         self._samples += 1
+        cold = not self._warm  # a first sample: queue files only, reasons from the next one
         todo: list[tuple[str, str, Iterable[str]]] = []  # (queue, directory, queue ids)
         gone: list[tuple[str, str]] = []  # (qid, queue)
         for q in QUEUE_NAMES:
@@ -405,8 +434,79 @@ class QueueSampler:
                     self._not_ready[qid] = (q, directory)
                 else:
                     self._read_file(qid, q, directory, errors)
+        if not cold and not late:
+            late = self._read_reasons(deadline)
+        self._warm = self._warm or not late
         errors.update(+self._errors)
         return not late, None
+
+    def _read_reasons(self, deadline: float | None) -> bool:
+        """Read the defer logs of up to defer_logs_per_sample pending messages, oldest pending
+        first; True when the deadline cut it short. Postfix removes a message's defer log when
+        the message next enters the active queue, so a log changes only after its queue file
+        was re-listed or changed its ctime, and was therefore re-read and made pending again."""
+        # (pending shape, its classes) -> the shape with them: bulk mail shares a few
+        known: dict[tuple[int, tuple[tuple[tuple[str, str], int], ...]], _Shape] = {}
+        totals, pending = self._deferrals, self._pending
+        for i in range(self.defer_logs_per_sample):
+            if deadline is not None and i % 64 == 63 and time.monotonic() > deadline:
+                return True
+            shape = None
+            while pending and shape is None:
+                qid = pending.popleft()
+                entry = self._cache.get(qid)
+                if entry is not None:
+                    ctime_ns, arrival, size, sid = _ENTRY.unpack(entry)
+                    shape = self._shapes[sid] if _is_pending(self._shapes[sid]) else None
+            if shape is None:
+                break  # every reason is read
+            try:
+                text = self._read_small(self._defer_log_path(qid, shape[1]))
+            except OSError:  # none (e.g. requeued by postsuper -r) or unreadable: "other"
+                text = ""
+            classes = self._classes(shape[4], parse_defer_log(text))
+            new = known.get((sid, classes))
+            if new is None:
+                new = known[(sid, classes)] = (*shape[:4], classes, shape[5])
+            # Only the deferral counts move: the message's cells and totals stay as they are.
+            self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, self._ref(new))
+            self._unref(sid)
+            self._pending_count -= 1
+            for k, n in shape[4]:
+                totals[k] -= n
+                if not totals[k]:
+                    del totals[k]
+            for k, n in classes:
+                totals[k] += n
+        return False
+
+    def _classes(
+        self, pending: tuple[tuple[tuple[str, str], int], ...], entries: list[DeferEntry]
+    ) -> tuple[tuple[tuple[str, str], int], ...]:
+        """A message's recipients by (group, class), from its pending counts and its defer log;
+        recipients without a logged reason count as "other". A defer log names only its own
+        message's recipients, so matching an entry to a recipient's domain group is matching
+        it to the recipient."""
+        if len(pending) == 1 and pending[0][1] == 1:  # one recipient: its last logged word
+            group = pending[0][0][0]
+            klass = "other"
+            for e in entries:
+                if self._group(qshape_domain(e.recipient)) == group:
+                    klass = _deferral_class_of(e)
+            return (((group, klass), 1),)
+        left: Counter[str] = Counter()
+        for (group, _pending), n in pending:
+            left[group] += n
+        deferrals: Counter[tuple[str, str]] = Counter()
+        for e in {e.recipient: e for e in entries}.values():  # the last word per recipient
+            group = self._group(qshape_domain(e.recipient))
+            if left[group] > 0:
+                left[group] -= 1
+                deferrals[(group, _deferral_class_of(e))] += 1
+        for group, n in left.items():
+            if n:
+                deferrals[(group, "other")] += n
+        return tuple(deferrals.items())
 
     def _defer_log_path(self, qid: str, directory: str) -> str:
         """defer/ is hashed like deferred/ (Postfix's default hash_queue_names)."""
@@ -458,12 +558,7 @@ class QueueSampler:
             return
         finally:
             os.close(fd)
-        reasons: dict[str, DeferEntry] = {}
-        if queue == "deferred":
-            with contextlib.suppress(OSError):
-                text = self._read_small(self._defer_log_path(qid, directory))
-                reasons = {e.recipient: e for e in parse_defer_log(text)}
-        shape = self._shape(queue, directory, env.sender, env.recipients, reasons)
+        shape = self._shape(queue, directory, env.sender, env.recipients, None)
         self._put(qid, shape, st.st_ctime_ns, env.arrival, env.size)
 
     def _read_small(self, path: str) -> str:
@@ -512,6 +607,7 @@ class QueueSampler:
         )
         if counted is not None:  # a huge queue: depth and bytes only
             snap.queues = {q: QueueStats(messages=n, bytes=b) for q, (n, b) in counted.items()}
+            snap.deferral_coverage = 0.0 if counted["deferred"][0] else 1.0
             snap.duration_s = time.monotonic() - started
             return snap
         oldest: dict[str, int] = {}
@@ -532,6 +628,8 @@ class QueueSampler:
         snap.shape = {k: (v[0], v[1]) for k, v in shape.items()}
         snap.domain_shape = _top_domains(raw, self.top_domains)
         snap.deferral_classes = dict(self._deferrals)
+        deferred = self._queue_totals["deferred"][0]
+        snap.deferral_coverage = (deferred - self._pending_count) / deferred if deferred else 1.0
         snap.duration_s = time.monotonic() - started
         return snap
 
@@ -786,6 +884,7 @@ def snapshot_to_json(snap: QueueSnapshot) -> dict[str, object]:
         "taken_at": snap.taken_at,
         "duration_s": snap.duration_s,
         "complete": snap.complete,
+        "deferral_coverage": snap.deferral_coverage,
         "age_edges_min": list(snap.age_edges_min),
         "bucket_labels": bucket_labels(snap.age_edges_min),
         "queues": {
@@ -844,7 +943,12 @@ def format_table(snap: QueueSnapshot, kind: str = "recipient") -> str:
             cells = "".join(str(n).rjust(w) for n, w in zip(row, widths, strict=True))
             lines.append(d.rjust(width) + cells)
     if snap.deferral_classes:
-        lines.append("\nwhy deferred mail waits (recipients):")
+        read = f", reasons read for {snap.deferral_coverage:.0%} of messages"
+        lines.append(
+            "\nwhy deferred mail waits (recipients"
+            + (read if snap.deferral_coverage < 1.0 else "")
+            + "):"
+        )
         for (g, c), n in sorted(snap.deferral_classes.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {g:>12} {c:<12} {n}")
     if snap.errors:
@@ -866,6 +970,13 @@ def main(args: argparse.Namespace) -> int:
         )
         try:
             snap = sampler.sample()
+            # A first sample reads queue files only: go on until every reason is read, or
+            # until a sample reads none (new deferred mail arriving as fast as it is read).
+            while snap.deferral_coverage < 1.0:
+                coverage = snap.deferral_coverage
+                snap = sampler.sample()
+                if snap.deferral_coverage <= coverage:
+                    break
         except OSError as e:
             print(f"mailpulse queue: {inst.name}: {e}", file=sys.stderr)
             status = 1

@@ -73,7 +73,12 @@ class QueueSnapshot:
     # bucket i holds ages below age_edges_min[i], the last index (len(edges)) the older ones.
     shape: dict[tuple[str, str, str, int], tuple[int, int]] = field(default_factory=dict)
     # (domain group, deferral class) -> deferred recipients
+    # Reasons are read after the queue files, a bounded number per sample: recipients whose
+    # reasons are not read yet count under the class "pending", so the classes still sum to the
+    # deferred recipients.
     deferral_classes: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Deferred messages whose reasons are read / deferred messages (1.0 with none deferred).
+    deferral_coverage: float = 1.0
     # read problems, counted and skipped: "vanished", "truncated", "garbage", ...
     errors: dict[str, int] = field(default_factory=dict)
     complete: bool = True  # False when a huge queue fell back to counting or a deadline hit

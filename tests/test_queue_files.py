@@ -29,6 +29,7 @@ from mailpulse.collectors.queue import (
     samplers_for_host,
 )
 
+from mailpulse.domains import DEFAULT_GROUPS
 from tests.conftest import require_programs
 
 EDGES_S = [e * 60 for e in (5, 10, 20, 40, 80, 160, 320, 640, 1280)]
@@ -321,6 +322,88 @@ def test_defer_log_and_deferral_classes() -> None:
         )
         == "connection"
     )
+
+
+def defer_entry(recipient: str, status: str, reason: str) -> str:
+    return (
+        f"recipient={recipient}\noffset=100\nstatus={status}\naction=delayed\nreason={reason}\n\n"
+    )
+
+
+def test_reasons_are_read_after_the_queue_files_a_budget_per_sample(tmp_path: Path) -> None:
+    spool, now = tmp_path / "spool", int(time.time())
+    answers = [  # (status, reason Postfix logged, the class it means)
+        ("4.4.1", "connect to 127.0.0.10[127.0.0.10]:25: Connection refused", "connection"),
+        (
+            "4.2.2",
+            "host mx said: 452 4.2.2 Mailbox full (in reply to RCPT TO command)",
+            "mailboxfull",
+        ),
+        ("4.7.1", "host mx said: 450 4.7.1 Greylisted, try again later", "greylisting"),
+    ]
+    domains = ["gmail.com", "yahoo.com", "lab.test"]
+    expected: Counter[tuple[str, str]] = Counter()
+    for n in range(50):
+        qid = f"{n:05X}D1E2F"
+        rcpts = [f"u{n}-{k}@{domains[(n + k) % 3]}" for k in range(1 + n % 2)]
+        put(spool, "deferred", qid, queue_file(now - 600, "s@bounces.lab.test", rcpts))
+        logged = rcpts[:1] if n % 10 == 3 else rcpts  # the second recipient has no reason
+        text = ""
+        for k, r in enumerate(logged):
+            status, reason, klass = answers[(n + k) % 3]
+            text += defer_entry(r, status, reason)
+        for r in rcpts:
+            klass = answers[(n + rcpts.index(r)) % 3][2] if r in logged else "other"
+            if n in (7, 17):  # bad input: a defer log missing, one that is garbage
+                klass = "other"
+            expected[(DEFAULT_GROUPS.group(r.split("@")[1]), klass)] += 1
+        if n == 7:
+            continue
+        if n == 17:
+            text = "\x00\x01 not a defer log\n"
+        d = spool / "defer" / qid[0]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / qid).write_text(text)
+    recipients = sum(expected.values())
+
+    sampler = QueueSampler(queue_dir=spool, source="spool", defer_logs_per_sample=20)
+    first = sampler.sample()  # the queue files only, as qshape reads them
+    assert first.queues["deferred"].messages == 50 and first.deferral_coverage == 0.0
+    assert {c for _g, c in first.deferral_classes} == {"pending"}
+    assert sum(first.deferral_classes.values()) == recipients
+    coverages = [first.deferral_coverage]
+    for _ in range(3):
+        snap = sampler.sample()
+        coverages.append(snap.deferral_coverage)
+        assert sum(snap.deferral_classes.values()) == recipients
+    assert coverages == [0.0, 0.4, 0.8, 1.0]
+    assert snap.deferral_classes == dict(expected)
+    assert not snap.errors
+
+    # A retry: the queue file is rewritten (new ctime) with a new defer log; its reasons are
+    # pending again until the next reading, then say the new answer.
+    qid = f"{0:05X}D1E2F"
+    time.sleep(0.01)
+    put(spool, "deferred", qid, queue_file(now - 600, "s@bounces.lab.test", ["u0-0@gmail.com"]))
+    (spool / "defer" / qid[0] / qid).write_text(defer_entry("u0-0@gmail.com", *answers[1][:2]))
+    sampler.revalidate_every = 1  # every known file re-checked by ctime in this sample
+    again = sampler.sample()
+    assert again.deferral_coverage == 1.0
+    expected[("gmail", "connection")] -= 1
+    expected[("gmail", "mailboxfull")] += 1
+    assert again.deferral_classes == {k: n for k, n in expected.items() if n}
+
+    # A sampler that has seen its queue empty reads the reasons of new mail at once.
+    quiet = tmp_path / "quiet"
+    (quiet / "deferred").mkdir(parents=True)
+    watcher = QueueSampler(queue_dir=quiet, source="spool")
+    assert watcher.sample().deferral_coverage == 1.0
+    put(quiet, "deferred", qid, queue_file(now - 600, "s@bounces.lab.test", ["u0-0@gmail.com"]))
+    (quiet / "defer" / qid[0]).mkdir(parents=True)
+    (quiet / "defer" / qid[0] / qid).write_text(defer_entry("u0-0@gmail.com", *answers[2][:2]))
+    arrived = watcher.sample()
+    assert arrived.deferral_coverage == 1.0
+    assert arrived.deferral_classes == {("gmail", "greylisting"): 1}
 
 
 def showq_stream(*messages: list[tuple[str, str]]) -> bytes:

@@ -71,6 +71,15 @@ def stable_sample(lab: Lab, sampler: QueueSampler, *qshape_args: str) -> tuple[Q
     raise AssertionError("the queue never held still for qshape")
 
 
+def sample_until_covered(sampler: QueueSampler) -> list[QueueSnapshot]:
+    """Samples until every deferred message's reasons are read (a first sample reads none)."""
+    snaps = [sampler.sample()]
+    while snaps[-1].deferral_coverage < 1.0:
+        assert len(snaps) < 50, [s.deferral_coverage for s in snaps]
+        snaps.append(sampler.sample())
+    return snaps
+
+
 @pytest.mark.lab
 @pytest.mark.slow
 def test_deferred_queue_equals_qshape_postqueue_and_plan(lab: Lab) -> None:
@@ -100,8 +109,12 @@ def test_deferred_queue_equals_qshape_postqueue_and_plan(lab: Lab) -> None:
     oldest = now - min(m["arrival_time"] for m in listed)
     assert abs(snap.queues["deferred"].oldest_age_s - oldest) <= 5
 
-    # Nothing got through: every recipient waits because the connection was refused.
+    # Nothing got through: every recipient waits because the connection was refused. The
+    # first sample read queue files only; the next ones read the reasons.
     expected = Counter((DEFAULT_GROUPS.group(p.domain), "connection") for p in plan)
+    assert snap.deferral_coverage == 0.0
+    assert snap.deferral_classes == {(g, "pending"): n for (g, _c), n in expected.items()}
+    snap = sample_until_covered(sampler)[-1]
     assert snap.deferral_classes == dict(expected)
 
     # The showq service (what postqueue -j reads) tells the same story.
@@ -131,8 +144,15 @@ def test_deferral_classes_match_what_the_remote_answered(lab: Lab) -> None:
     plan, _ = run_campaign(lab, 1500, "answers", seed=23)
     deferred = [p for p in plan if p.status == "deferred"]
     assert {p.kind for p in deferred} == set(KIND_CLASS)
-    snap = QueueSampler(lab.etc, instance=lab.instance).sample()
+    # A budget small enough that reading every reason takes several samples.
+    sampler = QueueSampler(lab.etc, instance=lab.instance, defer_logs_per_sample=100)
+    snaps = sample_until_covered(sampler)
     expected = Counter((DEFAULT_GROUPS.group(p.domain), KIND_CLASS[p.kind]) for p in deferred)
+    coverages = [s.deferral_coverage for s in snaps]
+    assert coverages[0] == 0.0 and 0.0 < coverages[1] < 1.0 and coverages == sorted(coverages)
+    for s in snaps:  # read or pending, every deferred recipient is counted once
+        assert sum(s.deferral_classes.values()) == len(deferred)
+    snap = snaps[-1]
     assert snap.deferral_classes == dict(expected)
     listed = postqueue_json(lab)
     assert snap.queues["deferred"].messages == len(deferred) == len(listed)
