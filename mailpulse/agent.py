@@ -316,8 +316,9 @@ def queue_series(snap: QueueSnapshot) -> dict[SeriesKey, float]:
         age = f"lt{edges[bucket]}m" if bucket < len(edges) else f"ge{edges[-1]}m"
         key = ("mailpulse_queue_shape_messages", (inst, q, group, age))
         out[key] = out.get(key, 0) + messages
-    for (group, reason), n in snap.deferral_classes.items():
-        out[("mailpulse_queue_deferred_recipients", (inst, group, reason))] = n
+    for (group, deferral_class), n in snap.deferral_classes.items():
+        out[("mailpulse_queue_deferred_recipients", (inst, group, deferral_class))] = n
+    out[("mailpulse_queue_deferral_coverage_ratio", (inst,))] = snap.deferral_coverage
     for kind, n in snap.errors.items():
         out[("mailpulse_queue_read_errors", (inst, kind))] = n
     out[("mailpulse_queue_sample_complete", (inst,))] = 1.0 if snap.complete else 0.0

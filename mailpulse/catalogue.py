@@ -133,8 +133,15 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(
         "mailpulse_queue_deferred_recipients",
         GAUGE,
-        "Deferred recipients by domain group and deferral reason.",
-        ("instance", "domain_group", "reason"),
+        "Deferred recipients by domain group and why they wait (deferral class; 'pending'"
+        " until the sampler has read their defer log).",
+        ("instance", "domain_group", "class"),
+    ),
+    Metric(
+        "mailpulse_queue_deferral_coverage_ratio",
+        GAUGE,
+        "Share of deferred messages whose deferral reasons the sampler has read (1: all).",
+        ("instance",),
     ),
     Metric(
         "mailpulse_queue_read_errors",

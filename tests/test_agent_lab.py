@@ -138,6 +138,26 @@ def test_prometheus_sees_the_plan_through_a_kill_9(lab: Lab, tmp_path: Path) -> 
             )
 
         wait_for(lambda: queue_gauge(scrape(port)) == deferred_files, 60, "the queue sample")
+        # Once every defer log is read, why mail waits is what the remote MX was told to say.
+        answered = {"full": "mailboxfull", "grey": "greylisting", "ratelimit": "ratelimit"}
+        want_classes = Counter(
+            answered[p.kind] for p in first + result["plan"] if p.status == "deferred"
+        )
+
+        def deferral_classes(samples: dict[Series, float]) -> Counter[str]:
+            out: Counter[str] = Counter()
+            for (name, labels), v in samples.items():
+                if name == "mailpulse_queue_deferred_recipients" and v:
+                    out[dict(labels)["class"]] += int(v)
+            return out
+
+        wait_for(lambda: deferral_classes(scrape(port)) == want_classes, 60, "the deferral classes")
+        coverage = [
+            v
+            for (name, _), v in scrape(port).items()
+            if name == "mailpulse_queue_deferral_coverage_ratio"
+        ]
+        assert coverage == [1.0]
         up = {
             dict(labels)["source"]: v
             for (name, labels), v in scrape(port).items()
