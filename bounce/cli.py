@@ -70,6 +70,8 @@ def run_parse(args: argparse.Namespace) -> int:
                     continue
                 for r in records:
                     print(json.dumps(r, ensure_ascii=False) if args.json else _line(r))
+        except BrokenPipeError:
+            raise  # our reader went away, not the input: the command line ends quietly
         except OSError as e:
             print(f"mailpulse: {path}: {e}", file=sys.stderr)
             status = EX_TEMPFAIL
