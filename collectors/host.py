@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from mailpulse.config import Instance
+from mailpulse.postfix import Instance
 
 SeriesKey = tuple[str, tuple[str, ...]]
 
@@ -95,7 +95,7 @@ class HostSampler:
         masters = {}
         for inst in self.instances:
             with contextlib.suppress(OSError):
-                st = os.statvfs(inst.queue_directory)
+                st = os.statvfs(inst.queue_dir)
                 fs = (
                     ("size", st.f_blocks * st.f_frsize),
                     ("free", st.f_bfree * st.f_frsize),
@@ -105,7 +105,7 @@ class HostSampler:
                     out[("mailpulse_spool_filesystem_bytes", (inst.name, kind))] = float(v)
                 out[("mailpulse_spool_filesystem_inodes", (inst.name, "total"))] = float(st.f_files)
                 out[("mailpulse_spool_filesystem_inodes", (inst.name, "free"))] = float(st.f_ffree)
-            pid = master_pid(inst.queue_directory)
+            pid = master_pid(inst.queue_dir)
             if pid is not None:
                 masters[pid] = inst.name
             for service, limit in self.limits.get(inst.name, {}).items():

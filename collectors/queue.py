@@ -21,7 +21,6 @@ import re
 import socket
 import stat
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ from mailpulse.collectors.qfile import (
 
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import DEFAULT_AGE_EDGES_MIN, QUEUE_NAMES, QueueSnapshot, QueueStats
+from mailpulse.postfix import PostconfError, discover_instances, instance_at
 
 OTHER_DOMAINS = "(other)"
 
@@ -118,44 +118,6 @@ def _deferral_class_of(entry: DeferEntry | None) -> str:
 # -- Postfix instances ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PostfixInstance:
-    name: str  # syslog_name, the label logs and queue samples share
-    config_dir: Path | None  # None: Postfix's default
-    queue_dir: Path
-
-
-def postconf(config_dir: Path | None, *names: str) -> dict[str, str]:
-    argv = ["postconf", "-x"]  # -x: values with $names expanded
-    if config_dir is not None:
-        argv += ["-c", str(config_dir)]
-    out = subprocess.run(
-        [*argv, *names], capture_output=True, text=True, timeout=30, check=True
-    ).stdout
-    values = {}
-    for line in out.splitlines():
-        name, sep, value = line.partition(" = ")
-        if sep:
-            values[name.strip()] = value.strip()
-    return values
-
-
-def _instance(config_dir: Path | None) -> PostfixInstance:
-    cf = postconf(config_dir, "syslog_name", "queue_directory")
-    return PostfixInstance(cf["syslog_name"], config_dir, Path(cf["queue_directory"]))
-
-
-def discover_instances(config_dir: Path | None = None) -> list[PostfixInstance]:
-    """config_dir's instance and those postmulti runs beside it (multi_instance_directories)."""
-    main = _instance(config_dir)
-    extra = postconf(config_dir, "multi_instance_directories").get("multi_instance_directories")
-    found = [main]
-    for d in re.split(r"[\s,]+", extra or ""):
-        if d:
-            found.append(_instance(Path(d)))
-    return found
-
-
 def samplers_for_host(config_dir: Path | None = None, **options: object) -> list[QueueSampler]:
     """One sampler per Postfix instance found from config_dir, labelled with its syslog_name."""
     return [
@@ -220,7 +182,7 @@ class QueueSampler:
         self.instance = instance
         self.age_edges_min = tuple(age_edges_min)
         self.groups = groups
-        self.queue_dir = queue_dir or _instance(config_dir).queue_dir
+        self.queue_dir = queue_dir or instance_at(config_dir).queue_dir
         self.source = source
         self.huge_queue = huge_queue
         self.top_domains = top_domains
@@ -960,7 +922,7 @@ def main(args: argparse.Namespace) -> int:
     """`mailpulse queue`: every instance found from the Postfix config directory."""
     try:
         instances = discover_instances(args.postfix_config)
-    except (OSError, subprocess.SubprocessError) as e:
+    except PostconfError as e:
         print(f"mailpulse queue: cannot read Postfix's configuration: {e}", file=sys.stderr)
         return 1
     status = 0

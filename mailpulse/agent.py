@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from mailpulse import __version__, catalogue
-from mailpulse.config import AgentCheckConfig, Config, Instance
+from mailpulse.config import AgentCheckConfig, Config
 from mailpulse.domains import OTHER, DomainGroups
 from mailpulse.events import DeliveryEvent, QueueSnapshot
+from mailpulse.postfix import Instance
 from mailpulse.state import SeriesKey, State
 
 log = logging.getLogger("mailpulse.agent")
@@ -281,7 +282,7 @@ class QueueWatch:
                     inst.config_dir,
                     instance=inst.name,
                     groups=groups,
-                    queue_dir=inst.queue_directory,
+                    queue_dir=inst.queue_dir,
                 ),
                 cfg.queue_interval_s,
             )
@@ -540,7 +541,7 @@ def run(cfg: Config, instances: list[Instance], log_sources: list[Path] | None) 
 def main(args: Any) -> int:
     """The `agent` command."""
 
-    from mailpulse.config import ConfigError, discover_instances, load_config
+    from mailpulse.config import ConfigError, instances_to_watch, load_config
     from mailpulse.config import log_sources as find_log_sources
     from mailpulse.exporters.prometheus import WebConfigError, load_web_config
 
@@ -559,7 +560,7 @@ def main(args: Any) -> int:
 
             cfg = replace(cfg, **overrides)
         load_web_config(cfg.web_config_file)
-        instances = discover_instances(cfg)
+        instances = instances_to_watch(cfg)
         sources = find_log_sources(cfg, instances)
     except (ConfigError, WebConfigError) as e:
         print(f"mailpulse agent: {e}", file=sys.stderr)
@@ -568,7 +569,7 @@ def main(args: Any) -> int:
         print(f"config ok: {cfg.source or 'defaults'}")
         print(f"node {cfg.node}, role {cfg.role}, listen {cfg.listen}, state {cfg.state_dir}")
         for inst in instances:
-            print(f"instance {inst.name}: {inst.config_dir}, queue {inst.queue_directory}")
+            print(f"instance {inst.name}: {inst.config_dir}, queue {inst.queue_dir}")
         print("logs: " + (", ".join(map(str, sources)) if sources else "the journal"))
         return 0
     return run(cfg, instances, sources)

@@ -9,13 +9,15 @@ when readable, else through showq (postqueue -j).
 
 from __future__ import annotations
 
+import contextlib
 import socket
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mailpulse.postfix import Instance, PostconfError, discover_instances, instance_at
 
 DEFAULT_CONFIG_FILE = Path("/etc/mailpulse/mailpulse.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/mailpulse")
@@ -26,16 +28,6 @@ ROLES = ("bulk", "transactional")
 
 class ConfigError(Exception):
     """A setting is wrong; the message names the file and the key."""
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One Postfix instance the agent watches."""
-
-    name: str  # syslog_name: "postfix", "postfix-bulk1"
-    config_dir: Path
-    queue_directory: Path
-    maillog_file: Path | None  # None: the instance logs through syslog
 
 
 @dataclass(frozen=True)
@@ -253,39 +245,15 @@ def load_config(path: Path | None) -> Config:
 
 
 # -- discovery on the node ----------------------------------------------------------------------
-def postconf(config_dir: Path, *names: str) -> dict[str, str]:
-    """Values of main.cf parameters, as Postfix itself resolves them (defaults included)."""
-    r = subprocess.run(
-        ["postconf", "-c", str(config_dir), *names],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if r.returncode != 0:
-        raise ConfigError(f"postconf -c {config_dir}: {r.stderr.strip() or r.returncode}")
-    out = {}
-    for line in r.stdout.splitlines():
-        k, sep, v = line.partition(" = ")
-        if sep:
-            out[k.strip()] = v.strip()
-    return out
-
-
 def postmulti_config_dirs() -> list[Path]:
-    """Config directories of every Postfix instance postmulti knows, enabled ones only."""
-    try:
-        r = subprocess.run(["postmulti", "-l"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    dirs = []
-    for line in r.stdout.splitlines():
-        fields = line.split()  # name group enabled config_directory
-        if len(fields) == 4 and fields[2] == "y":
-            dirs.append(Path(fields[3]))
-    return dirs
+    """Config directories of the instances postmulti manages beside the default one."""
+    with contextlib.suppress(PostconfError):
+        return [i.config_dir or DEFAULT_POSTFIX_CONFIG_DIR for i in discover_instances(None)]
+    return []
 
 
-def discover_instances(config: Config) -> list[Instance]:
+def instances_to_watch(config: Config) -> list[Instance]:
+    """postfix.config_dirs, else the instances postmulti manages, else /etc/postfix."""
     dirs = list(
         config.postfix_config_dirs or postmulti_config_dirs() or [DEFAULT_POSTFIX_CONFIG_DIR]
     )
@@ -295,16 +263,10 @@ def discover_instances(config: Config) -> list[Instance]:
             raise ConfigError(
                 f"{config.source or '<defaults>'}: postfix.config_dirs: no main.cf in {d}"
             )
-        p = postconf(d, "syslog_name", "queue_directory", "maillog_file")
-        maillog = p.get("maillog_file", "")
-        instances.append(
-            Instance(
-                name=p.get("syslog_name", "postfix"),
-                config_dir=d,
-                queue_directory=Path(p.get("queue_directory", "/var/spool/postfix")),
-                maillog_file=Path(maillog) if maillog else None,
-            )
-        )
+        try:
+            instances.append(instance_at(d))
+        except PostconfError as e:
+            raise ConfigError(f"{config.source or '<defaults>'}: postfix.config_dirs: {e}") from e
     return instances
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lab.postfix import free_port
 from mailpulse.agent import Agent, stats_series
-from mailpulse.config import discover_instances, parse_config
+from mailpulse.config import instances_to_watch, parse_config
 from tests.agent_support import scrape, wait_for
 from tests.conftest import require_programs
 
@@ -48,7 +48,7 @@ def test_bad_lines_are_counted_and_a_missing_spool_shows_down(tmp_path: Path) ->
             "queue": {"interval": 0.5},
         }
     )
-    agent = Agent(cfg, discover_instances(cfg), [log])
+    agent = Agent(cfg, instances_to_watch(cfg), [log])
     agent.start()
     port = agent.http.address[1]
     try:

@@ -177,10 +177,10 @@ def test_host_sampler_sees_the_lab_postfix_processes_and_limits(lab) -> None:  #
 
     from mailpulse.collectors.host import HostSampler
 
-    from mailpulse.config import discover_instances
+    from mailpulse.config import instances_to_watch
 
     cfg = Config(postfix_config_dirs=(lab.etc,))
-    sample = HostSampler(discover_instances(cfg)).sample()
+    sample = HostSampler(instances_to_watch(cfg)).sample()
     # The lab's master.cf: qmgr and pickup have 1 process each; smtp takes the default limit.
     assert sample[("mailpulse_postfix_processes", ("postfix", "qmgr"))] == 1
     assert sample[("mailpulse_postfix_processes", ("postfix", "pickup"))] == 1

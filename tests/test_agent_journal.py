@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lab.postfix import free_port
 from mailpulse.agent import Agent
-from mailpulse.config import discover_instances, parse_config
+from mailpulse.config import instances_to_watch, parse_config
 from tests.agent_support import scrape, wait_for
 from tests.conftest import require_programs
 
@@ -65,7 +65,7 @@ def test_journal_source_counts_each_entry_once_across_a_restart(tmp_path: Path) 
         )
         return lines, sent
 
-    agent = Agent(cfg, discover_instances(cfg), None)
+    agent = Agent(cfg, instances_to_watch(cfg), None)
     agent.start()
     try:
         port = agent.http.address[1]
@@ -74,7 +74,7 @@ def test_journal_source_counts_each_entry_once_across_a_restart(tmp_path: Path) 
         agent.stop()
 
     write_journal(journal / "b.journal", 30, 12)  # logged while the agent was down
-    again = Agent(cfg, discover_instances(cfg), None)
+    again = Agent(cfg, instances_to_watch(cfg), None)
     again.start()
     try:
         port = again.http.address[1]

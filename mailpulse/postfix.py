@@ -1,0 +1,62 @@
+"""The Postfix instances on this host, as Postfix's own postconf describes them.
+
+One place for what the agent, the queue collector and the command line need to know about an
+instance: its syslog_name (the label logs and queue samples share), its config and queue
+directories, and its maillog_file when it logs there rather than through syslog.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class PostconfError(RuntimeError):
+    """postconf could not read an instance's configuration; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str  # syslog_name: "postfix", "postfix-bulk1"
+    config_dir: Path | None  # None: Postfix's default
+    queue_dir: Path
+    maillog_file: Path | None  # None: the instance logs through syslog
+
+
+def postconf(config_dir: Path | None, *names: str) -> dict[str, str]:
+    """main.cf parameters as Postfix resolves them: defaults included, $names expanded."""
+    argv = ["postconf", "-x"]
+    if config_dir is not None:
+        argv += ["-c", str(config_dir)]
+    try:
+        r = subprocess.run([*argv, *names], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise PostconfError(f"{' '.join(argv)}: {e}") from e
+    if r.returncode != 0:
+        raise PostconfError(f"{' '.join(argv)}: {r.stderr.strip() or r.returncode}")
+    values = {}
+    for line in r.stdout.splitlines():
+        name, sep, value = line.partition(" = ")
+        if sep:
+            values[name.strip()] = value.strip()
+    return values
+
+
+def instance_at(config_dir: Path | None) -> Instance:
+    cf = postconf(config_dir, "syslog_name", "queue_directory", "maillog_file")
+    maillog = cf.get("maillog_file", "")
+    return Instance(
+        name=cf.get("syslog_name", "postfix"),
+        config_dir=config_dir,
+        queue_dir=Path(cf.get("queue_directory", "/var/spool/postfix")),
+        maillog_file=Path(maillog) if maillog else None,
+    )
+
+
+def discover_instances(config_dir: Path | None = None) -> list[Instance]:
+    """config_dir's instance and those listed in its multi_instance_directories (postmulti's)."""
+    extra = postconf(config_dir, "multi_instance_directories").get("multi_instance_directories")
+    dirs = [Path(d) for d in re.split(r"[\s,]+", extra or "") if d]
+    return [instance_at(config_dir), *(instance_at(d) for d in dirs)]
