@@ -17,9 +17,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import yaml
-
 from mailpulse.collectors.maillog import Correlator
+from mailpulse.config import ConfigError, load_config
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import STATUSES, DeliveryEvent
 
@@ -52,18 +51,11 @@ def input_events(c: Correlator, files: Iterable[Path]) -> Iterator[DeliveryEvent
             yield from c.feed_stream(f)
 
 
-def correlator_from_config(config: Path | None) -> Correlator:
-    """`logs:` section of the config: content_filters (list of ip:port), max_messages."""
-    if config is None:
-        return Correlator()
-    data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    logs = data.get("logs") or {}
-    kw: dict[str, Any] = {}
-    if "content_filters" in logs:
-        kw["content_filters"] = [str(x) for x in logs["content_filters"]]
-    if "max_messages" in logs:
-        kw["max_messages"] = int(logs["max_messages"])
-    return Correlator(**kw)
+def settings(config: Path | None) -> tuple[Correlator, DomainGroups]:
+    """The correlator and the domain groups the config file asks for (logs:, domain_groups:)."""
+    cfg = load_config(config)
+    correlator = Correlator(content_filters=cfg.content_filters, max_messages=cfg.max_messages)
+    return correlator, DomainGroups(cfg.domain_groups)
 
 
 def event_json(ev: DeliveryEvent) -> dict[str, Any]:
@@ -74,7 +66,11 @@ def event_json(ev: DeliveryEvent) -> dict[str, Any]:
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    c = correlator_from_config(args.config)
+    try:
+        c, _groups = settings(args.config)
+    except ConfigError as e:
+        print(f"mailpulse: {e}", file=sys.stderr)
+        return 2
     out = sys.stdout
     write = out.write
     try:
@@ -202,8 +198,12 @@ def render_text(data: dict[str, Any]) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    c = correlator_from_config(args.config)
-    rep = Report()
+    try:
+        c, groups = settings(args.config)
+    except ConfigError as e:
+        print(f"mailpulse: {e}", file=sys.stderr)
+        return 2
+    rep = Report(groups)
     try:
         for ev in input_events(c, args.files):
             rep.add(ev)

@@ -62,3 +62,24 @@ def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
     rc, first, err = closed_after_one_line(["logs", "parse", "--json", str(log)])
     assert (rc, err) == (0, b"")
     assert b'"status": "sent"' in first
+
+
+def test_logs_commands_refuse_a_wrong_config_naming_key_and_file(tmp_path: Path) -> None:
+    """Bad input: a negative max_messages, and a file that is not YAML at all."""
+    log = tmp_path / "maillog"
+    log.write_text("")
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("logs:\n  max_messages: -1\n")
+    garbled = tmp_path / "garbled.yaml"
+    garbled.write_text("logs: [unclosed\n")
+    for cmd in ("parse", "report"):
+        for cfg, key in ((wrong, "max_messages"), (garbled, "")):
+            r = subprocess.run(
+                [sys.executable, "-m", "mailpulse", "logs", cmd, "--config", str(cfg), str(log)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert r.returncode == 2, (cmd, cfg, r.stderr)
+            assert str(cfg) in r.stderr and key in r.stderr
+            assert "Traceback" not in r.stderr
