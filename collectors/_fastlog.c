@@ -65,6 +65,37 @@ static PyObject *str(P s, P e) {
     return u;
 }
 
+/* Recent values of the fields that recur (header, queue id, relay, dsn, status, delay,
+ * delays), by their bytes: one object serves every line that has them, and str keeps its hash,
+ * so the caller's dict lookups need not hash them again. Direct-mapped; a miss replaces. */
+#define KEPT 4096
+#define KEPT_LEN 96
+static struct kept {
+    Py_ssize_t len;
+    PyObject *value;
+    unsigned char key[KEPT_LEN];
+} kept[KEPT];
+
+typedef PyObject *(*make_fn)(P, P);
+
+static PyObject *recurring(int tag, P s, P e, make_fn make) {
+    Py_ssize_t n = e - s;
+    if (n > KEPT_LEN) return make(s, e);
+    uint32_t h = 2166136261u ^ (uint32_t)tag;
+    for (P c = s; c < e; c++) h = (h ^ *c) * 16777619u;
+    struct kept *k = &kept[(h ^ (h >> 15)) & (KEPT - 1)];
+    if (k->value && k->len == n && memcmp(k->key, s, n) == 0) {
+        Py_INCREF(k->value);
+        return k->value;
+    }
+    PyObject *v = make(s, e);
+    if (!v) return NULL;
+    Py_XSETREF(k->value, Py_NewRef(v));
+    k->len = n;
+    memcpy(k->key, s, n);
+    return v;
+}
+
 /* float(text) as Python reads it, or NULL with ValueError set */
 static PyObject *to_float(P s, P e) {
     /* plain "12.345", as Postfix writes them: read in place */
@@ -223,15 +254,15 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
             goto other;
         P rp = st_e < e ? st_e + 1 : e, rp_e = e;
         if (rp_e - rp >= 2 && *rp == '(' && rp_e[-1] == ')') rp++, rp_e--;
-        f[0] = str(s, pre + 1);
-        f[1] = str(q, qe);
+        f[0] = recurring(0, s, pre + 1, str);
+        f[1] = recurring(1, q, qe, str);
         f[2] = str(to, to_e);
         f[3] = str(ot, ot_e);
-        f[4] = str(rl, rl_e);
-        f[5] = delay_of(dl, dl_e);
-        f[6] = delays_of(ds, ds_e);
-        f[7] = str(dn, dn_e);
-        f[8] = str(st, st_e);
+        f[4] = recurring(2, rl, rl_e, str);
+        f[5] = recurring(3, dl, dl_e, delay_of);
+        f[6] = recurring(4, ds, ds_e, delays_of);
+        f[7] = recurring(5, dn, dn_e, str);
+        f[8] = recurring(6, st, st_e, str);
         f[9] = str(rp, rp_e);
         return item(1, a, b, 10, f);
     }
@@ -239,8 +270,8 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
         P sd = r + 6, sd_e = sd;
         while (sd_e < e && *sd_e != '<' && *sd_e != '>' && *sd_e != ',' && *sd_e != ' ') sd_e++;
         if (starts(sd_e, e, ">, status=expired", 17)) {
-            f[0] = str(s, pre + 1);
-            f[1] = str(q, qe);
+            f[0] = recurring(0, s, pre + 1, str);
+            f[1] = recurring(1, q, qe, str);
             f[2] = str(sd, sd_e);
             return item(7, a, b, 3, f);
         }
@@ -257,16 +288,16 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
             f[3] = f[4] = NULL;
             goto other;
         }
-        f[0] = str(s, pre + 1);
-        f[1] = str(q, qe);
+        f[0] = recurring(0, s, pre + 1, str);
+        f[1] = recurring(1, q, qe, str);
         f[2] = str(sd, sd_e);
         return item(2, a, b, 5, f);
     }
     if (e - r == 7 && memcmp(r, "removed", 7) == 0) {
         kind = 3;
     } else if (starts(r, e, "message-id=", 11)) {
-        f[0] = str(s, pre + 1);
-        f[1] = str(q, qe);
+        f[0] = recurring(0, s, pre + 1, str);
+        f[1] = recurring(1, q, qe, str);
         f[2] = str(r + 11, e);
         return item(4, a, b, 3, f);
     } else if (starts(r, e, "client=", 7)) {
@@ -276,9 +307,9 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
             P ip = c + 1, ip_e = ip;
             while (ip_e < e && *ip_e != ']' && *ip_e != ',') ip_e++;
             if (ip_e < e && *ip_e == ']') {
-                f[0] = str(s, pre + 1);
-                f[1] = str(q, qe);
-                f[2] = str(ip, ip_e);
+                f[0] = recurring(0, s, pre + 1, str);
+                f[1] = recurring(1, q, qe, str);
+                f[2] = recurring(7, ip, ip_e, str);
                 return item(5, a, b, 3, f);
             }
         }
@@ -297,8 +328,8 @@ other:
         }
     }
     if (!kind) return item(0, a, b, 0, f);
-    f[0] = str(s, pre + 1);
-    f[1] = str(q, qe);
+    f[0] = recurring(0, s, pre + 1, str);
+    f[1] = recurring(1, q, qe, str);
     return item(kind, a, b, 2, f);
 }
 
