@@ -3,9 +3,11 @@
  * scan(block: bytes, max_line: int[, end: int]) -> list, one item per line of block[:end]
  * ("\n" between lines):
  *   (0, start, end)                   any other line: for the caller's general parser
- *   (1, start, end, prefix, qid, to, orig_to, relay, delay, delays, dsn, status, reply)
- *                                     delay a float (0.0 when not a number), delays a tuple
- *                                     of 4 floats or None, reply without its parentheses
+ *   (1, start, end, prefix, qid, to, orig_to, relay, delay, delays, dsn, status, reply,
+ *    domain, reply_code)              delay a float (0.0 when not a number), delays a tuple
+ *                                     of 4 floats or None, reply without its parentheses,
+ *                                     domain lowercased, reply_code None when the caller
+ *                                     must read the codes from the reply
  *   (2, start, end, prefix, qid, sender, size, nrcpt)   qmgr from=<>, ... (queue active)
  *   (3, start, end, prefix, qid)                        qmgr removed
  *   (4, start, end, prefix, qid, message_id)            cleanup message-id=
@@ -95,6 +97,17 @@ static PyObject *recurring(int tag, P s, P e, make_fn make) {
     memcpy(k->key, s, n);
     return v;
 }
+
+static PyObject *lower_str(P s, P e) {
+    PyObject *u = PyUnicode_New(e - s, 127);
+    if (u) {
+        unsigned char *d = PyUnicode_DATA(u);
+        for (; s < e; s++) *d++ = (*s >= 'A' && *s <= 'Z') ? *s + 32 : *s;
+    }
+    return u;
+}
+
+static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
 /* float(text) as Python reads it, or NULL with ValueError set */
 static PyObject *to_float(P s, P e) {
@@ -192,7 +205,7 @@ fail:
 /* One line [s, e) of the block starting at base -> its item, or NULL with an error set. */
 static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
     Py_ssize_t a = s - base, b = e - base;
-    PyObject *f[10] = {0};
+    PyObject *f[12] = {0};
     if (e - s > max_line) return item(0, a, b, 0, f);
     if (!plain)
         for (P c = s; c < e; c++)
@@ -264,7 +277,24 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
         f[7] = recurring(5, dn, dn_e, str);
         f[8] = recurring(6, st, st_e, str);
         f[9] = str(rp, rp_e);
-        return item(1, a, b, 10, f);
+        /* the recipient's domain (maillog.event_of: rpartition("@"), lower) */
+        P at = to_e;
+        while (at > to && at[-1] != '@') at--;
+        f[10] = recurring(8, at, to_e, lower_str);
+        /* the reply code when the reply is the usual "250 2.0.0 ..." and the logged dsn needs
+         * no second look (X.0.0 not confirmed by the reply); None: event_of reads them */
+        Py_ssize_t rl_n = rp_e - rp, dl_n = dn_e - dn;
+        int usual = rl_n >= 4 && (*rp == '2' || *rp == '4' || *rp == '5') && is_digit(rp[1])
+                    && is_digit(rp[2]) && (rp[3] == ' ' || rp[3] == '-');
+        int unsure = dl_n >= 4 && memcmp(dn_e - 4, ".0.0", 4) == 0
+                     && !(usual && rl_n >= 4 + dl_n && memcmp(rp + 4, dn, dl_n) == 0
+                          && !(rl_n > 4 + dl_n && is_digit(rp[4 + dl_n])));
+        if (usual && !unsure) {
+            f[11] = recurring(9, rp, rp + 3, str);
+        } else {
+            f[11] = Py_NewRef(Py_None);
+        }
+        return item(1, a, b, 12, f);
     }
     if (starts(r, e, "from=<", 6)) {
         P sd = r + 6, sd_e = sd;
