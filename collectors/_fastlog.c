@@ -4,10 +4,11 @@
  * ("\n" between lines):
  *   (0, start, end)                   any other line: for the caller's general parser
  *   (1, start, end, prefix, qid, to, orig_to, relay, delay, delays, dsn, status, reply,
- *    domain, reply_code)              delay a float (0.0 when not a number), delays a tuple
+ *    domain, reply_code, logged_dsn)  delay a float (0.0 when not a number), delays a tuple
  *                                     of 4 floats or None, reply without its parentheses,
- *                                     domain lowercased, reply_code None when the caller
- *                                     must read the codes from the reply
+ *                                     domain lowercased; reply_code and dsn as event_of
+ *                                     reads them, logged_dsn the dsn Postfix logged when
+ *                                     the remote's own replaced it, else None
  *   (2, start, end, prefix, qid, sender, size, nrcpt)   qmgr from=<>, ... (queue active)
  *   (3, start, end, prefix, qid)                        qmgr removed
  *   (4, start, end, prefix, qid, message_id)            cleanup message-id=
@@ -109,6 +110,43 @@ static PyObject *lower_str(P s, P e) {
 
 static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
+static int is_word(unsigned char c) {
+    return is_digit(c) || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+}
+
+/* logparse.reply_codes over an ASCII reply: *code at its 3-digit reply code (NULL: none),
+ * [*dsn, *dsn_e) its enhanced code (empty: none). The code is at the start, or after
+ * " said: " or "talk to me: "; the enhanced code follows it after " " or "-" and ends at a
+ * non-word character, each of its numbers one to three digits. */
+static void reply_codes(P s, P e, P *code, P *dsn, P *dsn_e) {
+    *code = NULL;
+    *dsn = *dsn_e = e;
+    P c = s;
+    if (!(e - s >= 3 && is_digit(s[0]) && is_digit(s[1]) && is_digit(s[2]))) {
+        c = memmem(s, e - s, " said: ", 7);
+        if (c) {
+            c += 7;
+        } else {
+            c = memmem(s, e - s, "talk to me: ", 12);
+            if (!c) return;
+            c += 12;
+        }
+    }
+    if (!(e - c >= 3 && (*c == '2' || *c == '4' || *c == '5') && is_digit(c[1]) && is_digit(c[2])))
+        return;
+    *code = c;
+    P d = c + 3;
+    if (!(e - d >= 3 && (*d == ' ' || *d == '-') && (d[1] == '2' || d[1] == '4' || d[1] == '5')
+          && d[2] == '.'))
+        return;
+    P x = d + 3, y = digits(x, e);
+    if (y == x || y - x > 3 || y == e || *y != '.') return;
+    P z = digits(y + 1, e);
+    if (z == y + 1 || z - (y + 1) > 3 || (z < e && is_word(*z))) return;
+    *dsn = d + 1;
+    *dsn_e = z;
+}
+
 /* float(text) as Python reads it, or NULL with ValueError set */
 static PyObject *to_float(P s, P e) {
     /* plain "12.345", as Postfix writes them: read in place */
@@ -205,7 +243,7 @@ fail:
 /* One line [s, e) of the block starting at base -> its item, or NULL with an error set. */
 static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
     Py_ssize_t a = s - base, b = e - base;
-    PyObject *f[12] = {0};
+    PyObject *f[13] = {0};
     if (e - s > max_line) return item(0, a, b, 0, f);
     if (!plain)
         for (P c = s; c < e; c++)
@@ -281,20 +319,25 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
         P at = to_e;
         while (at > to && at[-1] != '@') at--;
         f[10] = recurring(8, at, to_e, lower_str);
-        /* the reply code when the reply is the usual "250 2.0.0 ..." and the logged dsn needs
-         * no second look (X.0.0 not confirmed by the reply); None: event_of reads them */
+        /* the remote's codes, as maillog.event_of reads them: the reply code, and the dsn
+         * with Postfix's X.0.0 replaced by the remote's own enhanced code (f[12] then the
+         * logged one, else None) */
+        P code, rdsn, rdsn_e;
+        reply_codes(rp, rp_e, &code, &rdsn, &rdsn_e);
         Py_ssize_t rl_n = rp_e - rp, dl_n = dn_e - dn;
         int usual = rl_n >= 4 && (*rp == '2' || *rp == '4' || *rp == '5') && is_digit(rp[1])
                     && is_digit(rp[2]) && (rp[3] == ' ' || rp[3] == '-');
         int unsure = dl_n >= 4 && memcmp(dn_e - 4, ".0.0", 4) == 0
                      && !(usual && rl_n >= 4 + dl_n && memcmp(rp + 4, dn, dl_n) == 0
                           && !(rl_n > 4 + dl_n && is_digit(rp[4 + dl_n])));
-        if (usual && !unsure) {
-            f[11] = recurring(9, rp, rp + 3, str);
+        f[11] = code ? recurring(9, code, code + 3, str) : str(rp, rp);
+        if (unsure && rdsn < rdsn_e && !(rdsn_e - rdsn == dl_n && memcmp(rdsn, dn, dl_n) == 0)) {
+            f[12] = f[7];
+            f[7] = recurring(5, rdsn, rdsn_e, str);
         } else {
-            f[11] = Py_NewRef(Py_None);
+            f[12] = Py_NewRef(Py_None);
         }
-        return item(1, a, b, 12, f);
+        return item(1, a, b, 13, f);
     }
     if (starts(r, e, "from=<", 6)) {
         P sd = r + 6, sd_e = sd;

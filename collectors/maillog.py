@@ -8,8 +8,9 @@ Speed: the shapes that make most of a busy log (qmgr from=/removed/expired, clea
 message-id, smtpd client=, bounce notices, delivery status) are read by the C scanner
 (_fastlog.c) a block at a time, or, where it is not built, by `feed_lines`, one loop of str
 methods per line. Every other line goes to the general parser. All roads end in the same
-functions below, and tests hold them equal to the general parser on the lab's logs, the grok
-corpus and garbage.
+functions below (the C scanner also reads the reply codes and domain as event_of does, so the
+block road builds its delivery events in its loop), and tests hold them equal to the general
+parser on the lab's logs, the grok corpus and garbage.
 """
 
 from __future__ import annotations
@@ -653,55 +654,39 @@ class Correlator:
                                 reply,
                                 domain,
                                 code,
+                                logged_dsn,
                             ) = it
                             if filters and self._is_filter(relay):
                                 self.counts["content_filter_relays"] += 1
                                 continue
                             m = messages.get(key)
-                            if code is not None:  # the usual reply: event_of's work, done
-                                verdict = classify(
-                                    dsn, code, "" if dsn[:1] == "2" else _classify_text(reply)
-                                )
-                                ev = DeliveryEvent(
-                                    t,
-                                    node,
-                                    instance,
-                                    program,
-                                    qid,
-                                    rcpt,
-                                    domain,
-                                    relay,
-                                    status,
-                                    dsn,
-                                    code,
-                                    reply,
-                                    verdict.reason,
-                                    verdict.scope,
-                                    verdict.hard,
-                                    delay,
-                                    delays,
-                                    orig_to,
-                                    m.sender if m else "",
-                                    m.size if m else None,
-                                    {},
-                                )
-                            else:
-                                ev = event_of(
-                                    t,
-                                    node,
-                                    instance,
-                                    program,
-                                    qid,
-                                    rcpt,
-                                    relay,
-                                    status,
-                                    dsn,
-                                    reply,
-                                    delay,
-                                    delays,
-                                    orig_to,
-                                    m,
-                                )
+                            # event_of's work, the codes read by the scanner
+                            verdict = classify(
+                                dsn, code, "" if dsn[:1] == "2" else _classify_text(reply)
+                            )
+                            ev = DeliveryEvent(
+                                t,
+                                node,
+                                instance,
+                                program,
+                                qid,
+                                rcpt,
+                                domain,
+                                relay,
+                                status,
+                                dsn,
+                                code,
+                                reply,
+                                verdict.reason,
+                                verdict.scope,
+                                verdict.hard,
+                                delay,
+                                delays,
+                                orig_to,
+                                m.sender if m else "",
+                                m.size if m else None,
+                                {} if logged_dsn is None else {"logged_dsn": logged_dsn},
+                            )
                             outcomes[status] += 1
                             if status == "deferred" or (m is not None and m.deferred):
                                 self._track_deferral(ev, key, m)
