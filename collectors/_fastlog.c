@@ -3,9 +3,12 @@
  * scan(block: bytes, max_line: int[, end: int]) -> list, one item per line of block[:end]
  * ("\n" between lines):
  *   (0, start, end)                   any other line: for the caller's general parser
- *   (1, start, end, prefix, qid, to, orig_to, relay, delay, delays, dsn, status, reply)
- *                                     delay a float (0.0 when not a number), delays a tuple
- *                                     of 4 floats or None, reply without its parentheses
+ *   (1, start, end, prefix, qid, to, orig_to, relay, delay, delays, dsn, status, reply,
+ *    domain, reply_code, logged_dsn)  delay a float (0.0 when not a number), delays a tuple
+ *                                     of 4 floats or None, reply without its parentheses,
+ *                                     domain lowercased; reply_code and dsn as event_of
+ *                                     reads them, logged_dsn the dsn Postfix logged when
+ *                                     the remote's own replaced it, else None
  *   (2, start, end, prefix, qid, sender, size, nrcpt)   qmgr from=<>, ... (queue active)
  *   (3, start, end, prefix, qid)                        qmgr removed
  *   (4, start, end, prefix, qid, message_id)            cleanup message-id=
@@ -63,6 +66,94 @@ static PyObject *str(P s, P e) {
     PyObject *u = PyUnicode_New(e - s, 127);
     if (u) memcpy(PyUnicode_DATA(u), s, e - s);
     return u;
+}
+
+/* Recent values of the fields that recur (header, queue id, relay, dsn, status, delay,
+ * delays), by their bytes: one object serves every line that has them, and str keeps its hash,
+ * so the caller's dict lookups need not hash them again. Direct-mapped; a miss replaces. */
+#define KEPT 4096
+#define KEPT_LEN 96
+static struct kept {
+    Py_ssize_t len;
+    PyObject *value;
+    unsigned char key[KEPT_LEN];
+} kept[KEPT];
+
+typedef PyObject *(*make_fn)(P, P);
+
+static PyObject *recurring(int tag, P s, P e, make_fn make) {
+    Py_ssize_t n = e - s;
+    if (n > KEPT_LEN) return make(s, e);
+    /* a multiply-xorshift hash, eight bytes a step: a collision costs only a miss */
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)tag << 56) ^ (uint64_t)n, w;
+    P c = s;
+    for (; e - c >= 8; c += 8) {
+        memcpy(&w, c, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 29;
+    }
+    w = 0;
+    memcpy(&w, c, e - c);
+    h = (h ^ w) * 0xff51afd7ed558ccdULL;
+    struct kept *k = &kept[(h ^ (h >> 32)) & (KEPT - 1)];
+    if (k->value && k->len == n && memcmp(k->key, s, n) == 0) {
+        Py_INCREF(k->value);
+        return k->value;
+    }
+    PyObject *v = make(s, e);
+    if (!v) return NULL;
+    Py_XSETREF(k->value, Py_NewRef(v));
+    k->len = n;
+    memcpy(k->key, s, n);
+    return v;
+}
+
+static PyObject *lower_str(P s, P e) {
+    PyObject *u = PyUnicode_New(e - s, 127);
+    if (u) {
+        unsigned char *d = PyUnicode_DATA(u);
+        for (; s < e; s++) *d++ = (*s >= 'A' && *s <= 'Z') ? *s + 32 : *s;
+    }
+    return u;
+}
+
+static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+static int is_word(unsigned char c) {
+    return is_digit(c) || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+}
+
+/* logparse.reply_codes over an ASCII reply: *code at its 3-digit reply code (NULL: none),
+ * [*dsn, *dsn_e) its enhanced code (empty: none). The code is at the start, or after
+ * " said: " or "talk to me: "; the enhanced code follows it after " " or "-" and ends at a
+ * non-word character, each of its numbers one to three digits. */
+static void reply_codes(P s, P e, P *code, P *dsn, P *dsn_e) {
+    *code = NULL;
+    *dsn = *dsn_e = e;
+    P c = s;
+    if (!(e - s >= 3 && is_digit(s[0]) && is_digit(s[1]) && is_digit(s[2]))) {
+        c = memmem(s, e - s, " said: ", 7);
+        if (c) {
+            c += 7;
+        } else {
+            c = memmem(s, e - s, "talk to me: ", 12);
+            if (!c) return;
+            c += 12;
+        }
+    }
+    if (!(e - c >= 3 && (*c == '2' || *c == '4' || *c == '5') && is_digit(c[1]) && is_digit(c[2])))
+        return;
+    *code = c;
+    P d = c + 3;
+    if (!(e - d >= 3 && (*d == ' ' || *d == '-') && (d[1] == '2' || d[1] == '4' || d[1] == '5')
+          && d[2] == '.'))
+        return;
+    P x = d + 3, y = digits(x, e);
+    if (y == x || y - x > 3 || y == e || *y != '.') return;
+    P z = digits(y + 1, e);
+    if (z == y + 1 || z - (y + 1) > 3 || (z < e && is_word(*z))) return;
+    *dsn = d + 1;
+    *dsn_e = z;
 }
 
 /* float(text) as Python reads it, or NULL with ValueError set */
@@ -161,7 +252,7 @@ fail:
 /* One line [s, e) of the block starting at base -> its item, or NULL with an error set. */
 static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
     Py_ssize_t a = s - base, b = e - base;
-    PyObject *f[10] = {0};
+    PyObject *f[13] = {0};
     if (e - s > max_line) return item(0, a, b, 0, f);
     if (!plain)
         for (P c = s; c < e; c++)
@@ -223,24 +314,46 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
             goto other;
         P rp = st_e < e ? st_e + 1 : e, rp_e = e;
         if (rp_e - rp >= 2 && *rp == '(' && rp_e[-1] == ')') rp++, rp_e--;
-        f[0] = str(s, pre + 1);
-        f[1] = str(q, qe);
+        f[0] = recurring(0, s, pre + 1, str);
+        f[1] = recurring(1, q, qe, str);
         f[2] = str(to, to_e);
         f[3] = str(ot, ot_e);
-        f[4] = str(rl, rl_e);
-        f[5] = delay_of(dl, dl_e);
-        f[6] = delays_of(ds, ds_e);
-        f[7] = str(dn, dn_e);
-        f[8] = str(st, st_e);
+        f[4] = recurring(2, rl, rl_e, str);
+        f[5] = recurring(3, dl, dl_e, delay_of);
+        f[6] = recurring(4, ds, ds_e, delays_of);
+        f[7] = recurring(5, dn, dn_e, str);
+        f[8] = recurring(6, st, st_e, str);
         f[9] = str(rp, rp_e);
-        return item(1, a, b, 10, f);
+        /* the recipient's domain (maillog.event_of: rpartition("@"), lower) */
+        P at = to_e;
+        while (at > to && at[-1] != '@') at--;
+        f[10] = recurring(8, at, to_e, lower_str);
+        /* the remote's codes, as maillog.event_of reads them: the reply code, and the dsn
+         * with Postfix's X.0.0 replaced by the remote's own enhanced code (f[12] then the
+         * logged one, else None) */
+        P code, rdsn, rdsn_e;
+        reply_codes(rp, rp_e, &code, &rdsn, &rdsn_e);
+        Py_ssize_t rl_n = rp_e - rp, dl_n = dn_e - dn;
+        int usual = rl_n >= 4 && (*rp == '2' || *rp == '4' || *rp == '5') && is_digit(rp[1])
+                    && is_digit(rp[2]) && (rp[3] == ' ' || rp[3] == '-');
+        int unsure = dl_n >= 4 && memcmp(dn_e - 4, ".0.0", 4) == 0
+                     && !(usual && rl_n >= 4 + dl_n && memcmp(rp + 4, dn, dl_n) == 0
+                          && !(rl_n > 4 + dl_n && is_digit(rp[4 + dl_n])));
+        f[11] = code ? recurring(9, code, code + 3, str) : str(rp, rp);
+        if (unsure && rdsn < rdsn_e && !(rdsn_e - rdsn == dl_n && memcmp(rdsn, dn, dl_n) == 0)) {
+            f[12] = f[7];
+            f[7] = recurring(5, rdsn, rdsn_e, str);
+        } else {
+            f[12] = Py_NewRef(Py_None);
+        }
+        return item(1, a, b, 13, f);
     }
     if (starts(r, e, "from=<", 6)) {
         P sd = r + 6, sd_e = sd;
         while (sd_e < e && *sd_e != '<' && *sd_e != '>' && *sd_e != ',' && *sd_e != ' ') sd_e++;
         if (starts(sd_e, e, ">, status=expired", 17)) {
-            f[0] = str(s, pre + 1);
-            f[1] = str(q, qe);
+            f[0] = recurring(0, s, pre + 1, str);
+            f[1] = recurring(1, q, qe, str);
             f[2] = str(sd, sd_e);
             return item(7, a, b, 3, f);
         }
@@ -257,16 +370,16 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
             f[3] = f[4] = NULL;
             goto other;
         }
-        f[0] = str(s, pre + 1);
-        f[1] = str(q, qe);
+        f[0] = recurring(0, s, pre + 1, str);
+        f[1] = recurring(1, q, qe, str);
         f[2] = str(sd, sd_e);
         return item(2, a, b, 5, f);
     }
     if (e - r == 7 && memcmp(r, "removed", 7) == 0) {
         kind = 3;
     } else if (starts(r, e, "message-id=", 11)) {
-        f[0] = str(s, pre + 1);
-        f[1] = str(q, qe);
+        f[0] = recurring(0, s, pre + 1, str);
+        f[1] = recurring(1, q, qe, str);
         f[2] = str(r + 11, e);
         return item(4, a, b, 3, f);
     } else if (starts(r, e, "client=", 7)) {
@@ -276,9 +389,9 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
             P ip = c + 1, ip_e = ip;
             while (ip_e < e && *ip_e != ']' && *ip_e != ',') ip_e++;
             if (ip_e < e && *ip_e == ']') {
-                f[0] = str(s, pre + 1);
-                f[1] = str(q, qe);
-                f[2] = str(ip, ip_e);
+                f[0] = recurring(0, s, pre + 1, str);
+                f[1] = recurring(1, q, qe, str);
+                f[2] = recurring(7, ip, ip_e, str);
                 return item(5, a, b, 3, f);
             }
         }
@@ -297,8 +410,8 @@ other:
         }
     }
     if (!kind) return item(0, a, b, 0, f);
-    f[0] = str(s, pre + 1);
-    f[1] = str(q, qe);
+    f[0] = recurring(0, s, pre + 1, str);
+    f[1] = recurring(1, q, qe, str);
     return item(kind, a, b, 2, f);
 }
 

@@ -8,8 +8,9 @@ Speed: the shapes that make most of a busy log (qmgr from=/removed/expired, clea
 message-id, smtpd client=, bounce notices, delivery status) are read by the C scanner
 (_fastlog.c) a block at a time, or, where it is not built, by `feed_lines`, one loop of str
 methods per line. Every other line goes to the general parser. All roads end in the same
-functions below, and tests hold them equal to the general parser on the lab's logs, the grok
-corpus and garbage.
+functions below (the C scanner also reads the reply codes and domain as event_of does, so the
+block road builds its delivery events in its loop), and tests hold them equal to the general
+parser on the lab's logs, the grok corpus and garbage.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ FINAL = frozenset(("sent", "deferred", "bounced", "expired"))
 _HEX = "0123456789ABCDEF"
 _LONG_QID = re.compile(r"[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,24}")
 _PREFIXES: dict[str, tuple[float, tuple[Any, ...]]] = {}
+# the block road's: header -> (time, node, instance, program, service), flat to unpack at once
+_HEADS: dict[str, tuple[float, str, str, str, str]] = {}
 _ADDRESS = re.compile(r"<[^<>\s]*@[^<>\s]*>")
 
 try:  # the C scanner for blocks of lines; without it, blocks go through feed_lines
@@ -619,18 +622,18 @@ class Correlator:
         max_messages = self.max_messages
         delivery_services = DELIVERY_SERVICES
         filters = self.content_filters
-        prefixes = _PREFIXES
+        heads = _HEADS
         general = self._general
         delivered = removed = queued = client = message_id = notification = expired = 0
         outcomes = dict.fromkeys(FINAL, 0)
         for it in items:
             kind = it[0]
             if kind:
-                hit = prefixes.get(it[3])
-                if hit is None:
-                    hit = _line_header(it[3])
-                if hit is not None:
-                    t, (node, instance, program, service, _pid, _h) = hit
+                head = heads.get(it[3])
+                if head is None:
+                    head = _line_header(it[3])
+                if head is not None:
+                    t, node, instance, program, service = head
                     key = (it[4], node, instance)
                     if kind == 1:
                         if service in delivery_services:
@@ -649,26 +652,40 @@ class Correlator:
                                 dsn,
                                 status,
                                 reply,
+                                domain,
+                                code,
+                                logged_dsn,
                             ) = it
                             if filters and self._is_filter(relay):
                                 self.counts["content_filter_relays"] += 1
                                 continue
                             m = messages.get(key)
-                            ev = event_of(
+                            # event_of's work, the codes read by the scanner
+                            verdict = classify(
+                                dsn, code, "" if dsn[:1] == "2" else _classify_text(reply)
+                            )
+                            ev = DeliveryEvent(
                                 t,
                                 node,
                                 instance,
                                 program,
                                 qid,
                                 rcpt,
+                                domain,
                                 relay,
                                 status,
                                 dsn,
+                                code,
                                 reply,
+                                verdict.reason,
+                                verdict.scope,
+                                verdict.hard,
                                 delay,
                                 delays,
                                 orig_to,
-                                m,
+                                m.sender if m else "",
+                                m.size if m else None,
+                                {} if logged_dsn is None else {"logged_dsn": logged_dsn},
                             )
                             outcomes[status] += 1
                             if status == "deferred" or (m is not None and m.deferred):
@@ -729,9 +746,10 @@ class Correlator:
         return self.feed_line(line)
 
 
-def _line_header(pre: str) -> tuple[float, tuple[Any, ...]] | None:
-    """ "Nov 28 17:33:59 host postfix/smtp[123]" -> (time, header) as _parse reads them, or
-    None when the general parser must see the line; remembered like feed_lines does."""
+def _line_header(pre: str) -> tuple[float, str, str, str, str] | None:
+    """ "Nov 28 17:33:59 host postfix/smtp[123]" -> (time, node, instance, program, service) as
+    _parse reads them, or None when the general parser must see the line; remembered like
+    feed_lines does."""
     if len(pre) < 16 or pre.find(": ", 16) >= 0:
         return None  # the line's first ": " must be the one after the tag
     if pre[9:10] == ":" and pre[3:4] == " ":
@@ -747,11 +765,12 @@ def _line_header(pre: str) -> tuple[float, tuple[Any, ...]] | None:
     hdr = _HEADERS.get(pre[j + 1 :])
     if not hdr:
         return None
+    head = (tt, hdr[0], hdr[1], hdr[2], hdr[3])
     if pre[9:10] == ":":  # RFC 3339 stamps with a fraction never recur
-        if len(_PREFIXES) > 4096:
-            _PREFIXES.clear()
-        _PREFIXES[pre] = (tt, hdr)
-    return tt, hdr
+        if len(_HEADS) > 4096:
+            _HEADS.clear()
+        _HEADS[pre] = head
+    return head
 
 
 def events_from_lines(

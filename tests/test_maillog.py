@@ -471,6 +471,44 @@ def test_block_road_equals_general_road_on_shapes_it_reads(block_scanner: str) -
         b"delays=a/b, dsn=5.0.0, status=bounced (550 5.1.1 <a@x>: no)",
         head + b"smtp[9]: " + q + b"to=<a@x>, orig_to=<>, relay=r, delay=1, delays=1/0/0/0, "
         b"dsn=2.0.0, status=sent",
+        # the reply code and the recipient's domain as the scanner gives them, and replies
+        # whose codes event_of must read itself (an X.0.0 dsn the reply does not confirm)
+        *(
+            head + b"smtp[9]: " + q + b"to=<" + to + b">, relay=r, delay=1, delays=1/0/0/0, "
+            b"dsn=" + dsn + b", status=bounced (" + reply + b")"
+            for to, dsn, reply in (
+                (b"a@Mixed.EXAMPLE", b"5.0.0", b"550 5.0.0"),
+                (b"noat", b"5.0.0", b"550 5.0.0 no"),
+                (b"a@b@C.x", b"5.0.0", b"550 5.0.01 no"),
+                (b"a@x", b"5.0.0", b"550 4.2.2 full"),
+                (b"a@x", b"4.0.0", b"450-4.0.0 busy"),
+                (b"a@x", b"5.0.0", b"550-5.0.0"),
+                (b"a@x", b"5.1.1", b"550"),
+                (b"a@x", b"5.1.1", b"25 short"),
+                (b"a@x", b"5.1.1", b"2500 x"),
+                (b"a@x", b"5.1.1", b"350 5.1.1 odd"),
+                (b"a@x", b"5.0.0", b"host x[1.2.3.4] said: 550 5.7.1 no (in reply to RCPT TO)"),
+                (b"a@x", b"5.0.0", b"host x said: 550 5.1.1234 no"),
+                (b"a@x", b"5.0.0", b"host x said: 550 5.1234.1 no"),
+                (b"a@x", b"5.0.0", b"host x said: 550 5.1.1_x"),
+                (b"a@x", b"5.0.0", b"host x said: 550 5.1.1x"),
+                (b"a@x", b"5.0.0", b"host x said: 550-5.1.1 no"),
+                (b"a@x", b"5.0.0", b"host x said: 550 5.1.1."),
+                (b"a@x", b"5.0.0", b"host x said: 550 5.1."),
+                (b"a@x", b"5.0.0", b"host x said: 550 5..1"),
+                (b"a@x", b"5.0.0", b"host x said: 550 5.0.0 same"),
+                (b"a@x", b"5.0.0", b"host x said: 550"),
+                (b"a@x", b"5.0.0", b"host x said: 55"),
+                (b"a@x", b"5.0.0", b"host x said: 650 5.1.1"),
+                (b"a@x", b"5.0.0", b"host x said: 550 6.1.1"),
+                (b"a@x", b"5.1.1", b"host x said: 550 5.2.2 other"),
+                (b"a@x", b"4.0.0", b"x refused to talk to me: 450 4.3.2 busy"),
+                (b"a@x", b"4.0.0", b"123 x said: 450 4.3.2 busy"),
+                (b"a@x", b"4.0.0", b"connect to x[1.2.3.4]:25: Connection refused"),
+                (b"a@x", b"2.0.0", b"delivered to maildir"),
+                (b"a@x", b"5.0.0", b"550 5.1.1 said: 550 5.2.2"),
+            )
+        ),
         # delay and delays as float() reads them, odd ones included
         *(
             head
