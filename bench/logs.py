@@ -212,6 +212,7 @@ def main() -> int:
     args = a.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="mailpulse-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    os.chmod(work, 0o755)  # the lab's Postfix processes must reach their data directory below
     src = args.source or lab_log(args.messages, work / "lab")
     log = work / "maillog.big"
     n = scale(src, log, args.lines)

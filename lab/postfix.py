@@ -18,6 +18,7 @@ import random
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -252,6 +253,14 @@ class Lab:
     def write_config(self) -> None:
         vmail = pwd.getpwnam(VMAIL_USER)
         postfix_user = pwd.getpwnam("postfix")
+        # Postfix's own processes (user postfix) must reach the data directory: a private parent
+        # (mkdtemp makes them 0700) would fail the start with only "startup failed" to say.
+        for parent in self.root.parents:
+            if parent.exists() and not os.stat(parent).st_mode & stat.S_IXOTH:
+                raise LabError(
+                    f"{parent} is private (mode {os.stat(parent).st_mode & 0o777:o}): Postfix's"
+                    f" processes cannot reach {self.root}; chmod o+x {parent} or pick another root"
+                )
         for d in (self.etc, self.spool, self.root / "log", self.root / "mx"):
             d.mkdir(parents=True, exist_ok=True)
         data = self.root / "data"

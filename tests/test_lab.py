@@ -10,6 +10,7 @@ import email
 import email.policy
 import os
 import re
+import shutil
 import socket
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,8 @@ import psutil
 import pytest
 
 from lab.campaign import make_plan, run_campaign
-from lab.postfix import Lab, LabError, wait_until
+from lab.postfix import Lab, LabError, free_port, wait_until
+from tests.conftest import require_programs
 
 STATUS_LINE = re.compile(r"postfix/\w+\[\d+\]: \w+: to=<([^>]*)>,.*? dsn=([\d.]+), status=(\w+)")
 
@@ -146,3 +148,18 @@ def test_plan_is_reproducible_and_spread() -> None:
     assert len({p.domain for p in a}) == 12
     assert all(p.sender == f"bounce-{p.user_id}@bounces.lab.test" for p in a)
     assert all(p.recipient.startswith(p.kind + "-u" + p.user_id + "@") for p in a)
+
+
+def test_a_private_parent_directory_is_a_clear_error() -> None:
+    """Bad input: a lab root under a 0700 directory, where Postfix's processes cannot reach."""
+    require_programs("postfix")
+    import tempfile
+
+    private = Path(tempfile.mkdtemp(prefix="mailpulse-private-"))  # mode 0700
+    try:
+        lab = Lab(private / "lab", smtp_port=free_port(), mx_port=free_port())
+        with pytest.raises(LabError, match=rf"{private} is private \(mode 700\)"):
+            lab.start_postfix()
+        assert not lab.postfix_running()
+    finally:
+        shutil.rmtree(private)
