@@ -342,19 +342,40 @@ def health_weight(
 
 
 class AgentCheckServer:
-    """HAProxy agent-check: on each connection, one line (`up 80%`, or `drain`) and close."""
+    """HAProxy agent-check: on each connection, one line (`up 80%`, or `drain`) and close.
+
+    Every HAProxy in front of the node checks every few seconds, so connections come in
+    bursts: they wait in a deep accept queue (a full one drops SYNs, which clients retry only
+    after 1, 3, 7 s). Each connection has its own thread and a short timeout, so a client that
+    never reads nor closes holds up no other and goes away after TIMEOUT_S.
+    """
+
+    BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
+    TIMEOUT_S = 2.0
 
     def __init__(self, listen: str, answer: Any) -> None:
         host, _, port = listen.rpartition(":")
+        timeout = self.TIMEOUT_S
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
-                with contextlib.suppress(OSError):
-                    self.request.sendall(answer().encode() + b"\n")
+                conn: socket.socket = self.request
+                conn.settimeout(timeout)
+                conn.sendall(answer().encode() + b"\n")
+                # Read what the client sent (HAProxy's agent-send) until it closes: closing
+                # with unread input would reset the connection and could lose the answer.
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(4096):
+                    pass
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
             allow_reuse_address = True
+            request_queue_size = self.BACKLOG
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # Resets and timeouts are the client's business, not worth a traceback.
+                log.debug("agent-check: connection from %s failed", client_address, exc_info=True)
 
         self.server = Server((host.strip("[]"), int(port)), Handler)
         self.address = self.server.server_address
@@ -498,6 +519,7 @@ class Agent:
             )
         except OSError as e:
             raise StartupError(listen_problem("listen", cfg.listen, e)) from None
+        self._check_lock = threading.Lock()  # the agent-check threads share the depth history
         self.check: AgentCheckServer | None = None
         if cfg.agent_check.listen:
             try:
@@ -572,7 +594,8 @@ class Agent:
     def agent_check_answer(self) -> str:
         if self.blocks.blocked():
             return "drain"
-        depth, growth = self.queue_depth()
+        with self._check_lock:
+            depth, growth = self.queue_depth()
         load1 = os.getloadavg()[0]
         weight = health_weight(self.cfg.agent_check, depth, growth, load1, os.cpu_count() or 1)
         return f"up {weight}%"

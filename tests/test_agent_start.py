@@ -1,14 +1,17 @@
 """The agent's start-up, through its real command line: whatever on this host keeps it from
 starting (a port in use, an address not on the host, a state directory it cannot write, a TLS
 key it cannot read) is one line naming it and an exit at once, and --check-config finds it
-first without starting anything."""
+first without starting anything. Then the HAProxy agent-check port under a burst."""
 
 from __future__ import annotations
 
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -16,6 +19,7 @@ import pytest
 
 from lab.postfix import free_port
 from mailpulse.config import instances_to_watch, load_config
+from tests.agent_support import AgentProcess
 from tests.conftest import require_programs, require_root
 
 NOT_HERE = "192.0.2.1"  # TEST-NET-1 (RFC 5737): on no host
@@ -259,3 +263,66 @@ def test_a_port_taken_after_the_check_is_the_same_one_line(tmp_path: Path) -> No
             Agent(cfg.__class__(**{**cfg.__dict__, "state_dir": tmp_path / "state"}),
                   instances_to_watch(cfg), [tmp_path / "mail.log"])  # fmt: skip
     assert str(e.value).startswith(f"listen 127.0.0.1:{port}: address already in use by pid")
+
+
+# -- the agent-check port under a burst -------------------------------------------------------
+def connected(socks: list[socket.socket], deadline: float) -> int:
+    """How many of these non-blocking connects completed their handshake by the deadline."""
+    pending, done = list(socks), 0
+    while pending and time.monotonic() < deadline:
+        _, writable, _ = select.select([], pending, [], 0.2)
+        for s in writable:
+            pending.remove(s)
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                done += 1
+    return done
+
+
+def read_answer(s: socket.socket) -> bytes:
+    s.settimeout(60)  # only a hang waits this long
+    data = b""
+    while chunk := s.recv(100):
+        data += chunk
+    return data
+
+
+def test_fifty_checks_at_once_each_get_their_answer(tmp_path: Path) -> None:
+    port, check_port = free_port(), free_port()
+    config = write_config(
+        tmp_path,
+        f"listen: 127.0.0.1:{port}\n"
+        # The load of a shared test machine must not decide the weight here.
+        f"agent_check:\n  listen: 127.0.0.1:{check_port}\n  load_high_per_cpu: 1000000\n",
+    )
+    proc = AgentProcess(config, tmp_path / "state", port, tmp_path / "agent.log").start()
+    assert proc.proc is not None
+    burst: list[socket.socket] = []
+    slow: list[socket.socket] = []
+    try:
+        # Bad input: three clients that send and never read nor close hold no one else up.
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", check_port), timeout=60)
+            s.sendall(b"hello from a stuck client\n")
+            slow.append(s)
+        # The agent is stopped while 50 checks arrive at once: all the kernel can do is queue
+        # them, so the accept queue alone decides how many are taken (a backlog of 5: 3 of 50).
+        os.kill(proc.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(50):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", check_port))
+                burst.append(s)
+            assert connected(burst, time.monotonic() + 20) == 50
+        finally:
+            os.kill(proc.proc.pid, signal.SIGCONT)
+        for s in burst:
+            s.setblocking(True)
+        answers = [read_answer(s) for s in burst]
+        assert answers == [b"up 100%\n"] * 50
+        # The stuck clients had their answer too, and were closed after the short timeout.
+        assert [read_answer(s) for s in slow] == [b"up 100%\n"] * 3
+    finally:
+        for s in burst + slow:
+            s.close()
+        proc.stop()
