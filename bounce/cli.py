@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from mailpulse.bounce.dsn import BounceParseError
 from mailpulse.bounce.intake import (
     EX_DATAERR,
@@ -22,19 +21,25 @@ from mailpulse.bounce.intake import (
 )
 from mailpulse.bounce.verp import DEFAULT_PREFIX
 
+from mailpulse.config import ConfigError, load_config
+
 
 def verp_settings(config: Path | None) -> VerpSettings:
-    """`bounce: {verp_key: ..., verp_prefix: ..., recipient_delimiter: ...}` from the config file;
-    MAILPULSE_VERP_KEY in the environment wins over the file (keeps the key out of it)."""
-    section: dict[str, Any] = {}
-    if config is not None:
-        data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        section = data.get("bounce") or {}
+    """`bounce: {verp_key: ..., verp_prefix: ..., recipient_delimiter: ...}` from the config file
+    (read as every command reads it); MAILPULSE_VERP_KEY in the environment wins over the file
+    (keeps the key out of it)."""
+    cfg = load_config(config)
+    section = cfg.other.get("bounce", {})
+    for key in ("verp_key", "verp_prefix", "recipient_delimiter"):
+        if key in section and not isinstance(section[key], str):
+            raise ConfigError(
+                f"{cfg.source}: bounce.{key}: expected a string (in quotes), got {section[key]!r}"
+            )
     key = os.environ.get("MAILPULSE_VERP_KEY") or section.get("verp_key") or ""
     return VerpSettings(
-        key=str(key).encode() or None,
-        prefix=str(section.get("verp_prefix", DEFAULT_PREFIX)),
-        delimiters=str(section.get("recipient_delimiter", "-+")),
+        key=key.encode() or None,
+        prefix=section.get("verp_prefix", DEFAULT_PREFIX),
+        delimiters=section.get("recipient_delimiter", "-+"),
     )
 
 
@@ -49,8 +54,8 @@ def _line(r: dict[str, Any]) -> str:
 def run_parse(args: argparse.Namespace) -> int:
     try:
         verp = verp_settings(args.config)
-    except (OSError, yaml.YAMLError) as e:
-        print(f"mailpulse: cannot read config {args.config}: {e}", file=sys.stderr)
+    except ConfigError as e:
+        print(f"mailpulse: {e}", file=sys.stderr)
         return 2
     envelope = os.environ.get("MAILPULSE_ENVELOPE_RECIPIENT", "")
     status = EX_OK

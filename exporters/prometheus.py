@@ -22,7 +22,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -33,6 +32,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from mailpulse import catalogue
+from mailpulse.config import ConfigError, read_yaml
 from mailpulse.state import Labels, SeriesKey, State
 
 log = logging.getLogger(__name__)
@@ -137,11 +137,9 @@ def load_web_config(path: Path | None) -> WebConfig:
         return WebConfig()
     where = str(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise WebConfigError(f"{where}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise WebConfigError(f"{where}: not valid YAML: {e}") from None
+        data = read_yaml(path) or {}
+    except ConfigError as e:
+        raise WebConfigError(str(e)) from None
     if not isinstance(data, dict):
         raise WebConfigError(f"{where}: the top level must be a map")
     unknown = set(data) - {"tls_server_config", "basic_auth_users", "http_server_config"}
@@ -178,12 +176,25 @@ def _tls_context(where: str, tls: dict[str, Any], base: Path) -> ssl.SSLContext:
         p = base / value  # relative paths are relative to the web config, as exporter-toolkit does
         if not p.is_file():
             raise WebConfigError(f"{where}: tls_server_config.{key}: no such file {p}")
+        try:  # the agent's user must be able to read it, which is_file() does not tell
+            p.open("rb").close()
+        except OSError as e:
+            raise WebConfigError(
+                f"{where}: tls_server_config.{key}: cannot read {p}: {e.strerror}"
+            ) from None
         return str(p)
+
+    def no_passphrase() -> bytes:
+        # Without a callback OpenSSL would prompt on the terminal and the start would hang.
+        raise WebConfigError(
+            f"{where}: tls_server_config.key_file: the key is encrypted; the agent needs it"
+            " without a passphrase (readable by its user only)"
+        )
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        ctx.load_cert_chain(file("cert_file"), file("key_file"))
-    except ssl.SSLError as e:
+        ctx.load_cert_chain(file("cert_file"), file("key_file"), password=no_passphrase)
+    except (ssl.SSLError, OSError) as e:
         raise WebConfigError(f"{where}: tls_server_config: cannot load the key pair: {e}") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     for key, attr in (("min_version", "minimum_version"), ("max_version", "maximum_version")):
@@ -200,7 +211,10 @@ def _tls_context(where: str, tls: dict[str, Any], base: Path) -> ssl.SSLContext:
         )
     ctx.verify_mode = CLIENT_AUTH[auth]
     if "client_ca_file" in tls:
-        ctx.load_verify_locations(file("client_ca_file"))
+        try:
+            ctx.load_verify_locations(file("client_ca_file"))
+        except (ssl.SSLError, OSError) as e:
+            raise WebConfigError(f"{where}: tls_server_config.client_ca_file: {e}") from None
     elif auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert"):
         raise WebConfigError(f"{where}: tls_server_config.client_ca_file: required by {auth}")
     return ctx

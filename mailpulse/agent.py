@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
 import socket
 import socketserver
+import sqlite3
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -339,19 +342,40 @@ def health_weight(
 
 
 class AgentCheckServer:
-    """HAProxy agent-check: on each connection, one line (`up 80%`, or `drain`) and close."""
+    """HAProxy agent-check: on each connection, one line (`up 80%`, or `drain`) and close.
+
+    Every HAProxy in front of the node checks every few seconds, so connections come in
+    bursts: they wait in a deep accept queue (a full one drops SYNs, which clients retry only
+    after 1, 3, 7 s). Each connection has its own thread and a short timeout, so a client that
+    never reads nor closes holds up no other and goes away after TIMEOUT_S.
+    """
+
+    BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
+    TIMEOUT_S = 2.0
 
     def __init__(self, listen: str, answer: Any) -> None:
         host, _, port = listen.rpartition(":")
+        timeout = self.TIMEOUT_S
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
-                with contextlib.suppress(OSError):
-                    self.request.sendall(answer().encode() + b"\n")
+                conn: socket.socket = self.request
+                conn.settimeout(timeout)
+                conn.sendall(answer().encode() + b"\n")
+                # Read what the client sent (HAProxy's agent-send) until it closes: closing
+                # with unread input would reset the connection and could lose the answer.
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(4096):
+                    pass
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
             allow_reuse_address = True
+            request_queue_size = self.BACKLOG
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # Resets and timeouts are the client's business, not worth a traceback.
+                log.debug("agent-check: connection from %s failed", client_address, exc_info=True)
 
         self.server = Server((host.strip("[]"), int(port)), Handler)
         self.address = self.server.server_address
@@ -367,6 +391,87 @@ class AgentCheckServer:
         self.server.server_close()
 
 
+class StartupError(Exception):
+    """This host keeps the agent from starting; the message names the setting and the cause."""
+
+
+def listen_problem(key: str, listen: str, e: OSError) -> str:
+    what = f"{key} {listen}"
+    host, _, port = listen.rpartition(":")
+    if isinstance(e, socket.gaierror):
+        return f"{what}: not an IPv4 address or a name this host resolves ({e.strerror})"
+    if e.errno == errno.EADDRINUSE:
+        return f"{what}: address already in use{port_holder(int(port))}"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"{what}: {host.strip('[]')} is not an address of this host"
+    if e.errno == errno.EACCES:
+        return f"{what}: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)"
+    return f"{what}: cannot listen: {e.strerror}"
+
+
+def port_holder(port: int) -> str:
+    """' by pid N (name)': who listens on this TCP port, when psutil may see it (root sees all)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error, OSError):
+        for c in psutil.net_connections("tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                return f" by pid {c.pid} ({psutil.Process(c.pid).name()})"
+    return ""
+
+
+def state_dir_problem(path: Path) -> str | None:
+    """Whether the agent can keep its state in this directory; creates nothing."""
+    existing = path
+    while not existing.exists():  # it will be created in the nearest parent that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"state_dir {path}: {existing} is not a directory"
+    try:
+        tempfile.NamedTemporaryFile(dir=existing, prefix=".mailpulse-").close()
+    except OSError as e:
+        return f"state_dir {path}: cannot write in {existing}: {e.strerror}"
+    for name in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm"):
+        f = path / name
+        try:
+            if f.exists():
+                os.close(os.open(f, os.O_RDWR))
+        except OSError as e:
+            # Left alone, SQLite would take the file for corrupt and move it aside.
+            return f"state_dir {path}: cannot write {f}: {e.strerror}"
+    return None
+
+
+def startup_problems(cfg: Config) -> list[str]:
+    """What would stop the agent from starting, found without starting anything: the state
+    directory must be writable and every listen address free to bind."""
+    problems = [p for p in [state_dir_problem(cfg.state_dir)] if p]
+    listens = [("listen", cfg.listen)]
+    if cfg.agent_check.listen:
+        listens.append(("agent_check.listen", cfg.agent_check.listen))
+    bound: dict[int, str] = {}  # port -> key, held open so two keys on one port are caught
+    socks = []
+    try:
+        for key, listen in listens:
+            host, _, port = listen.rpartition(":")
+            if int(port) in bound:
+                problems.append(f"{key} {listen}: the same port as {bound[int(port)]}")
+                continue
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                s.bind((host.strip("[]"), int(port)))
+            except OSError as e:
+                problems.append(listen_problem(key, listen, e))
+            else:
+                bound[int(port)] = key
+    finally:
+        for s in socks:
+            s.close()
+    return problems
+
+
 class Agent:
     def __init__(self, cfg: Config, instances: list[Instance], log_sources: list[Path] | None):
         from mailpulse.collectors.host import HostSampler
@@ -380,8 +485,11 @@ class Agent:
         self.cfg = cfg
         self.instances = instances
         self.stop_event = threading.Event()
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self.state = State(cfg.state_dir / "state.sqlite")
+        try:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+            self.state = State(cfg.state_dir / "state.sqlite")
+        except (OSError, sqlite3.Error) as e:
+            raise StartupError(f"state_dir {cfg.state_dir}: {e}") from None
         self.groups = DomainGroups(cfg.domain_groups)
         promoted = json.loads(self.state.meta(PROMOTED_META) or "[]")
         self.blocks = BlockWatch(cfg.agent_check)
@@ -405,14 +513,22 @@ class Agent:
         web = load_web_config(cfg.web_config_file)
         collector = CatalogueCollector(self.state, self.live, self.common)
         host, _, port = cfg.listen.rpartition(":")
-        self.http = MetricsServer(
-            make_registry(collector), (host.strip("[]"), int(port)), web, self.common
-        )
-        self.check = (
-            AgentCheckServer(cfg.agent_check.listen, self.agent_check_answer)
-            if cfg.agent_check.listen
-            else None
-        )
+        try:
+            self.http = MetricsServer(
+                make_registry(collector), (host.strip("[]"), int(port)), web, self.common
+            )
+        except OSError as e:
+            raise StartupError(listen_problem("listen", cfg.listen, e)) from None
+        self._check_lock = threading.Lock()  # the agent-check threads share the depth history
+        self.check: AgentCheckServer | None = None
+        if cfg.agent_check.listen:
+            try:
+                self.check = AgentCheckServer(cfg.agent_check.listen, self.agent_check_answer)
+            except OSError as e:
+                self.http.httpd.server_close()  # never served: shutdown() would wait forever
+                raise StartupError(
+                    listen_problem("agent_check.listen", cfg.agent_check.listen, e)
+                ) from None
 
     # -- what a scrape sees -------------------------------------------------------------------
     def _sample_host(self) -> None:
@@ -478,7 +594,8 @@ class Agent:
     def agent_check_answer(self) -> str:
         if self.blocks.blocked():
             return "drain"
-        depth, growth = self.queue_depth()
+        with self._check_lock:
+            depth, growth = self.queue_depth()
         load1 = os.getloadavg()[0]
         weight = health_weight(self.cfg.agent_check, depth, growth, load1, os.cpu_count() or 1)
         return f"up {weight}%"
@@ -517,7 +634,11 @@ def run(cfg: Config, instances: list[Instance], log_sources: list[Path] | None) 
     # The queue sampler's pure-Python walk over a big spool holds the GIL; hand it over more
     # often than the default 5 ms so a scrape arriving meanwhile is not kept waiting.
     sys.setswitchinterval(0.001)
-    agent = Agent(cfg, instances, log_sources)
+    try:
+        agent = Agent(cfg, instances, log_sources)
+    except StartupError as e:  # taken since the check in main(): the same one line
+        print(f"mailpulse agent: {e}", file=sys.stderr)
+        return 1
     done = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -565,6 +686,11 @@ def main(args: Any) -> int:
     except (ConfigError, WebConfigError) as e:
         print(f"mailpulse agent: {e}", file=sys.stderr)
         return 2
+    problems = startup_problems(cfg)
+    for p in problems:
+        print(f"mailpulse agent: {p}", file=sys.stderr)
+    if problems:
+        return 1
     if args.check_config:
         print(f"config ok: {cfg.source or 'defaults'}")
         print(f"node {cfg.node}, role {cfg.role}, listen {cfg.listen}, state {cfg.state_dir}")

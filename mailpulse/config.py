@@ -227,21 +227,47 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
     return Config(source=source, **values)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # far above any real config; /dev/zero given by mistake stops here
+
+
 def load_config(path: Path | None) -> Config:
     """Read the file (or the default one when it exists); no file at all means all defaults."""
     if path is None:
         if not DEFAULT_CONFIG_FILE.exists():
             return Config()
         path = DEFAULT_CONFIG_FILE
+    return parse_config(read_yaml(path), path)
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document of a config file; anything wrong is one line naming the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes, not a config file")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        before = raw[start : e.start].decode("utf-8", "replace").strip()[-40:]
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8"
+            f" (byte 0x{raw[e.start]:02x} after {before!r}); save the file as UTF-8"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{path}: {where}not valid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_config(data, path)
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
 
 
 # -- discovery on the node ----------------------------------------------------------------------

@@ -205,3 +205,105 @@ def test_check_config_refuses_a_bad_web_config(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert f"{web}: basic_auth_users.prom: expected a bcrypt hash" in r.stderr
+
+
+def mailpulse(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailpulse", *argv],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+# Every command that reads the config file, with an input it accepts when the file is good.
+CONFIG_COMMANDS = [
+    ("agent", "--check-config"),
+    ("logs", "parse", "/dev/null"),
+    ("logs", "report", "/dev/null"),
+    ("bounce", "parse", "/dev/null"),
+]
+
+
+@pytest.mark.parametrize("argv", CONFIG_COMMANDS, ids=lambda a: " ".join(a[:2]))
+def test_a_config_file_not_in_utf8_is_one_line_naming_file_and_line(
+    tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    f = tmp_path / "latin1.yaml"
+    # Bad input: a file saved in Latin-1 by an editor: the é of "café" is the one byte 0xe9.
+    f.write_bytes("role: bulk\nnode: café\n".encode("latin-1"))
+    r = mailpulse(*argv[:2], "--config", str(f), *argv[2:])
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{f}: line 2: not UTF-8 (byte 0xe9 after 'node: caf')" in r.stderr
+
+
+@pytest.mark.parametrize("argv", CONFIG_COMMANDS, ids=lambda a: " ".join(a[:2]))
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("bounce: [verp_key, abc]\n", "bounce"),  # bad input: a list where a map belongs
+        ("bounce: just a string\n", "bounce"),  # bad input: a scalar where a map belongs
+        ("logs: 5\n", "logs"),  # bad input: the agent's own section, a number
+        ("agent_check: [x]\n", "agent_check"),  # bad input: a list
+    ],
+)
+def test_a_section_of_the_wrong_type_is_refused_by_every_command(
+    tmp_path: Path, argv: tuple[str, ...], text: str, key: str
+) -> None:
+    f = tmp_path / "mailpulse.yaml"
+    f.write_text(text)
+    r = mailpulse(*argv[:2], "--config", str(f), *argv[2:])
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{f}: {key}: expected a map of settings" in r.stderr
+
+
+def test_bounce_parse_refuses_a_verp_key_that_is_not_a_string(tmp_path: Path) -> None:
+    f = tmp_path / "mailpulse.yaml"
+    f.write_text("bounce:\n  verp_key: 0123\n")  # bad input: YAML reads this as the number 83
+    r = mailpulse("bounce", "parse", "--config", str(f), "/dev/null")
+    assert r.returncode == 2
+    assert r.stderr == f"mailpulse: {f}: bounce.verp_key: expected a string (in quotes), got 83\n"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        # bad input: a YAML error spans several lines of text in PyYAML's own words
+        (b"logs:\n  files: [/var/log/mail.log\n", "line 3, column 1: not valid YAML: expected"),
+        (b"[" * 100_000, "not valid YAML: nested too deeply"),  # bad input: deep nesting
+        (b"node: " + b"x" * (2 << 20) + b"\n", "larger than 1048576 bytes"),  # bad input: 2 MB
+    ],
+)
+def test_a_broken_yaml_file_is_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    f = tmp_path / "mailpulse.yaml"
+    f.write_bytes(content)
+    r = mailpulse("agent", "--config", str(f), "--check-config")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and f"{f}: {message}" in r.stderr, r.stderr
+
+
+def test_bounce_parse_reads_the_verp_key_from_the_common_config(tmp_path: Path) -> None:
+    from mailpulse.bounce.verp import make_address
+
+    key = "s3cret"
+    f = tmp_path / "mailpulse.yaml"
+    f.write_text(f"node: n1\nbounce:\n  verp_key: '{key}'\n")  # beside the agent's own keys
+    address = make_address("4242", "bounces.example.com", key.encode())
+    mail = tmp_path / "dsn.eml"
+    mail.write_text(
+        f"From: MAILER-DAEMON@mx.example.net\nTo: {address}\nSubject: Undelivered\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\n\n'
+        "--B\nContent-Type: text/plain\n\nfailed\n\n--B\n"
+        "Content-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.net\n\n"
+        "Final-Recipient: rfc822; u@example.org\nAction: failed\nStatus: 5.1.1\n\n--B--\n"
+    )
+    r = mailpulse("bounce", "parse", "--json", "--config", str(f), str(mail))
+    assert r.returncode == 0, r.stderr
+    import json
+
+    (record,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert (record["user_id"], record["verp_verified"]) == ("4242", True)
