@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -112,30 +112,66 @@ def test_every_grok_corpus_case_parses_into_its_fields(shared_corpus: Path) -> N
     assert compared > 350 and ignored < 50, (compared, ignored)
 
 
+def _bsd(dt: datetime, frac: str = "") -> str:
+    return f"{dt:%b} {dt.day:2d} {dt:%H:%M:%S}{frac}"
+
+
 def test_timestamp_styles_and_node() -> None:
+    # Expected instants from datetime, never from the parser: local time for BSD stamps
+    # (mktime's rules), the offset for RFC 3339; fractions to the microsecond.
     tail = "postfix/qmgr[7]: 0F5383D: removed"
     local = datetime(2026, 11, 28, 17, 33, 59).timestamp()  # naive: the machine's local time
-    cases = {
-        f"Nov 28 17:33:59 mx1 {tail}": local,
-        f"Nov 28 17:33:59.250 mx1 {tail}": local + 0.25,
+    cases: dict[str, float] = {
         f"Nov 28 2026 17:33:59 mx1 {tail}": local,
+        f"Nov 28 2026 17:33:59.5 mx1 {tail}": local + 0.5,
         f"2026 Nov 28 17:33:59 mx1 {tail}": local,
+        f"2026 Nov 28 17:33:59.000001 mx1 {tail}": local + 1e-6,
         f"2026-11-28T17:33:59.123456+01:00 mx1 {tail}": datetime(
             2026, 11, 28, 16, 33, 59, 123456, tzinfo=UTC
         ).timestamp(),
+        f"2026-11-28T17:33:59.5-05:30 mx1 {tail}": datetime(
+            2026, 11, 28, 23, 3, 59, 500000, tzinfo=UTC
+        ).timestamp(),
+        f"2026-11-28T17:33:59.987654321Z mx1 {tail}": datetime(
+            2026, 11, 28, 17, 33, 59, tzinfo=UTC
+        ).timestamp()
+        + 0.987654321,
         f"2026-11-28T17:33:59Z mx1 {tail}": datetime(
             2026, 11, 28, 17, 33, 59, tzinfo=UTC
         ).timestamp(),
+        f"2026-11-28T17:33:59.75 mx1 {tail}": local + 0.75,  # no zone: local time
+        f"2026-03-01T00:00:00.1+14:00 mx1 {tail}": datetime(
+            2026, 2, 28, 10, 0, 0, 100000, tzinfo=UTC
+        ).timestamp(),
     }
+    # No year on the line: the year whose date is not in the future (two days' grace for
+    # clocks apart): last month's date is this year, tomorrow's too, a date a week or months
+    # ahead was a year ago. At 12:34:56, so no daylight-saving change is near.
+    now = datetime.now().replace(microsecond=0)
+    year_back_in_this_year = 0
+    for days in (-40, -1, 1, 4, 9, 40, 200):
+        d = (now + timedelta(days=days)).replace(hour=12, minute=34, second=56)
+        if d.month == 2 and d.day == 29:
+            d = d.replace(day=28)  # a date every year has
+        if days == 1 and d.year != now.year:
+            continue  # tomorrow is New Year's Day: a line from the future, nothing to read
+        future = d > now + timedelta(days=2)
+        assert future == (days > 2), (days, d, now)
+        read_as = d.replace(year=d.year - 1) if future else d
+        year_back_in_this_year += future and d.year == now.year
+        cases[f"{_bsd(d, '.031250')} mx1 {tail}"] = read_as.timestamp() + 0.03125
+        cases[f"{_bsd(d)} mx1 {tail}"] = read_as.timestamp()
+    # a date ahead in this very year must be read as last year's (none after December 22)
+    assert year_back_in_this_year or (now.month, now.day) > (12, 22)
+    nov = datetime(now.year, 11, 28, 17, 33, 59)
+    if nov > now + timedelta(days=2):
+        nov = nov.replace(year=now.year - 1)
+    cases[f"Nov 28 17:33:59.250 mx1 {tail}"] = nov.timestamp() + 0.25
     for line, want in cases.items():
         rec = parse_line(line.encode())
         assert rec is not None, line
         assert rec.node == "mx1" and rec.kind == "removed" and rec.queue_id == "0F5383D"
-        if "2026 " not in line and "T" not in line[:11]:
-            # No year on the line: the parser guesses this year or the last one.
-            assert abs(rec.time - want) % (365 * 86400) < 2 * 86400 or rec.time == want
-        else:
-            assert rec.time == pytest.approx(want, abs=1e-6), line
+        assert rec.time == pytest.approx(want, abs=1e-7), (line, rec.time - want)
 
 
 def test_instance_and_program_split() -> None:
