@@ -9,7 +9,6 @@ hang would reach. The road is `logs report`'s: input_events over a file, into a 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -129,21 +128,26 @@ def test_a_64_mb_line_on_stdin_through_the_command(tmp_path: Path) -> None:
     # Bad input: a 64 MB line on stdin (a pipe), read by the real command.
     path = tmp_path / "line.log"
     write_long_line(path, 64 * MB)
+    # A small launcher runs the command and reports its peak RSS (wait4): a child forked
+    # from pytest itself would start its high-water mark at pytest's own size.
+    launcher = (
+        "import os, sys; pid = os.fork()\n"
+        "if pid == 0: os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+        "_, status, usage = os.wait4(pid, 0)\n"
+        "open(sys.argv[1], 'w').write(f'{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}')"
+    )
+    measured = tmp_path / "rusage"
     with path.open("rb") as stdin:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailpulse", "logs", "report", "--json"],
+        out = subprocess.run(
+            [sys.executable, "-c", launcher, str(measured)]
+            + ["-m", "mailpulse", "logs", "report", "--json"],
             stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            capture_output=True,
+            check=True,
         )
-    assert proc.stdout is not None and proc.stderr is not None
-    out = proc.stdout.read()  # the report comes at the end: stderr stays empty meanwhile
-    err = proc.stderr.read()
-    # wait4 on this very child for its own peak memory (pytest's timeout ends a hang)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0 and err == b"", err
-    data = json.loads(out)
+    code, maxrss_kib = map(int, measured.read_text().split())
+    assert code == 0 and out.stderr == b"", out.stderr
+    data = json.loads(out.stdout)
     assert data["cut_lines"] == 1 and data["status"]["bounced"] == 2
-    # ru_maxrss is in KiB: the interpreter and its imports, not the 64 MB line
-    assert usage.ru_maxrss * 1024 < 48 * MB, usage.ru_maxrss
+    # the interpreter and its imports, not the 64 MB line
+    assert maxrss_kib * 1024 < 48 * MB, maxrss_kib
