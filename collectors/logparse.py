@@ -577,7 +577,8 @@ def _cleanup(rec: LogRecord, msg: str) -> None:
         return
     if rest.startswith("message-id="):
         rec.kind = "message_id"
-        f["message_id"] = rest[11:]
+        mid = rest[11:]
+        f["message_id"] = mid[1:-1] if mid[:1] == "<" and mid[-1:] == ">" else mid
         return
     if rest.startswith(("reject: header ", "reject: body ", "discard: header ", "discard: body ")):
         # "reject: header Subject: x from host[ip]; from=<a> to=<b> proto=ESMTP helo=<h>: 5.7.1 y"
@@ -749,6 +750,7 @@ _PS_ACTIONS = (
 )
 _PS_CLIENT = re.compile(r"\[([^\]]*)\]:(\d+)")
 _AFTER = re.compile(r" after (\S+)")
+_PS_SECONDS = re.compile(r" after (\d+(?:\.\d+)?) from ")
 
 
 def _postscreen(rec: LogRecord, msg: str) -> None:
@@ -771,10 +773,20 @@ def _postscreen(rec: LogRecord, msg: str) -> None:
     for action in _PS_ACTIONS:
         if msg.startswith(action):
             rec.kind = "postscreen"
-            f["action"] = action.removesuffix(" from")
+            f["action"] = action.removesuffix(" from").removesuffix(" rank")
             m = _PS_CLIENT.search(msg)
             if m:
                 f["client_ip"], f["client_port"] = m.group(1), m.group(2)
+                if action == "CONNECT from":  # "... to [server]:25": which listener
+                    to = _PS_CLIENT.search(msg, m.end())
+                    if to:
+                        f["server_ip"], f["server_port"] = to.group(1), to.group(2)
+            if action == "DNSBL rank":
+                f["dnsbl_rank"] = msg[11:].split(" ", 1)[0]
+            elif action in ("PREGREET", "HANGUP"):
+                t = _PS_SECONDS.search(msg)  # seconds into the session
+                if t:
+                    f["after"] = t.group(1)
             if action.startswith(("COMMAND", "NON-SMTP", "BARE")):
                 a = _AFTER.search(msg, m.end() if m else 0)
                 if a:
@@ -794,6 +806,8 @@ def _bounce(rec: LogRecord, msg: str) -> None:
         rec.kind = "notification"
         what, _, qid = rest.partition(" notification: ")
         f["notification"] = what  # "sender non-delivery", "sender delay", "postmaster ..."
+        # who is told (sender, postmaster) and of what (non-delivery, delay, delivery status)
+        f["notification_to"], _, f["notification_reason"] = what.partition(" ")
         f["notification_queue_id"] = qid
         return
     if not _level(rec, msg if rest is None else rest):
@@ -831,11 +845,11 @@ def _postsuper(rec: LogRecord, msg: str) -> None:
     rest = _queue_id(rec, msg)
     f = rec.fields
     if rest is not None:
+        f["action"] = rest
         if rest == "removed":
             rec.kind = "removed"
             return
         rec.kind = "admin"
-        f["action"] = rest
         return
     head, sep, count = msg.partition(": ")
     if sep and count.split(" ", 1)[0].isdigit():

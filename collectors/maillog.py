@@ -262,7 +262,8 @@ class Correlator:
     @property
     def stats(self) -> Counter[str]:
         """Every counter under one name: lines, not_postfix, records.<kind>, events.<status>,
-        unparsed.<program>, rejects.<action>, evictions, content_filter_relays, cut_lines."""
+        unparsed.<program>, rejects.<action>, evictions, content_filter_relays, cut_lines (lines
+        over MAX_LINE, read up to it), and what the caller adds (damaged or unreadable files)."""
         out = Counter(self.counts)
         out["lines"] = self.lines
         out["not_postfix"] = self.not_postfix
@@ -318,6 +319,8 @@ class Correlator:
             rec = parse_line(line)
         if rec is None:
             self.not_postfix += 1
+            if len(line) > MAX_LINE:  # Postfix's lines count it in feed, from the record
+                self.counts["cut_lines"] += 1
             return []
         return self.feed(rec)
 
@@ -589,15 +592,38 @@ class Correlator:
     # -- the block road ------------------------------------------------------------------
     def feed_stream(self, f: BinaryIO, block: int = BLOCK) -> Iterator[DeliveryEvent]:
         """Every delivery event in a binary stream, read in blocks cut after their last
-        newline (a pipe's block is what it holds: events come as its lines arrive)."""
+        newline (a pipe's block is what it holds: events come as its lines arrive).
+
+        A line longer than MAX_LINE keeps only its first MAX_LINE + 1 bytes (the parser reads
+        MAX_LINE of them and flags it cut, as it does for the whole line); the rest is skipped
+        up to its newline without being held, so any line costs linear time and at most
+        MAX_LINE + block bytes. When reading fails part way, the lines before are fed first."""
         read = getattr(f, "read1", f.read)
-        rest = b""
-        while chunk := read(block):
+        rest = b""  # the start of a line cut by the last block: at most MAX_LINE + 1 bytes
+        skipping = False  # rest is the head of an over-long line whose newline is still ahead
+        while True:
+            try:
+                chunk = read(block)
+            except Exception:
+                if rest:  # what was read before the damage: a last line cut where it stopped
+                    yield from self._feed_lines_of(rest, len(rest))
+                raise
+            if not chunk:
+                break
+            if skipping:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    continue
+                skipping = False
+                chunk = chunk[nl:]
             data = rest + chunk if rest else chunk
             cut = data.rfind(b"\n")
             if cut >= 0:
                 yield from self._feed_lines_of(data, cut)
             rest = data[cut + 1 :]
+            if len(rest) > MAX_LINE:
+                rest = rest[: MAX_LINE + 1]
+                skipping = True
         if rest:
             yield from self._feed_lines_of(rest, len(rest))
 

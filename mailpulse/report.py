@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import time
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,20 +36,71 @@ def normalise_reply(text: str) -> str:
     return _ADDRESS.sub("<...>", text)[:200]
 
 
+# Exit codes (sysexits, as bounce parse): a file damaged part way (what came before it is
+# counted), a file that cannot be opened. Both still print what the other input gave.
+EX_DATAERR = 65
+EX_NOINPUT = 66
+
+
 def _open(path: Path) -> BinaryIO:
     if path.suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return path.open("rb")
 
 
-def input_events(c: Correlator, files: Iterable[Path]) -> Iterator[DeliveryEvent]:
-    """Delivery events of these files in order ("-" or none: stdin), read in blocks."""
+class _Counted:
+    """A binary file that counts the bytes read through it: where damage was met."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.read_bytes = 0
+
+    def read1(self, n: int) -> bytes:
+        data = self.f.read1(n) if hasattr(self.f, "read1") else self.f.read(n)
+        self.read_bytes += len(data)
+        return data
+
+    read = read1
+
+
+def input_events(
+    c: Correlator, files: Iterable[Path], failures: list[int] | None = None
+) -> Iterator[DeliveryEvent]:
+    """Delivery events of these files in order ("-" or none: stdin), read in blocks.
+
+    A file that cannot be opened or is damaged part way (a truncated or corrupt .gz) is said in
+    one line on stderr, counted in the correlator (unreadable_files, damaged_files) and its
+    exit code appended to `failures`; what came before the damage is kept, the next file read.
+    """
+    fails = failures if failures is not None else []
     for p in list(files) or [Path("-")]:
         if str(p) == "-":
             yield from c.feed_stream(sys.stdin.buffer)
             continue
-        with _open(p) as f:
-            yield from c.feed_stream(f)
+        try:
+            f = _open(p)
+        except OSError as e:
+            _say(f"{p}: cannot read: {e.strerror or e}")
+            c.counts["unreadable_files"] += 1
+            fails.append(EX_NOINPUT)
+            continue
+        with f:
+            counted = _Counted(f)
+            lines = c.lines
+            try:
+                yield from c.feed_stream(counted)
+            except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+                text = " of its uncompressed text" if p.suffix == ".gz" else ""
+                _say(
+                    f"{p}: damaged after byte {counted.read_bytes}{text}, line {c.lines - lines}:"
+                    f" {e}; what came before is counted"
+                )
+                c.counts["damaged_files"] += 1
+                fails.append(EX_DATAERR)
+
+
+def _say(text: str) -> None:
+    print(f"mailpulse: {text}", file=sys.stderr)
 
 
 def settings(config: Path | None) -> tuple[Correlator, DomainGroups]:
@@ -73,8 +125,9 @@ def run_parse(args: argparse.Namespace) -> int:
         return 2
     out = sys.stdout
     write = out.write
+    failures: list[int] = []
     try:
-        for ev in input_events(c, args.files):
+        for ev in input_events(c, args.files, failures):
             if args.json:
                 write(json.dumps(event_json(ev)) + "\n")
             else:
@@ -89,7 +142,7 @@ def run_parse(args: argparse.Namespace) -> int:
         print(f"mailpulse: {e}", file=sys.stderr)
         return 1
     _print_unparsed(c)
-    return 0
+    return max(failures, default=0)
 
 
 def _print_unparsed(c: Correlator) -> None:
@@ -155,6 +208,9 @@ class Report:
             "unparsed": {k[9:]: v for k, v in stats.items() if k.startswith("unparsed.")},
             "unparsed_samples": c.samples,
             "evictions": stats.get("evictions", 0),
+            "cut_lines": stats.get("cut_lines", 0),
+            "damaged_files": stats.get("damaged_files", 0),
+            "unreadable_files": stats.get("unreadable_files", 0),
         }
 
 
@@ -181,6 +237,11 @@ def render_text(data: dict[str, Any]) -> str:
         *(f"  {'rejects ' + k:<24}{n:>10}" for k, n in sorted(data["rejects"].items())),
         *(f"  {k + 's':<24}{n:>10}" for k, n in data["warnings"].items() if n),
         f"  {'lines read':<24}{data['lines']:>10}",
+        *(
+            f"  {k.replace('_', ' '):<24}{data[k]:>10}"
+            for k in ("cut_lines", "damaged_files", "unreadable_files")
+            if data[k]
+        ),
     ]
     lines += _table("Per reason (failures)", data["reason"])
     lines += _table("Per dsn class", data["dsn_class"])
@@ -204,8 +265,9 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"mailpulse: {e}", file=sys.stderr)
         return 2
     rep = Report(groups)
+    failures: list[int] = []
     try:
-        for ev in input_events(c, args.files):
+        for ev in input_events(c, args.files, failures):
             rep.add(ev)
     except OSError as e:
         print(f"mailpulse: {e}", file=sys.stderr)
@@ -218,4 +280,4 @@ def run_report(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_text(data))
-    return 0
+    return max(failures, default=0)
