@@ -143,19 +143,19 @@ class LogFollower:
             os.fsync(f.fileno())
         tmp.replace(self.checkpoint_path)
 
-    def seek_end(self) -> int:
-        """Start at the end of the current file's last whole line (nothing before it is read);
-        the offset, 0 when there is no file yet (then it is read from its start)."""
+    def seek_end(self) -> str:
+        """Start after the current file's last whole line (nothing before it is read); says
+        where. With no file yet, it is read from its start when it comes."""
         self.close()
         self.inode, self.offset, self.fingerprint = None, 0, b""
         cur = self._open_current()
         if cur is None:
-            return 0
+            return f"the start of {self.path} (no such file yet)"
         size = os.fstat(cur.fileno()).st_size
         cur.seek(max(0, size - BLOCK))
         tail = cur.read(BLOCK)
         self._adopt(cur, size - len(tail) + tail.rfind(b"\n") + 1)
-        return self.offset
+        return f"byte {self.offset} of {self.path}"
 
     # -- finding files -------------------------------------------------------------------
     def _rotated(self) -> list[Path]:
@@ -406,14 +406,24 @@ class JournalFollower:
         self.journalctl = journalctl
         self.cursor = ""
         self.state: dict[str, Any] = {}
-        self.stats: dict[str, int] = {"entries": 0, "bad_entries": 0}
+        self.stats: dict[str, int] = {"entries": 0, "bad_entries": 0, "bad_checkpoint": 0}
+        self.damage = ""  # why the checkpoint could not be used, when it could not
         if self.checkpoint_path and self.checkpoint_path.exists():
             try:
                 data = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
                 self.cursor = str(data.get("cursor", ""))
                 self.state = dict(data.get("state", {}))
-            except (OSError, ValueError, TypeError):
-                self.stats["bad_checkpoint"] = 1
+            except (OSError, ValueError, TypeError, AttributeError) as e:
+                self.stats["bad_checkpoint"] += 1
+                self.damage = f"{type(e).__name__}: {e}"[:200]
+
+    def seek_end(self) -> str:
+        """Start after the journal's last entry (of the selected ones); says where."""
+        argv = [self.journalctl, "-o", "json", "--no-pager", "-n", "1", *self.journal_args]
+        out = subprocess.run(argv, capture_output=True, timeout=60).stdout.splitlines()
+        line = journal_entry_line(out[-1]) if out else None
+        self.cursor = line[1] if line else ""
+        return f"cursor {self.cursor}" if self.cursor else "its start (it is empty)"
 
     def read_lines(self, max_lines: int | None = None) -> Iterator[bytes]:
         argv = [self.journalctl, "-o", "json", "--no-pager", *self.journal_args]
