@@ -6,10 +6,12 @@ nothing lost without being counted and said."""
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import logging
 import shutil
 import sqlite3
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mailpulse.collectors.maillog import Correlator
 
 from lab.postfix import free_port
 from mailpulse.agent import Accounting, Agent
@@ -255,3 +258,42 @@ def test_a_failing_batch_is_shown_and_read_again_whole(
     assert len(errors) == 1 and errors[0].exc_info is None  # one line, not one per retry
     assert "TypeError" in errors[0].getMessage() and str(log) in errors[0].getMessage()
     assert any("read again" in r.getMessage() for r in caplog.records)
+
+
+def test_rotations_while_the_agent_is_stopped_are_read_in_full(
+    tmp_path: Path, agent_at: Any
+) -> None:
+    require_programs("logrotate")
+    log = tmp_path / "mail.log"
+    log.write_bytes(deliveries(0, 400))
+    agent, port = agent_at(log)
+    wait_for(lambda: total(port, "mailpulse_deliveries_total") == 400, 30, "the first 400")
+    agent.stop()
+    # While the agent is down: 300 more lines in its file, rotated and compressed by logrotate;
+    # another file's worth, rotated too; then the current file.
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(f"{log} {{\n  rotate 4\n  create\n  compress\n}}\n")
+    rotate = ["logrotate", "-f", "-s", str(tmp_path / "logrotate.state"), str(conf)]
+    with log.open("ab") as f:
+        f.write(deliveries(400, 300))
+    subprocess.run(rotate, check=True)
+    log.write_bytes(deliveries(700, 200))
+    subprocess.run(rotate, check=True)
+    log.write_bytes(deliveries(900, 100))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("mail.log.")) == [
+        "mail.log.1.gz",
+        "mail.log.2.gz",
+    ]
+    agent, port = agent_at(log)
+    wait_for(lambda: committed_offset(agent, log) == log.stat().st_size, 30, "the log read")
+    # The same as one clean read of every file's text, oldest first.
+    text = b"".join(
+        gzip.decompress((tmp_path / n).read_bytes()) for n in ("mail.log.2.gz", "mail.log.1.gz")
+    )
+    clean = len(
+        [ev for ev in Correlator().feed_block(text + log.read_bytes()) if ev.status == "sent"]
+    )
+    assert clean == 1000
+    assert total(port, "mailpulse_deliveries_total") == clean
+    assert total(port, "mailpulse_log_follow_events_total", event="lost_file") == 0
+    assert total(port, "mailpulse_log_skipped_bytes_total") == 0
