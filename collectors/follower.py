@@ -264,10 +264,12 @@ class LogFollower:
         """Files to read now, in order, each adopted at its reading position: the rest of the
         one we read, the rotated files newer than it, the current one."""
         cur = self._open_current()
-        if self._f is not None and self._replaced(self._f):
+        ref = self.mtime_ns  # after a restart: the checkpoint's time, to place rotated files
+        truncated = self._f is not None and self._replaced(self._f)
+        if truncated:
             self.stats["truncations"] += 1
-            self._f.close()
-            self._f = None
+            self._f.close()  # type: ignore[union-attr]
+            self._f, ref = None, None  # what we read is in the copy, found by its first bytes
         if self._f is None and self.inode is None:  # the first start: the file from its start
             if cur is not None:
                 self._adopt(cur, 0)
@@ -278,7 +280,7 @@ class LogFollower:
                 self._adopt(cur, self.offset)
                 yield cur
                 return
-            ours, self._queue = self._locate(self.mtime_ns)
+            ours, self._queue = self._locate(ref)
             if ours is not None:
                 self._adopt(ours, self.offset)
                 yield ours
@@ -305,7 +307,8 @@ class LogFollower:
                 f = self._queue.pop(0)
                 self._adopt(f, 0)
                 yield f
-        self.stats["rotations"] += 1
+        if not truncated:
+            self.stats["rotations"] += 1
         self._adopt(cur, 0)
         yield cur
 

@@ -449,3 +449,24 @@ def test_a_damaged_gz_while_stopped_is_a_lost_file_not_an_error(tmp_path: Path) 
     new = Counter(s for _, s in message_lines(100, 10) if s)
     assert all(got[s] - read_before[s] >= n for s, n in new.items())
     assert sum(got.values()) < sum(w.expected.values())
+
+
+@pytest.mark.usefixtures("road")
+def test_two_rotations_between_two_reads_while_following(tmp_path: Path) -> None:
+    from tests.conftest import require_programs
+
+    require_programs("logrotate")
+    log = tmp_path / "maillog"
+    w, got = Writer(log), Counter[str]()
+    w.write(100)
+    f = LogFollower(log, tmp_path / "cp.json")
+    c = Correlator()
+    drain(f, c, got, max_bytes=9000)  # part of the file; it stays open
+    w.write(20)
+    logrotate(log, "rotate 5\ncreate\ncompress\n")  # the open file is compressed and removed
+    w.write(30)
+    logrotate(log, "rotate 5\ncreate\ncompress\n")
+    w.write(10)
+    drain(f, c, got)
+    assert got == w.expected and sum(got.values()) == 160
+    assert f.stats["rotations"] == 1 and f.stats["lost_files"] == 0
