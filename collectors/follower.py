@@ -1,21 +1,28 @@
 """Follow a log file (or the journal) through rotation and restarts, with a checkpoint that
 survives kill -9.
 
-A file is known by its inode and a fingerprint of its first bytes. Rotation by rename leaves
-the old inode under a sibling name (maillog.1, maillog-20261128): its rest is read first.
-Copytruncate copies the file and truncates it in place: the lines written since the last
-read are in the copy, found by the fingerprint, and read from the saved offset.
+A file is known by its inode and a fingerprint of its first bytes (of its decompressed text
+when it is a .gz). Rotation renames the file (maillog.1, maillog-20261128) and may compress it
+(maillog.2.gz): the rest of the file the checkpoint names is read wherever it now is, then every
+rotated file newer than it, oldest first, then the current file. Copytruncate copies the file
+and truncates it in place: the lines written since the last read are in the copy, found by the
+fingerprint, and read from the saved offset. What cannot be read is counted: files lost, and
+bytes the checkpoint proves were never read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import os
+import re
 import subprocess
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 FINGERPRINT_BYTES = 256
 CHUNK = 1 << 20
@@ -24,6 +31,31 @@ CHUNK = 1 << 20
 BLOCK = 1 << 16
 # A "line" with no newline after this many bytes is handed on cut; the parser flags it.
 MAX_PENDING = 1 << 20
+# What a damaged .gz raises while it is read.
+GZIP_ERRORS = (OSError, EOFError, zlib.error)
+
+# The name logrotate gives a rotated copy, after the log's own name: .N or -DATE (dateext, any
+# dateformat of digits and separators), then .gz when compressed.
+_ROTATED = re.compile(r"(?:\.(\d{1,6})|-(\d[\d_-]*))(\.gz)?")
+
+
+class LogUnreadable(OSError):
+    """The log is there but this process may not read it; str() is one line naming both."""
+
+
+def rotation_rank(base: str, name: str) -> tuple[int, int, int] | None:
+    """Where a rotated copy of `base` sorts, oldest first, or None when `name` is not one:
+    dated names by their date, numbered ones by their number (the higher, the older), a plain
+    file before its compressed twin (gzip keeps both while it works)."""
+    if not name.startswith(base):
+        return None
+    m = _ROTATED.fullmatch(name[len(base) :])
+    if m is None:
+        return None
+    gz = 1 if m.group(3) else 0
+    if m.group(1) is not None:
+        return (1, -int(m.group(1)), gz)
+    return (0, int(re.sub(r"\D", "", m.group(2))), gz)
 
 
 def _fingerprint(f: BinaryIO, upto: int = FINGERPRINT_BYTES) -> bytes:
@@ -31,18 +63,16 @@ def _fingerprint(f: BinaryIO, upto: int = FINGERPRINT_BYTES) -> bytes:
     return f.read(upto)
 
 
-def _mtime(p: Path) -> float:
-    try:
-        return p.stat().st_mtime
-    except OSError:  # compressed or deleted by logrotate meanwhile
-        return 0.0
+def _open(p: Path) -> BinaryIO:
+    return cast(BinaryIO, gzip.open(p, "rb")) if p.name.endswith(".gz") else p.open("rb")
 
 
 class LogFollower:
     """Complete lines appended to `path` since the checkpoint; `save_checkpoint()` is atomic.
 
     `state` is a dict saved with the checkpoint in the same atomic write: a reader that keeps
-    its totals there never counts a line twice nor loses one, whenever it is killed.
+    its totals there never counts a line twice nor loses one, whenever it is killed. A
+    checkpoint file that cannot be read loses that state with it, so reading starts over.
     """
 
     def __init__(self, path: Path | str, checkpoint_path: Path | str | None = None) -> None:
@@ -51,9 +81,21 @@ class LogFollower:
         self.inode: int | None = None
         self.offset = 0
         self.fingerprint = b""
+        # The file's size and mtime when the checkpoint was saved: the bytes provably unread
+        # if it is lost, and which rotated files were written after it.
+        self.size: int | None = None
+        self.mtime_ns: int | None = None
         self.state: dict[str, Any] = {}
-        self.stats: dict[str, int] = {"rotations": 0, "truncations": 0, "lost_files": 0}
+        self.stats: dict[str, int] = {
+            "rotations": 0,
+            "truncations": 0,
+            "lost_files": 0,
+            "skipped_bytes": 0,
+            "bad_checkpoint": 0,
+        }
+        self.damage = ""  # why the checkpoint could not be used, when it could not
         self._f: BinaryIO | None = None
+        self._queue: list[BinaryIO] = []  # rotated files to read after _f, oldest first
         self._load()
 
     # -- checkpoint ----------------------------------------------------------------------
@@ -66,23 +108,34 @@ class LogFollower:
             self.offset = int(data["offset"])
             self.fingerprint = bytes.fromhex(data["fingerprint"])
             self.state = dict(data.get("state", {}))
-        except (OSError, ValueError, KeyError, TypeError):
-            # A damaged checkpoint: start over from the file's beginning, and say so.
+            size, mtime = data.get("size"), data.get("mtime_ns")
+            self.size = None if size is None else int(size)
+            self.mtime_ns = None if mtime is None else int(mtime)
+            if self.offset < 0 or self.inode < 0 or len(self.fingerprint) > FINGERPRINT_BYTES:
+                raise ValueError(f"offset {self.offset}, inode {self.inode} out of range")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             self.inode, self.offset, self.fingerprint, self.state = None, 0, b"", {}
-            self.stats["bad_checkpoint"] = 1
+            self.size = self.mtime_ns = None
+            self.stats["bad_checkpoint"] += 1
+            self.damage = f"{type(e).__name__}: {e}"[:200]
 
     def save_checkpoint(self, state: dict[str, Any] | None = None) -> None:
         if state is not None:
             self.state = state
         if not self.checkpoint_path or self.inode is None:
             return
-        data = {
+        data: dict[str, Any] = {
             "path": str(self.path),
             "inode": self.inode,
             "offset": self.offset,
             "fingerprint": self.fingerprint.hex(),
             "state": self.state,
         }
+        if self._f is not None:
+            st = os.fstat(self._f.fileno())
+            data["mtime_ns"] = st.st_mtime_ns
+            if not isinstance(self._f, gzip.GzipFile):  # a .gz's size is not its text's
+                data["size"] = st.st_size
         tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as f:
             json.dump(data, f)
@@ -90,43 +143,103 @@ class LogFollower:
             os.fsync(f.fileno())
         tmp.replace(self.checkpoint_path)
 
+    def seek_end(self) -> str:
+        """Start after the current file's last whole line (nothing before it is read); says
+        where. With no file yet, it is read from its start when it comes."""
+        self.close()
+        self.inode, self.offset, self.fingerprint = None, 0, b""
+        cur = self._open_current()
+        if cur is None:
+            return f"the start of {self.path} (no such file yet)"
+        size = os.fstat(cur.fileno()).st_size
+        cur.seek(max(0, size - BLOCK))
+        tail = cur.read(BLOCK)
+        self._adopt(cur, size - len(tail) + tail.rfind(b"\n") + 1)
+        return f"byte {self.offset} of {self.path}"
+
     # -- finding files -------------------------------------------------------------------
-    def _siblings(self) -> list[Path]:
-        """Rotated copies of the log, newest first by modification time."""
-        name = self.path.name
+    def _rotated(self) -> list[Path]:
+        """Rotated copies of the log, oldest first; of a plain file and its .gz, the plain."""
+        base = self.path.name
         try:
-            found = [
-                p
-                for p in self.path.parent.iterdir()
-                if p.name != name and p.name.startswith(name) and not p.name.endswith(".gz")
+            ranked = [
+                (r, p) for p in self.path.parent.iterdir() if (r := rotation_rank(base, p.name))
             ]
         except OSError:
             return []
-        return sorted(found, key=_mtime, reverse=True)
+        ranked.sort()
+        out: list[Path] = []
+        last: tuple[int, int] | None = None
+        for r, p in ranked:
+            if r[:2] != last:
+                out.append(p)
+            last = r[:2]
+        return out
 
     def _is_ours(self, f: BinaryIO) -> bool:
-        return bool(self.fingerprint) and _fingerprint(f, len(self.fingerprint)) == self.fingerprint
+        try:
+            return (
+                bool(self.fingerprint)
+                and _fingerprint(f, len(self.fingerprint)) == self.fingerprint
+            )
+        except GZIP_ERRORS:
+            return False
 
-    def _find_rotated(self) -> BinaryIO | None:
-        """The file we were reading, now under another name: same inode, or (copytruncate)
-        same first bytes and at least as long as what we had read."""
-        for p in self._siblings():
+    def _locate(self, ref_mtime_ns: int | None) -> tuple[BinaryIO | None, list[BinaryIO]]:
+        """Among the rotated copies: the file we were reading (same inode and first bytes, else
+        the newest with the same first bytes: a copy, or compressed) and, opened, those newer
+        than it, oldest first. When ours is not there, the newer ones are those last written
+        after `ref_mtime_ns` (logrotate and gzip keep a file's mtime)."""
+        entries: list[tuple[Path, BinaryIO | None, int, int]] = []  # path, file, inode, mtime
+        for p in self._rotated():
             try:
-                f = p.open("rb")
+                opened = _open(p)
             except OSError:
+                entries.append((p, None, -1, 0))
                 continue
-            st = os.fstat(f.fileno())
-            if (st.st_ino == self.inode or st.st_size >= self.offset) and self._is_ours(f):
-                return f
-            f.close()
-        return None
+            st = os.fstat(opened.fileno())
+            entries.append((p, opened, st.st_ino, st.st_mtime_ns))
+
+        def ours(i: int, by_inode: bool) -> bool:
+            f, ino = entries[i][1], entries[i][2]
+            return f is not None and (not by_inode or ino == self.inode) and self._is_ours(f)
+
+        newest_first = range(len(entries) - 1, -1, -1)
+        mine = next((i for i in newest_first if ours(i, True)), None)
+        if mine is None:
+            mine = next((i for i in newest_first if ours(i, False)), None)
+        found: BinaryIO | None = None
+        newer: list[BinaryIO] = []
+        for i, (p, f, _ino, mtime) in enumerate(entries):
+            if i == mine:
+                found = f
+                continue
+            if mine is not None:
+                later = i > mine
+            else:
+                later = ref_mtime_ns is not None and f is not None and mtime > ref_mtime_ns
+            if not later:
+                if f is not None:  # older than ours: read already
+                    f.close()
+            elif f is not None:
+                newer.append(f)
+            else:  # newer than ours but unreadable: lost, and so are its bytes
+                self.stats["lost_files"] += 1
+                if not p.name.endswith(".gz"):
+                    with contextlib.suppress(OSError):
+                        self.stats["skipped_bytes"] += p.stat().st_size
+        return found, newer
 
     # -- reading -------------------------------------------------------------------------
     def _open_current(self) -> BinaryIO | None:
         try:
             return self.path.open("rb")
-        except OSError:
-            return None
+        except FileNotFoundError:
+            return None  # not written yet, or between a rename and the writer's next line
+        except OSError as e:
+            raise LogUnreadable(
+                e.errno, f"cannot read {self.path}: {e.strerror} (as uid {os.geteuid()})"
+            ) from None
 
     def _adopt(self, f: BinaryIO, offset: int) -> None:
         if self._f is not None and self._f is not f:
@@ -134,68 +247,78 @@ class LogFollower:
         self._f = f
         self.inode = os.fstat(f.fileno()).st_ino
         self.offset = offset
-        self.fingerprint = _fingerprint(f)
-        f.seek(offset)
+        try:
+            self.fingerprint = _fingerprint(f)
+        except GZIP_ERRORS:  # a damaged .gz: reading it fails next, and counts it lost
+            self.fingerprint = b""
+
+    def _replaced(self, f: BinaryIO) -> bool:
+        """Truncated in place (copytruncate), or the first bytes differ: not what we read."""
+        if isinstance(f, gzip.GzipFile):
+            return False
+        return os.fstat(f.fileno()).st_size < self.offset or (
+            bool(self.fingerprint) and not self._is_ours(f)
+        )
 
     def _start(self) -> Iterator[BinaryIO]:
-        """Files to read now, in order: the rest of the old one, then the current one."""
+        """Files to read now, in order, each adopted at its reading position: the rest of the
+        one we read, the rotated files newer than it, the current one."""
         cur = self._open_current()
-        if self._f is None and self.inode is not None:
-            # After a restart: is the checkpoint's file still the current one?
-            if cur is not None:
-                st = os.fstat(cur.fileno())
-                same = st.st_ino == self.inode and st.st_size >= self.offset
-                if same and (not self.fingerprint or self._is_ours(cur)):
-                    self._adopt(cur, self.offset)
-                    yield cur
-                    return
-            old = self._find_rotated()
-            if old is not None:
-                self._adopt(old, self.offset)
-                yield old
-            else:
-                self.stats["lost_files"] += 1
-            if cur is not None:
-                self._new_file(cur)
-                yield cur
-            return
-        if self._f is None:
+        ref = self.mtime_ns  # after a restart: the checkpoint's time, to place rotated files
+        truncated = self._f is not None and self._replaced(self._f)
+        if truncated:
+            self.stats["truncations"] += 1
+            self._f.close()  # type: ignore[union-attr]
+            self._f, ref = None, None  # what we read is in the copy, found by its first bytes
+        if self._f is None and self.inode is None:  # the first start: the file from its start
             if cur is not None:
                 self._adopt(cur, 0)
                 yield cur
             return
-        # Following: finish our open file, then switch if the path now names another one.
-        f = self._f
-        st = os.fstat(f.fileno())
-        if st.st_size < self.offset or (self.fingerprint and not self._is_ours(f)):
-            # Truncated in place (copytruncate): the lines we missed are in the copy.
-            self.stats["truncations"] += 1
-            old = self._find_rotated()
-            if old is not None:
-                self._adopt(old, self.offset)
-                yield old
-            if cur is not None:
-                self._new_file(cur)
+        if self._f is None:  # a restart, or a truncation: where is what we read?
+            if cur is not None and self._same(cur):
+                self._adopt(cur, self.offset)
                 yield cur
-            return
-        yield f
+                return
+            ours, self._queue = self._locate(ref)
+            if ours is not None:
+                self._adopt(ours, self.offset)
+                yield ours
+            else:
+                self.stats["lost_files"] += 1
+                if self.size is not None:
+                    self.stats["skipped_bytes"] += max(0, self.size - self.offset)
+                self.inode = None
+        else:
+            yield self._f
+        while self._queue:
+            f = self._queue.pop(0)
+            self._adopt(f, 0)
+            yield f
         if cur is None:
             return
-        if os.fstat(cur.fileno()).st_ino != os.fstat(f.fileno()).st_ino:
-            self.stats["rotations"] += 1
-            self._new_file(cur)
-            yield cur
-        else:
+        if self._f is not None and os.fstat(cur.fileno()).st_ino == self.inode:
             cur.close()
+            return
+        # The path names another file now: first the files rotated since ours, then it.
+        if self._f is not None:
+            self._queue = self._locate(os.fstat(self._f.fileno()).st_mtime_ns)[1]
+            while self._queue:
+                f = self._queue.pop(0)
+                self._adopt(f, 0)
+                yield f
+        if not truncated:
+            self.stats["rotations"] += 1
+        self._adopt(cur, 0)
+        yield cur
 
-    def _new_file(self, f: BinaryIO) -> None:
-        if self._f is not None and self._f is not f:
-            self._f.close()
-        self._f = f
-        self.inode = os.fstat(f.fileno()).st_ino
-        self.offset = 0
-        self.fingerprint = b""
-        f.seek(0)
+    def _same(self, cur: BinaryIO) -> bool:
+        st = os.fstat(cur.fileno())
+        return (
+            st.st_ino == self.inode
+            and st.st_size >= self.offset
+            and (not self.fingerprint or self._is_ours(cur))
+        )
 
     def read_lines(self, max_bytes: int | None = None) -> Iterator[bytes]:
         """Complete lines (without the newline) appended since the last read or checkpoint."""
@@ -222,11 +345,21 @@ class LogFollower:
                         return
 
     def _read_file(self, f: BinaryIO, budget: int, blocks: bool = False) -> Iterator[bytes]:
-        f.seek(self.offset)
+        # A damaged .gz loses what is left of it; on a plain file a read error is the caller's.
+        damaged = GZIP_ERRORS if isinstance(f, gzip.GzipFile) else ()
         pending = b""
+        try:
+            f.seek(self.offset)
+        except damaged:
+            self.stats["lost_files"] += 1
+            return
         while True:
             size = BLOCK if blocks else CHUNK
-            chunk = f.read(size if budget < 0 else min(size, max(budget, 4096)))
+            try:
+                chunk = f.read(size if budget < 0 else min(size, max(budget, 4096)))
+            except damaged:
+                self.stats["lost_files"] += 1
+                return
             if not chunk:
                 return
             if len(self.fingerprint) < FINGERPRINT_BYTES and self.offset < FINGERPRINT_BYTES:
@@ -251,9 +384,10 @@ class LogFollower:
                 pending = b""
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        for f in [self._f, *self._queue]:
+            if f is not None:
+                f.close()
+        self._f, self._queue = None, []
 
 
 class JournalFollower:
@@ -275,14 +409,24 @@ class JournalFollower:
         self.journalctl = journalctl
         self.cursor = ""
         self.state: dict[str, Any] = {}
-        self.stats: dict[str, int] = {"entries": 0, "bad_entries": 0}
+        self.stats: dict[str, int] = {"entries": 0, "bad_entries": 0, "bad_checkpoint": 0}
+        self.damage = ""  # why the checkpoint could not be used, when it could not
         if self.checkpoint_path and self.checkpoint_path.exists():
             try:
                 data = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
                 self.cursor = str(data.get("cursor", ""))
                 self.state = dict(data.get("state", {}))
-            except (OSError, ValueError, TypeError):
-                self.stats["bad_checkpoint"] = 1
+            except (OSError, ValueError, TypeError, AttributeError) as e:
+                self.stats["bad_checkpoint"] += 1
+                self.damage = f"{type(e).__name__}: {e}"[:200]
+
+    def seek_end(self) -> str:
+        """Start after the journal's last entry (of the selected ones); says where."""
+        argv = [self.journalctl, "-o", "json", "--no-pager", "-n", "1", *self.journal_args]
+        out = subprocess.run(argv, capture_output=True, timeout=60).stdout.splitlines()
+        line = journal_entry_line(out[-1]) if out else None
+        self.cursor = line[1] if line else ""
+        return f"cursor {self.cursor}" if self.cursor else "its start (it is empty)"
 
     def read_lines(self, max_lines: int | None = None) -> Iterator[bytes]:
         argv = [self.journalctl, "-o", "json", "--no-pager", *self.journal_args]

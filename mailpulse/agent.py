@@ -112,6 +112,9 @@ class Accounting:
         self.state = state
         self.domains = domains
         self.blocks = blocks
+        # Outcomes for the block watch, handed on with their commit: a batch that failed and is
+        # read again must not be seen twice.
+        self._notes: list[tuple[float, str]] = []
 
     def apply(self, ev: DeliveryEvent) -> None:
         group = self.domains.label(ev.domain, ev.relay)
@@ -120,7 +123,7 @@ class Accounting:
             "mailpulse_deliveries_total", (ev.instance, ev.status, ev.reason, group, dsn_class)
         )
         if self.blocks is not None:
-            self.blocks.note(ev.time, ev.reason)
+            self._notes.append((ev.time, ev.reason))
         if ev.status not in FINAL_STATUSES:
             return
         stages = dict(zip(catalogue.DELAY_STAGES, ev.delays or (), strict=False))
@@ -139,6 +142,15 @@ class Accounting:
                 catalogue.SIZE_BUCKETS_BYTES,
                 float(ev.size),
             )
+
+    def committed(self) -> None:
+        if self.blocks is not None:
+            for when, reason in self._notes:
+                self.blocks.note(when, reason)
+        self._notes.clear()
+
+    def discard(self) -> None:
+        self._notes.clear()
 
     def promoted_meta(self) -> dict[str, str]:
         return {PROMOTED_META: json.dumps(sorted(self.domains.promoted))}
@@ -167,6 +179,24 @@ def stats_series(name: str, programs: set[str]) -> SeriesKey | None:
     return ("mailpulse_log_records_total", (name.replace(".", "_"),))
 
 
+# The log follower's own counts and where they go (entries: the journal's, counted as lines).
+FOLLOW_EVENTS = {
+    "rotations": "rotation",
+    "truncations": "truncation",
+    "lost_files": "lost_file",
+    "bad_checkpoint": "bad_checkpoint",
+    "bad_entries": "bad_entry",
+}
+
+
+def follow_series(name: str, target: str) -> SeriesKey | None:
+    if name == "skipped_bytes":
+        return ("mailpulse_log_skipped_bytes_total", (target,))
+    if name in FOLLOW_EVENTS:
+        return ("mailpulse_log_follow_events_total", (target, FOLLOW_EVENTS[name]))
+    return None
+
+
 @dataclass
 class SourceStatus:
     up: bool = False
@@ -179,7 +209,12 @@ JOURNAL_ARGS = ["-u", "postfix.service", "-u", "postfix@*.service"]
 
 
 class LogPipeline(threading.Thread):
-    """Follow one log source; each batch's counters and the checkpoint after it commit together."""
+    """Follow one log source; each batch's counters and the checkpoint after it commit together.
+
+    A batch that fails leaves nothing behind: its counts are dropped and the source is read
+    again from the last commit, so the checkpoint never passes a line that was not counted.
+    Meanwhile the source is down, the failure is counted and said once.
+    """
 
     def __init__(
         self,
@@ -200,29 +235,39 @@ class LogPipeline(threading.Thread):
         # one would commit the other's counts without its checkpoint.
         self.batch_lock = batch_lock
         self.status = SourceStatus()
-        key = str(source) if source else "journal"
+        self.target = key = str(source) if source else "journal"
         self.meta_key = f"checkpoint:{key}"
         safe = base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
         self.checkpoint_path = cfg.state_dir / "checkpoints" / f"{safe}.ckpt"
         self.stats_seen: dict[str, int] = {}
+        self.follow_seen: dict[str, int] = {}
         self.programs: set[str] = set()
+        self.errors: dict[str, int] = {}  # failed reads by kind, since the agent started
+        self._failing = ""  # the failure said last; "" while reading works
 
-    def _restore_checkpoint(self) -> None:
-        """The state's copy wins: it is the one that matches the counters."""
+    def _restore_checkpoint(self) -> str:
+        """The state's copy wins: it is the one that matches the counters. Returns why that
+        copy is damaged, or ""."""
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         saved = self.state.meta(self.meta_key)
+        self.checkpoint_path.unlink(missing_ok=True)
         if saved is None:
-            self.checkpoint_path.unlink(missing_ok=True)
-        else:
-            tmp = self.checkpoint_path.with_suffix(".tmp")
-            tmp.write_bytes(base64.b64decode(saved))
-            os.replace(tmp, self.checkpoint_path)
+            return ""
+        try:
+            data = base64.b64decode(saved, validate=True)
+        except ValueError as e:  # binascii.Error is one
+            return f"not base64: {e}"
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.checkpoint_path)
+        return ""
 
-    def run(self) -> None:
+    def _open(self) -> tuple[Any, Any]:
+        """A follower at the last committed checkpoint and a fresh correlator, as at start."""
         from mailpulse.collectors.follower import JournalFollower
         from mailpulse.collectors.maillog import Correlator, LogFollower
 
-        self._restore_checkpoint()
+        damage = self._restore_checkpoint()
         follower: Any = (
             LogFollower(self.source, self.checkpoint_path)
             if self.source
@@ -233,18 +278,64 @@ class LogPipeline(threading.Thread):
         correlator = Correlator(
             content_filters=self.cfg.content_filters, max_messages=self.cfg.max_messages
         )
+        self.stats_seen, self.follow_seen = {}, {}
+        damage = damage or follower.damage
+        if damage:
+            # The counters are the truth: they hold every line up to the checkpoint, and where
+            # that was is lost. Read from the start, those lines would count twice; so reading
+            # goes on from the log's end, and the damage is counted and said.
+            follower.stats["bad_checkpoint"] = 1
+            where = follower.seek_end()
+            log.warning(
+                "log source %s: checkpoint in %s damaged (%s); counters kept, reading from %s",
+                self.target,
+                self.state.path,
+                damage,
+                where,
+            )
+            self._commit(follower, correlator)
+        return follower, correlator
+
+    def run(self) -> None:
+        from mailpulse.collectors.follower import LogUnreadable
+
+        follower: Any = None
+        correlator: Any = None
         while not self.stop_event.is_set():
             started = time.monotonic()
+            n = 0
             try:
                 with self.batch_lock:
-                    n = self._batch(follower, correlator)
+                    try:
+                        if follower is None:
+                            follower, correlator = self._open()
+                        n = self._batch(follower, correlator)
+                    except BaseException:
+                        self.state.rollback()
+                        self.accounting.discard()
+                        if follower is not None:
+                            follower.close()
+                        follower = None
+                        raise
+            except LogUnreadable as e:
+                self._failed("unreadable", str(e), started)
+            except Exception as e:
+                log.debug("log source %s: batch failed", self.target, exc_info=True)
+                self._failed("batch", f"a batch failed ({type(e).__name__}: {e})", started)
+            else:
+                if self._failing:
+                    log.info("log source %s: read again, from its last checkpoint", self.target)
+                    self._failing = ""
                 self.status = SourceStatus(True, time.time(), time.monotonic() - started)
-            except Exception:
-                log.exception("log source %s failed; retrying", self.source or "journal")
-                self.status = SourceStatus(False, self.status.last_ok, time.monotonic() - started)
-                n = 0
             if n == 0:
                 self.stop_event.wait(self.cfg.log_poll_s)
+
+    def _failed(self, kind: str, why: str, started: float) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.status = SourceStatus(False, self.status.last_ok, time.monotonic() - started)
+        if why != self._failing:  # one line per failure, not one per retry
+            log.error("log source %s: %s; nothing counted, retrying", self.target, why)
+            self._failing = why
 
     def _batch(self, follower: Any, correlator: Any) -> int:
         before = correlator.lines
@@ -257,20 +348,30 @@ class LogPipeline(threading.Thread):
             for ev in correlator.feed_lines(follower.read_lines(limit)):
                 self.accounting.apply(ev)
         n: int = correlator.lines - before
-        if n == 0:
-            return 0
+        if n or follower.stats != self.follow_seen:
+            self._commit(follower, correlator)
+        return n
+
+    def _commit(self, follower: Any, correlator: Any) -> None:
+        """This batch's counters, the follower's own counts and the checkpoint after them, in
+        one transaction."""
         for k, v in correlator.stats.items():
             delta = v - self.stats_seen.get(k, 0)
             series = stats_series(k, self.programs) if delta > 0 else None
             if series is not None:
                 self.state.inc(*series, delta)
-        self.stats_seen = dict(correlator.stats)
+        for k, v in follower.stats.items():
+            delta = v - self.follow_seen.get(k, 0)
+            series = follow_series(k, self.target) if delta > 0 else None
+            if series is not None:
+                self.state.inc(*series, delta)
+        self.stats_seen, self.follow_seen = dict(correlator.stats), dict(follower.stats)
         follower.save_checkpoint()
         meta = self.accounting.promoted_meta()
         with contextlib.suppress(FileNotFoundError):  # no file to follow yet: nothing to mark
             meta[self.meta_key] = base64.b64encode(self.checkpoint_path.read_bytes()).decode()
         self.state.commit(meta)
-        return n
+        self.accounting.committed()
 
 
 class QueueWatch:
@@ -554,7 +655,9 @@ class Agent:
         now = time.time()
         statuses: list[tuple[str, str, SourceStatus]] = [("host", "", self._host_status)]
         for p in self.logs:
-            statuses.append(("log", str(p.source or "journal"), p.status))
+            statuses.append(("log", p.target, p.status))
+            for kind, n in p.errors.items():
+                out[("mailpulse_log_read_errors_total", (p.target, kind))] = n
         if self.queues is not None:
             for name, snap in self.queues.latest().items():
                 if snap is None:

@@ -93,6 +93,28 @@ CATALOGUE: tuple[Metric, ...] = (
         (),
         snmp_column=4,
     ),
+    Metric(
+        "mailpulse_log_follow_events_total",
+        COUNTER,
+        "What following a log met, by event: rotation, truncation (copytruncate), lost_file (a"
+        " file that could not be read to its end), bad_checkpoint (damaged: reading resumed at"
+        " the log's end), bad_entry (a journal entry that is no log line).",
+        ("target", "event"),
+    ),
+    Metric(
+        "mailpulse_log_skipped_bytes_total",
+        COUNTER,
+        "Bytes of a log the checkpoint proves were never read (a rotated file gone or unreadable).",
+        ("target",),
+        unit="bytes",
+    ),
+    Metric(
+        "mailpulse_log_read_errors_total",
+        COUNTER,
+        "Failed reads of a log source since the agent started, by kind: unreadable (no right to"
+        " read it), batch (a batch failed; nothing of it counted, it is read again).",
+        ("target", "kind"),
+    ),
     # -- queue, from the spool or showq ------------------------------------------------------
     Metric(
         "mailpulse_queue_messages",

@@ -188,6 +188,21 @@ class State:
                     else:
                         self._pub_counters[key] = v
 
+    def rollback(self) -> None:
+        """Drop every change since the last commit: a batch that failed is counted again whole
+        when it is read again, never in part twice."""
+        with self._lock:
+            for key in self._dirty:
+                h = self._pub_histograms.get(key)
+                if h is not None:
+                    self._histograms[key] = Histogram(list(h.counts), h.sum)
+                elif key in self._pub_counters:
+                    self._counters[key] = self._pub_counters[key]
+                else:
+                    self._counters.pop(key, None)
+                    self._histograms.pop(key, None)
+            self._dirty.clear()
+
     # -- reads, from scrapes -----------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         """The values as last committed."""

@@ -197,19 +197,26 @@ def test_kill_9_between_checkpoints_loses_and_repeats_nothing(tmp_path: Path, ro
     script = tmp_path / "reader.py"
     script.write_text(READER)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    for _ in range(3):  # three kills at whatever point the reader has reached
+    last_offset = 0
+    for _ in range(3):  # three kills, each while the reader is in the middle of the file
+        # 50 ms between 3,000-byte batches: the file takes the reader seconds to get through
         p = subprocess.Popen(
-            [sys.executable, str(script), str(log), str(cp), "0.02", road], env=env
+            [sys.executable, str(script), str(log), str(cp), "0.05", road], env=env
         )
         deadline = time.monotonic() + 60
         first = cp.stat().st_mtime_ns if cp.exists() else 0
         while time.monotonic() < deadline:
             if cp.exists() and cp.stat().st_mtime_ns != first:
                 break
-            time.sleep(0.01)
-        time.sleep(0.03)
+            time.sleep(0.005)
         p.send_signal(signal.SIGKILL)
         p.wait()
+        # The kill landed mid-read: past what the last run had committed, short of the end,
+        # with fewer deliveries committed than the file holds.
+        at_kill = json.loads(cp.read_text())
+        assert last_offset < at_kill["offset"] < log.stat().st_size
+        assert 0 < sum(at_kill["state"]["counts"].values()) < w.next
+        last_offset = at_kill["offset"]
         w.write(30)  # the log keeps growing while the reader is dead
     done = subprocess.run(
         [sys.executable, str(script), str(log), str(cp), "0", road],
@@ -220,6 +227,9 @@ def test_kill_9_between_checkpoints_loses_and_repeats_nothing(tmp_path: Path, ro
     assert done.returncode == 0
     counts = json.loads(cp.read_text())["state"]["counts"]
     assert Counter(counts) == w.expected and sum(counts.values()) == 490
+    # the same as one clean read of the whole file
+    clean = Counter(ev.status for ev in Correlator().feed_block(log.read_bytes()))
+    assert Counter(counts) == clean
 
 
 def test_logs_parse_reads_stdin_like_a_file(tmp_path: Path) -> None:
@@ -280,3 +290,183 @@ def test_journal_with_a_saved_cursor(tmp_path: Path) -> None:
         got[ev.status] += 1
     assert got == expected and sum(got.values()) == 160
     assert j2.stats["bad_entries"] == 0
+
+
+# -- rotation while the reader is stopped -------------------------------------------------------
+# logrotate itself does the renames and the compression; the truth is what the writer wrote, and a
+# single clean read of every file's text in order must count the same.
+LOGROTATE_CONFIGS = {
+    "renamed": "rotate 5\ncreate\n",
+    "compressed": "rotate 5\ncreate\ncompress\n",
+    "delaycompress": "rotate 5\ncreate\ncompress\ndelaycompress\n",
+}
+ROTATED_NAMES = {
+    "renamed": ["maillog.1", "maillog.2"],
+    "compressed": ["maillog.1.gz", "maillog.2.gz"],
+    "delaycompress": ["maillog.1", "maillog.2.gz"],
+}
+
+
+def logrotate(log: Path, config: str) -> None:
+    conf = log.parent / "logrotate.conf"
+    conf.write_text(f"{log} {{\n{config}}}\n")
+    subprocess.run(
+        ["logrotate", "-f", "-s", str(log.parent / "logrotate.state"), str(conf)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def clean_read(paths: list[Path]) -> Counter[str]:
+    """Every file's text in order, through one correlator, as `logs parse` would read it."""
+    import gzip
+
+    got: Counter[str] = Counter()
+    text = b"".join(
+        gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes() for p in paths
+    )
+    for ev in Correlator().feed_block(text):
+        got[ev.status] += 1
+    return got
+
+
+def stop_mid_file(log: Path, cp: Path, w: Writer, got: Counter[str]) -> LogFollower:
+    w.write(100)
+    f = LogFollower(log, cp)
+    drain(f, Correlator(), got, max_bytes=9000)  # part of the file
+    f.save_checkpoint()
+    f.close()
+    assert 0 < f.offset < log.stat().st_size
+    return f
+
+
+@pytest.mark.usefixtures("road")
+@pytest.mark.parametrize("style", LOGROTATE_CONFIGS)
+def test_two_rotations_while_stopped_read_every_rotated_file(tmp_path: Path, style: str) -> None:
+    from tests.conftest import require_programs
+
+    require_programs("logrotate")
+    log, cp = tmp_path / "maillog", tmp_path / "cp.json"
+    w, got = Writer(log), Counter[str]()
+    stop_mid_file(log, cp, w, got)
+    w.write(50)  # the rest of the checkpoint's file, unread
+    logrotate(log, LOGROTATE_CONFIGS[style])
+    w.write(60)  # a whole file that is rotated before the reader comes back
+    logrotate(log, LOGROTATE_CONFIGS[style])
+    w.write(40)
+    rotated = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("maillog."))
+    assert rotated == ROTATED_NAMES[style]
+    f2 = LogFollower(log, cp)
+    drain(f2, Correlator(), got)
+    assert got == w.expected and sum(got.values()) == 250
+    files = [tmp_path / n for n in reversed(rotated)] + [log]
+    assert clean_read(files) == got
+    assert f2.stats["lost_files"] == 0 and f2.stats["skipped_bytes"] == 0
+
+
+@pytest.mark.usefixtures("road")
+def test_dateext_names_and_gzip_while_stopped(tmp_path: Path) -> None:
+    import gzip
+
+    log, cp = tmp_path / "maillog", tmp_path / "cp.json"
+    w, got = Writer(log), Counter[str]()
+    stop_mid_file(log, cp, w, got)
+    w.write(30)
+    # logrotate with dateext: the old file under its date, compressed the next day
+    log.rename(tmp_path / "maillog-20261128")
+    w.write(45)
+    log.rename(tmp_path / "maillog-20261129")
+    day = tmp_path / "maillog-20261128"
+    with day.open("rb") as src, gzip.open(day.with_name(day.name + ".gz"), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    (tmp_path / "maillog-20261128").unlink()
+    w.write(25)
+    # Bad input: a file that only looks like a rotated copy by its prefix is not read.
+    (tmp_path / "maillog-notes.txt").write_bytes(b"".join(x for x, _ in message_lines(900, 5)))
+    f2 = LogFollower(log, cp)
+    drain(f2, Correlator(), got)
+    assert got == w.expected and sum(got.values()) == 200
+
+
+def after_a_clock_tick(path: Path) -> None:
+    """Wait until the file system's clock has moved past `path`'s mtime (its coarse tick), so a
+    file written from now on is provably later: this orders events, it measures nothing."""
+    probe = path.with_name(path.name + ".tick")
+    while True:
+        probe.touch()
+        if probe.stat().st_mtime_ns > path.stat().st_mtime_ns:
+            probe.unlink()
+            return
+        time.sleep(0.001)
+
+
+@pytest.mark.usefixtures("road")
+def test_a_rotated_file_gone_while_stopped_is_counted_as_skipped(tmp_path: Path) -> None:
+    from tests.conftest import require_programs
+
+    require_programs("logrotate")
+    log, cp = tmp_path / "maillog", tmp_path / "cp.json"
+    w, got = Writer(log), Counter[str]()
+    f = stop_mid_file(log, cp, w, got)
+    unread = log.stat().st_size - f.offset  # provably unread: the checkpoint saw the file this long
+    w.write(20)
+    after_a_clock_tick(log)
+    logrotate(log, "rotate 1\ncreate\n")
+    before = Counter(w.expected)
+    # Bad input: more rotations than logrotate keeps (rotate 1): the checkpoint's file is gone.
+    w.write(30)
+    logrotate(log, "rotate 1\ncreate\n")
+    w.write(10)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("maillog.")) == [
+        "maillog.1"
+    ]
+    read_before = Counter(got)
+    f2 = LogFollower(log, cp)
+    drain(f2, Correlator(), got)
+    # the rotated file written after the checkpoint and the current one are read, once
+    assert got - read_before == w.expected - before and sum((got - read_before).values()) == 40
+    assert f2.stats["lost_files"] == 1 and f2.stats["skipped_bytes"] == unread
+
+
+@pytest.mark.usefixtures("road")
+def test_a_damaged_gz_while_stopped_is_a_lost_file_not_an_error(tmp_path: Path) -> None:
+    import gzip
+
+    log, cp = tmp_path / "maillog", tmp_path / "cp.json"
+    w, got = Writer(log), Counter[str]()
+    stop_mid_file(log, cp, w, got)
+    read_before = Counter(got)
+    log.rename(tmp_path / "maillog.1")
+    data = gzip.compress((tmp_path / "maillog.1").read_bytes())
+    # Bad input: the compressed copy is cut short (a full disk while gzip wrote it).
+    (tmp_path / "maillog.1.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "maillog.1").unlink()
+    w.write(10)
+    f2 = LogFollower(log, cp)
+    drain(f2, Correlator(), got)
+    assert f2.stats["lost_files"] == 1
+    # the current file is read whole, after what could be read of the damaged one
+    new = Counter(s for _, s in message_lines(100, 10) if s)
+    assert all(got[s] - read_before[s] >= n for s, n in new.items())
+    assert sum(got.values()) < sum(w.expected.values())
+
+
+@pytest.mark.usefixtures("road")
+def test_two_rotations_between_two_reads_while_following(tmp_path: Path) -> None:
+    from tests.conftest import require_programs
+
+    require_programs("logrotate")
+    log = tmp_path / "maillog"
+    w, got = Writer(log), Counter[str]()
+    w.write(100)
+    f = LogFollower(log, tmp_path / "cp.json")
+    c = Correlator()
+    drain(f, c, got, max_bytes=9000)  # part of the file; it stays open
+    w.write(20)
+    logrotate(log, "rotate 5\ncreate\ncompress\n")  # the open file is compressed and removed
+    w.write(30)
+    logrotate(log, "rotate 5\ncreate\ncompress\n")
+    w.write(10)
+    drain(f, c, got)
+    assert got == w.expected and sum(got.values()) == 160
+    assert f.stats["rotations"] == 1 and f.stats["lost_files"] == 0
