@@ -7,23 +7,30 @@
    ids rewritten (a copy number in front, still hex) and its timestamps shifted past the
    previous copy, up to --lines lines.
    --source skips the lab and scales an existing Postfix log the same way.
-2. Runs, on that same file, each tool on one core (taskset), measuring CPU seconds from the
-   kernel's accounting of the child:
-   - mailpulse: full extraction (every line parsed, delivery events built and classified) and
-     queue-id correlation, as the agent does, reading the file in blocks (Correlator.feed_stream);
+2. Runs, on that same file, each tool on one core (taskset) as a whole process, from start to
+   exit, measuring CPU seconds from the kernel's accounting of the child:
+   - mailpulse as an operator runs it: `mailpulse logs report --json FILE` (counts, as the
+     other tools make) and `mailpulse logs parse --json FILE > /dev/null` (every event written
+     out);
+   - mailpulse's Correlator.feed_stream in a bare interpreter (events built, nothing counted
+     or written): the parser's own cost, a row of its own, and its peak memory;
    - pflogsumm (Debian), its default report;
    - prometheus-postfix-exporter (Debian), started on an empty log file, fed by appending the
-     whole input, measured by its CPU time once every line shows in its metrics;
+     whole input; its CPU time is read when its /metrics shows every delivery line and every
+     "removed" line of the input (its counters polled until they reach mailpulse's totals);
    - mtail (Debian) with Debian's example program /usr/share/doc/mtail/examples/postfix.mtail,
      in --one_shot mode.
-3. Prints lines/s and CPU s per million lines for each, mailpulse's ratio to each, and
-   mailpulse's peak memory after 200,000 lines and after the whole file.
+3. Checks the delivered, deferred and bounced counts of every tool against mailpulse's report
+   (as far as each tool counts them) and says which tool disagrees, by how much (exit 1).
+4. Prints lines/s and CPU s per million lines for each, the ratio of each to `mailpulse logs
+   report`, and mailpulse's peak memory after 200,000 lines and after the whole file.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import re
 import resource
@@ -34,6 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,15 +121,18 @@ def _secs(stamp: bytes) -> float:
     return time.mktime(time.strptime(f"{year} {stamp.decode()}", "%Y %b %d %H:%M:%S"))
 
 
-def child_cpu(
-    argv: list[str], **kw: object
-) -> tuple[float, int, subprocess.CompletedProcess[bytes]]:
-    """CPU seconds and peak RSS (KiB) of one child run to completion."""
+def child_cpu(argv: list[str], stdout: int = subprocess.PIPE, **kw: object) -> tuple[float, bytes]:
+    """CPU seconds of one child, from its start to its exit, and what it printed."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = subprocess.run(ONE_CORE + argv, stdout=subprocess.PIPE, check=True, **kw)  # type: ignore[call-overload]
+    r = subprocess.run(ONE_CORE + argv, stdout=stdout, check=True, **kw)  # type: ignore[call-overload]
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return cpu, after.ru_maxrss, r
+    return cpu, r.stdout or b""
+
+
+def mailpulse_cli() -> list[str]:
+    script = Path(sys.executable).with_name("mailpulse")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mailpulse"]
 
 
 # Peak memory from VmHWM: ru_maxrss of an exec'd child also counts what its parent had.
@@ -138,10 +149,21 @@ print(n, c.stats["lines"], c.stats.get("unparsed.smtp", 0), len(c.messages), hwm
 """
 
 
-def run_mailpulse(log: Path) -> tuple[float, int, str]:
-    cpu, _, r = child_cpu([sys.executable, "-c", MAILPULSE, str(log)], cwd=REPO)
-    out = r.stdout.decode().split()
-    return cpu, int(out[-1]), " ".join(out[:-1])
+def run_correlator(log: Path) -> tuple[float, int, str]:
+    cpu, out = child_cpu([sys.executable, "-c", MAILPULSE, str(log)], cwd=REPO)
+    words = out.decode().split()
+    return cpu, int(words[-1]), " ".join(words[:-1])
+
+
+def parsed_events(log: Path) -> Counter[tuple[str, str]]:
+    """(program, status) of every event `mailpulse logs parse --json` writes (not timed)."""
+    argv = [*mailpulse_cli(), "logs", "parse", "--json", str(log)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE) as p:
+        assert p.stdout is not None
+        counts = Counter((e["program"], e["status"]) for e in map(json.loads, p.stdout))
+    if p.returncode:
+        raise SystemExit(f"mailpulse logs parse exited with {p.returncode}")
+    return counts
 
 
 def free_port() -> int:
@@ -156,8 +178,34 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / tick
 
 
-def run_exporter(log: Path, work: Path) -> float:
-    """CPU seconds the exporter spent reading the appended log."""
+def metric_sums(text: str) -> dict[str, float]:
+    """Prometheus text format -> each metric name's sum over all its label sets."""
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return sums
+
+
+# mtail's example program and the exporter read the same lines the same way: a delivery line
+# of smtp, lmtp or pipe (any status) is one observation in each of the four stages of its
+# "delays=" histogram; only smtp's deferrals have a counter of their own (the exporter's), and
+# neither counts sent or bounced apart.
+DELAY_PROGRAMS = ("smtp", "lmtp", "pipe")
+
+
+def tool_counts(m: dict[str, float]) -> dict[str, int]:
+    stages = sum(m.get(f"postfix_{p}_delivery_delay_seconds_count", 0.0) for p in DELAY_PROGRAMS)
+    got = {"smtp/lmtp/pipe delivery lines": round(stages / 4)}
+    if "postfix_smtp_status_deferred" in m:
+        got["smtp deferred"] = round(m["postfix_smtp_status_deferred"])
+    got["qmgr removed"] = round(m.get("postfix_qmgr_messages_removed_total", 0.0))
+    return got
+
+
+def run_exporter(log: Path, work: Path, want: dict[str, int]) -> tuple[float, dict[str, int]]:
+    """CPU seconds the exporter spent until its metrics show `want`, and what they show."""
     feed = work / "exporter.log"
     feed.write_bytes(b"")
     port = free_port()
@@ -172,35 +220,92 @@ def run_exporter(log: Path, work: Path) -> float:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scrape() -> dict[str, int]:
+        with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - loopback
+            return tool_counts(metric_sums(r.read().decode()))
+
     try:
-        url = f"http://127.0.0.1:{port}/metrics"
         for _ in range(100):
             try:
-                urllib.request.urlopen(url, timeout=5).read()  # noqa: S310 - loopback
+                scrape()
                 break
             except OSError:
                 time.sleep(0.1)
         start = proc_cpu(p.pid)
         with log.open("rb") as src, feed.open("ab") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
-        # Done when its CPU clock stops moving for a while.
-        last, still = proc_cpu(p.pid), 0
-        while still < 6:
-            time.sleep(0.5)
-            now = proc_cpu(p.pid)
-            still = still + 1 if now - last < 0.01 else 0
-            last = now
-        metrics = urllib.request.urlopen(url, timeout=30).read().decode()  # noqa: S310
-        sent = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in metrics.splitlines()
-            if line.startswith("postfix_smtp_delivery_delay_seconds_count")
-        )
-        print(f"  exporter saw {sent:.0f} smtp deliveries", file=sys.stderr)
-        return last - start
+        # Done when every delivery and every "removed" line shows in its counters. If they stop
+        # short, they stay still: after a minute without change the counts say by how much.
+        got, changed = scrape(), time.monotonic()
+        while not all(got.get(k, 0) >= n for k, n in want.items()):
+            time.sleep(0.2)
+            now = scrape()
+            if now != got:
+                got, changed = now, time.monotonic()
+            elif time.monotonic() - changed > 60:
+                print("  exporter: its counters stopped short of the input", file=sys.stderr)
+                break
+        return proc_cpu(p.pid) - start, got
     finally:
         p.terminate()
         p.wait()
+
+
+def run_mtail(log: Path, work: Path) -> tuple[float, dict[str, int]]:
+    progs = work / "mtail-progs"
+    progs.mkdir(exist_ok=True)
+    shutil.copy(MTAIL_PROG, progs)
+    argv = ["mtail", "--progs", str(progs), "--logs", str(log), "--one_shot"]
+    argv += ["--one_shot_format", "prometheus", "--logtostderr"]
+    cpu, out = child_cpu(argv, stderr=subprocess.DEVNULL)
+    return cpu, tool_counts(metric_sums(out.decode()))
+
+
+_PFLOGSUMM = {
+    "sent": re.compile(r"^ *(\d+)([ km]) +delivered$", re.M),
+    "deferred": re.compile(r"\((\d+)([ km]) deferrals\)"),
+    "bounced": re.compile(r"^ *(\d+)([ km]) +bounced$", re.M),
+}
+_UNIT = {" ": 1, "k": 1024, "m": 1024 * 1024}
+
+
+def pflogsumm_counts(text: str) -> dict[str, tuple[int, int]]:
+    """Its grand totals as (count, unit): past 512k it prints whole thousands (1024s), cut."""
+    got = {}
+    for status, pattern in _PFLOGSUMM.items():
+        m = pattern.search(text)
+        got[status] = (int(m.group(1)), _UNIT[m.group(2)]) if m else (0, 1)
+    return got
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+class Check:
+    """Counts of the other tools against mailpulse's; a disagreement is named, never hidden."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, int, bool]] = []
+
+    def __call__(self, tool: str, what: str, theirs: int, ours: int, unit: int = 1) -> None:
+        shown = f"{theirs:,}" + {1: "", 1024: "k", 1024 * 1024: "m"}[unit]
+        self.rows.append((tool, what, shown, ours, theirs == ours // unit))
+
+    def report(self) -> bool:
+        print(f"\n{'counts':<22}{'what':<32}{'tool':>14}{'mailpulse':>14}")
+        for tool, what, theirs, ours, ok in self.rows:
+            print(f"{tool:<22}{what:<32}{theirs:>14}{ours:>14,}{'' if ok else '   <-- DISAGREE'}")
+        sys.stdout.flush()
+        bad = [r for r in self.rows if not r[4]]
+        for tool, what, theirs, ours, _ in bad:
+            print(
+                f"!!! {tool} and mailpulse disagree on {what}: {tool} {theirs}, mailpulse {ours:,}",
+                file=sys.stderr,
+            )
+        return not bad
 
 
 def main() -> int:
@@ -217,49 +322,71 @@ def main() -> int:
     log = work / "maillog.big"
     n = scale(src, log, args.lines)
     print(f"input: {n} lines, {log.stat().st_size / 1e6:.0f} MB, from {src}")
+    print(f"load average at the start: {load()} (other work on the machine)")
 
     results: dict[str, float] = {}
-    cpu, rss, info = run_mailpulse(log)
-    results["mailpulse"] = cpu
-    print(f"  mailpulse: events, lines, unparsed smtp, table size = {info}")
+    cli = mailpulse_cli()
+    results["mailpulse report"], out = child_cpu([*cli, "logs", "report", "--json", str(log)])
+    report = json.loads(out)
+    results["mailpulse parse"], _ = child_cpu(
+        [*cli, "logs", "parse", "--json", str(log)], stdout=subprocess.DEVNULL
+    )
+    results["mailpulse feed_stream"], rss, info = run_correlator(log)
+    print(f"  feed_stream: events, lines, unparsed smtp, table size = {info}")
     head = work / "maillog.head"
-    with log.open("rb") as src, head.open("wb") as dst:
-        dst.writelines(itertools.islice(src, 200_000))
-    _, rss_small, _ = run_mailpulse(head)
+    with log.open("rb") as f, head.open("wb") as dst:
+        dst.writelines(itertools.islice(f, 200_000))
+    _, rss_small, _ = run_correlator(head)
+
+    # What mailpulse counted, the yardstick for the others.
+    status = report["status"]
+    events = parsed_events(log)
+    check = Check()
+    for s in ("sent", "deferred", "bounced", "expired"):
+        parsed = sum(v for (_, st), v in events.items() if st == s)
+        check("mailpulse parse", s, parsed, status[s])
+    delay_lines = sum(
+        v
+        for (prog, st), v in events.items()
+        if prog in DELAY_PROGRAMS and st in ("sent", "deferred", "bounced")
+    )
+    want = {
+        "smtp/lmtp/pipe delivery lines": delay_lines,
+        "smtp deferred": events[("smtp", "deferred")],
+        "qmgr removed": report["messages"]["removed"],
+    }
+
     if shutil.which("pflogsumm"):
-        results["pflogsumm"], _, _ = child_cpu(["pflogsumm", str(log)])
+        results["pflogsumm"], out = child_cpu(["pflogsumm", str(log)])
+        # pflogsumm's "delivered" is every status=sent line (mailpulse's sent, content filter
+        # relays aside: the lab has none), its deferrals and bounced are lines as mailpulse's
+        # are; qmgr's "status=expired" lines have no to=<> and it does not count them.
+        for s, (count, unit) in pflogsumm_counts(out.decode()).items():
+            check("pflogsumm", s, count, status[s], unit)
     if shutil.which("prometheus-postfix-exporter"):
-        results["postfix_exporter"] = run_exporter(log, work)
+        results["postfix_exporter"], got = run_exporter(log, work, want)
+        for what, ours in want.items():
+            check("postfix_exporter", what, got.get(what, 0), ours)
     if shutil.which("mtail") and MTAIL_PROG.exists():
-        progs = work / "mtail-progs"
-        progs.mkdir(exist_ok=True)
-        shutil.copy(MTAIL_PROG, progs)
-        results["mtail"], _, _ = child_cpu(
-            [
-                "mtail",
-                "--progs",
-                str(progs),
-                "--logs",
-                str(log),
-                "--one_shot",
-                "--one_shot_format",
-                "prometheus",
-                "--logtostderr",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-    print(f"\n{'tool':<18}{'lines/s':>12}{'CPU s / M lines':>18}{'mailpulse x':>14}")
-    mp = results["mailpulse"]
+        results["mtail"], got = run_mtail(log, work)
+        for what, ours in want.items():
+            if what in got:  # mtail's example program has no deferral counter
+                check("mtail", what, got[what], ours)
+    agree = check.report()
+
+    print(f"\n{'tool':<24}{'lines/s':>12}{'CPU s / M lines':>18}{'x mailpulse report':>20}")
+    mp = results["mailpulse report"]
     for name, cpu in results.items():
-        print(f"{name:<18}{n / cpu:>12,.0f}{cpu / n * 1e6:>18.2f}{cpu / mp:>14.2f}")
-    fastest = min((v for k, v in results.items() if k != "mailpulse"), default=None)
+        print(f"{name:<24}{n / cpu:>12,.0f}{cpu / n * 1e6:>18.2f}{cpu / mp:>20.2f}")
+    fastest = min((v for k, v in results.items() if not k.startswith("mailpulse")), default=None)
     if fastest:
-        print(f"\nmailpulse vs the fastest other tool: {fastest / mp:.2f}x (target 3x)")
+        print(f"\nmailpulse report vs the fastest other tool: {fastest / mp:.2f}x (target 3x)")
     print(
-        f"mailpulse peak RSS: {rss_small / 1024:.1f} MiB after 200,000 lines, "
+        f"mailpulse feed_stream peak RSS: {rss_small / 1024:.1f} MiB after 200,000 lines, "
         f"{rss / 1024:.1f} MiB after {n:,} lines ({(rss / rss_small - 1) * 100:+.0f}%)"
     )
-    return 0
+    print(f"load average at the end: {load()}")
+    return 0 if agree else 1
 
 
 if __name__ == "__main__":

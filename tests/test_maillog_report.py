@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 # (node, hour, domain, status, dsn, reply) -> how many such recipients are written
 CASES = [
@@ -43,9 +45,26 @@ def write_log(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def report(path: Path, *extra: str) -> str:
+# The command with its clock pinned: a classic stamp ("Nov 28 09:15:00") has no year, and the
+# one the parser gives it depends on when it reads the line, so the test says when that is.
+PINNED_CLOCK = """
+import runpy, sys, time
+now = float(sys.argv.pop(1))
+time.time = lambda: now
+sys.argv[0] = "mailpulse"
+runpy.run_module("mailpulse", run_name="__main__")
+"""
+JUNE = (2030, 6, 15, 12)  # Nov 28 would lie five months ahead: the parser takes the year before
+
+
+def local(y: int, mo: int, d: int, h: int) -> float:
+    return time.mktime((y, mo, d, h, 0, 0, 0, 0, -1))
+
+
+def report(path: Path, *extra: str, clock: tuple[int, int, int, int] = JUNE) -> str:
+    argv = [sys.executable, "-c", PINNED_CLOCK, str(local(*clock))]
     return subprocess.run(
-        [sys.executable, "-m", "mailpulse", "logs", "report", *extra, str(path)],
+        [*argv, "logs", "report", *extra, str(path)],
         capture_output=True,
         check=True,
         text=True,
@@ -81,13 +100,10 @@ def test_report_counts_per_status_reason_group_node_hour_and_top_replies(tmp_pat
         "mx1": {"sent": 7, "bounced": 5},
         "mx2": {"deferred": 4, "bounced": 3, "sent": 6},
     }
-    hour = {
-        h: datetime(datetime.now().year, 11, 28, h).strftime("%Y-%m-%d %H:00") for h in (9, 10, 11)
-    }
     assert data["hour"] == {
-        hour[9]: {"sent": 7, "bounced": 5},
-        hour[10]: {"deferred": 4, "bounced": 3},
-        hour[11]: {"sent": 6},
+        "2029-11-28 09:00": {"sent": 7, "bounced": 5},
+        "2029-11-28 10:00": {"deferred": 4, "bounced": 3},
+        "2029-11-28 11:00": {"sent": 6},
     }
     # Equal replies to different recipients are one line of the top list.
     assert data["top_replies"]["bounced"] == [
@@ -110,3 +126,25 @@ def test_report_counts_per_status_reason_group_node_hour_and_top_replies(tmp_pat
     ):
         assert heading in text
     assert "550 5.1.1 <...>: user unknown" in text
+
+
+# The documented rule: the reader's year, or the year before when the date would lie more than
+# two days ahead of the reader's clock.
+@pytest.mark.parametrize(
+    ("clock", "year"),
+    [
+        ((2030, 6, 15, 12), 2029),  # mid-year: Nov 28 is last year's
+        ((2030, 11, 26, 8), 2029),  # Nov 28 09:00 is just over two days ahead
+        ((2030, 11, 27, 12), 2030),  # within two days ahead: a clock a little behind the log's
+        ((2030, 12, 31, 23), 2030),
+        ((2031, 1, 2, 12), 2030),  # last year's lines read in January
+    ],
+)
+def test_report_gives_a_yearless_stamp_the_year_the_reading_clock_implies(
+    tmp_path: Path, clock: tuple[int, int, int, int], year: int
+) -> None:
+    log = tmp_path / "maillog"
+    write_log(log)
+    data = json.loads(report(log, "--json", clock=clock))
+    assert sorted(data["hour"]) == [f"{year}-11-28 {h:02d}:00" for h in (9, 10, 11)]
+    assert time.localtime(data["first"])[:4] == (year, 11, 28, 9)
