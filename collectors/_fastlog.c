@@ -392,7 +392,8 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
         if (c < e && *c == '[') {
             P ip = c + 1, ip_e = ip;
             while (ip_e < e && *ip_e != ']' && *ip_e != ',') ip_e++;
-            if (ip_e < e && *ip_e == ']') {
+            /* a later "client_ip=" field is what the general parser would keep */
+            if (ip_e < e && *ip_e == ']' && !memmem(ip_e, e - ip_e, "client_ip=", 10)) {
                 f[0] = recurring(0, s, pre + 1, str);
                 f[1] = recurring(1, q, qe, str);
                 f[2] = recurring(7, ip, ip_e, str);
