@@ -70,11 +70,14 @@ static PyObject *str(P s, P e) {
 
 /* Recent values of the fields that recur (header, queue id, relay, dsn, status, delay,
  * delays), by their bytes: one object serves every line that has them, and str keeps its hash,
- * so the caller's dict lookups need not hash them again. Direct-mapped; a miss replaces. */
+ * so the caller's dict lookups need not hash them again. Direct-mapped; a miss replaces.
+ * An entry is found by its tag and its bytes together: the tag names the field, hence what
+ * the bytes were made into ("250" is a str as a reply code, a float as a delay). */
 #define KEPT 4096
 #define KEPT_LEN 96
+#define TAGS 16
 static struct kept {
-    Py_ssize_t len;
+    Py_ssize_t id; /* length * TAGS + tag */
     PyObject *value;
     unsigned char key[KEPT_LEN];
 } kept[KEPT];
@@ -82,10 +85,11 @@ static struct kept {
 typedef PyObject *(*make_fn)(P, P);
 
 static PyObject *recurring(int tag, P s, P e, make_fn make) {
-    Py_ssize_t n = e - s;
+    Py_ssize_t n = e - s, id = n * TAGS + tag;
     if (n > KEPT_LEN) return make(s, e);
-    /* a multiply-xorshift hash, eight bytes a step: a collision costs only a miss */
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)tag << 56) ^ (uint64_t)n, w;
+    /* a multiply-xorshift hash, eight bytes a step: a collision costs only a miss; the tag in
+     * the low bits, which the multiplications carry up to the bits of the slot */
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)id, w;
     P c = s;
     for (; e - c >= 8; c += 8) {
         memcpy(&w, c, 8);
@@ -96,14 +100,14 @@ static PyObject *recurring(int tag, P s, P e, make_fn make) {
     memcpy(&w, c, e - c);
     h = (h ^ w) * 0xff51afd7ed558ccdULL;
     struct kept *k = &kept[(h ^ (h >> 32)) & (KEPT - 1)];
-    if (k->value && k->len == n && memcmp(k->key, s, n) == 0) {
+    if (k->value && k->id == id && memcmp(k->key, s, n) == 0) {
         Py_INCREF(k->value);
         return k->value;
     }
     PyObject *v = make(s, e);
     if (!v) return NULL;
     Py_XSETREF(k->value, Py_NewRef(v));
-    k->len = n;
+    k->id = id;
     memcpy(k->key, s, n);
     return v;
 }
@@ -388,7 +392,8 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
         if (c < e && *c == '[') {
             P ip = c + 1, ip_e = ip;
             while (ip_e < e && *ip_e != ']' && *ip_e != ',') ip_e++;
-            if (ip_e < e && *ip_e == ']') {
+            /* a later "client_ip=" field is what the general parser would keep */
+            if (ip_e < e && *ip_e == ']' && !memmem(ip_e, e - ip_e, "client_ip=", 10)) {
                 f[0] = recurring(0, s, pre + 1, str);
                 f[1] = recurring(1, q, qe, str);
                 f[2] = recurring(7, ip, ip_e, str);

@@ -24,12 +24,14 @@ from typing import Any, BinaryIO
 from mailpulse.bounce.classify import classify
 from mailpulse.collectors.follower import BLOCK, JournalFollower, LogFollower
 from mailpulse.collectors.logparse import (
+    _CLIENT,
     _HEADERS,
     DELIVERY_SERVICES,
     MAX_LINE,
     LogRecord,
     _classic_stamp,
     _iso_time,
+    _keyvalues,
     _parse,
     parse_line,
     reply_codes,
@@ -83,7 +85,8 @@ def _float(v: str) -> float:
 
 
 def _int(v: str) -> int | None:
-    return int(v) if v.isdigit() else None
+    # ASCII digits only ("²" is a digit to isdigit, not to int); past 18 digits it is no size
+    return int(v) if len(v) <= 18 and v.isascii() and v.isdigit() else None
 
 
 def _delays(v: str) -> tuple[float, float, float, float] | None:
@@ -422,6 +425,8 @@ class Correlator:
         delivery_services = DELIVERY_SERVICES
         filters = self.content_filters
         prefixes = _PREFIXES
+        keyvalues = _keyvalues
+        client_re = _CLIENT.match
         n = removed = queued = client = message_id = notification = 0
         try:
             for line in lines:
@@ -493,34 +498,11 @@ class Correlator:
                     if e < 0:
                         yield from self._general(line)
                         continue
-                    rcpt = s[k + 6 : e]
-                    # Postfix writes these in one order: [orig_to=, ]relay=, [conn_use=, ]
-                    # delay=, delays=, dsn= (tls= and other additions go the general road)
-                    orig_to = ""
-                    r = e + 3
-                    if s.startswith("orig_to=", r):
-                        r = s.find(", ", r)
-                        orig_to = s[e + 11 : r]
-                        if orig_to[:1] == "<" and orig_to[-1:] == ">":  # as _keyvalues does
-                            orig_to = orig_to[1:-1]
-                        r += 2
-                    d = s.find(", delay=", r, p)
-                    ds = s.find(", delays=", d + 8, p)
-                    x = s.find(", dsn=", ds + 9, p)
-                    if (
-                        d < 0
-                        or ds < 0
-                        or x < 0
-                        or not s.startswith("relay=", r)
-                        or s.find(", ", ds + 9, x) >= 0  # e.g. tls= between delays and dsn
-                        or s.find(", ", x + 6, p) >= 0
-                    ):
-                        yield from self._general(line)
-                        continue
-                    relay = s[r + 6 : s.find(", ", r, d + 2)]
-                    delay = s[d + 8 : ds]
-                    delays = s[ds + 9 : x]
-                    dsn = s[x + 6 : p]
+                    # the fields as the general parser reads them: whatever their order,
+                    # a field given twice, an empty one, "relay=<>"
+                    f = {"to": s[k + 6 : e]}
+                    keyvalues(f, s[e + 3 : p], ", ")
+                    relay = f.get("relay", "")
                     kinds["delivery"] += 1
                     if filters and self._is_filter(relay):
                         self.counts["content_filter_relays"] += 1
@@ -532,14 +514,14 @@ class Correlator:
                         instance,
                         program,
                         qid,
-                        rcpt,
+                        f["to"],
                         relay,
                         status,
-                        dsn,
+                        f.get("dsn", ""),
                         reply,
-                        delay or "0",
-                        delays,
-                        orig_to,
+                        f.get("delay", "0"),
+                        f.get("delays", ""),
+                        f.get("orig_to", ""),
                         m,
                     )
                     self._outcome(ev, key, m)
@@ -553,11 +535,25 @@ class Correlator:
                     if c == "f" and s.endswith(" (queue active)"):
                         e = s.find(">, size=", k)
                         r = s.find(", nrcpt=", e)
-                        if s.startswith("from=<", k + 2) and e > 0 and r > 0:
+                        sender = s[k + 8 : e]
+                        size, nrcpt = s[e + 8 : r], s[r + 8 : -15]
+                        # what the general parser would split otherwise: ", " or " (" inside
+                        # a field, ", status=expired" in the sender, "<1>" as a size
+                        if (
+                            s.startswith("from=<", k + 2)
+                            and e > 0
+                            and r > 0
+                            and ", " not in sender
+                            and " (" not in sender
+                            and size.isascii()
+                            and size.isdigit()
+                            and nrcpt.isascii()
+                            and nrcpt.isdigit()
+                        ):
                             m = self._message(key)
-                            m.sender = s[k + 8 : e]
-                            m.size = _int(s[e + 8 : r])
-                            m.nrcpt = _int(s[r + 8 : -15])
+                            m.sender = sender
+                            m.size = _int(size)
+                            m.nrcpt = _int(nrcpt)
                             queued += 1
                             continue
                 elif service == "cleanup":
@@ -567,10 +563,10 @@ class Correlator:
                         continue
                 elif service == "smtpd":
                     if c == "c" and s.startswith("client=", k + 2):
-                        b = s.find("[", k)
-                        e = s.find("]", b)
-                        if b > 0 and e > 0:
-                            self._message(key).client = s[b + 1 : e]
+                        text, _, more = s[k + 9 :].partition(", ")
+                        if "client_ip=" not in more:  # else a later field would say it
+                            ip = client_re(text)
+                            self._message(key).client = ip.group(2) if ip else ""
                             client += 1
                             continue
                 elif service == "bounce" and " notification: " in s:
