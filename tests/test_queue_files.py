@@ -54,12 +54,16 @@ def queue_file(
     extracted: tuple[str, ...] = (),
     appended: tuple[str, ...] = (),
     body_lines: int = 3,
+    size_field: bytes | None = None,
+    time_field: bytes | None = None,
+    pointer_field: bytes = b"%15d" % 0,
 ) -> bytes:
-    """A queue file as cleanup writes one; appended recipients sit behind a pointer record."""
+    """A queue file as cleanup writes one; appended recipients sit behind a pointer record.
+    The *_field arguments put other text in the C, T and first p records (bad input)."""
     content = b"".join(rec(b"N", b"line %d of the body" % i) for i in range(body_lines))
     content += rec(b"L", b"x" * 300) + rec(b"N", b"y" * 200)  # a long, continued line
     size = b"%15d %15d %15d %15d %15d %15d" % (len(content), 0, len(rcpts), 0, len(content), 0)
-    env = rec(b"C", size) + rec(b"T", b"%d 123456" % arrival)
+    env = rec(b"C", size_field or size) + rec(b"T", time_field or b"%d 123456" % arrival)
     env += rec(b"A", b"create_time=%d" % arrival) + rec(b"S", sender.encode())
     env += rec(b"A", b"log_client_address=127.0.0.1")
     for r in rcpts:
@@ -67,7 +71,7 @@ def queue_file(
     for r in done:
         env += rec(b"O", r.encode()) + rec(b"D", r.encode())
     pointer_at = len(env)
-    env += rec(b"p", b"%15d" % 0)  # placeholder, patched below when recipients are appended
+    env += rec(b"p", pointer_field)  # placeholder, patched below when recipients are appended
     mesg_at = len(env)
     tail = rec(b"M", b"") + content + rec(b"X", b"")
     tail += b"".join(rec(b"R", r.encode()) for r in extracted) + rec(b"E", b"")
@@ -601,3 +605,62 @@ def test_recipient_delivered_in_place_is_seen_within_one_round_of_turns(tmp_path
         snap = sampler.sample()
     assert mailpulse_rows(snap, "deferred", "recipient", 1) == qshape(str(spool / "deferred"))
     assert snap.queues["deferred"].recipients == 160 - 14
+
+
+def over_long_numbers(now: int) -> dict[str, bytes]:
+    """Queue files with numbers no long holds (bad input): a 23-digit arrival time, pointer and
+    content size, and a 5,000-digit content size (past Python's int conversion limit)."""
+    return {
+        "FFFFF0001": queue_file(now, "s@x.test", ["r@y.test"], time_field=b"9" * 23 + b" 0"),
+        "FFFFF0002": queue_file(now, "s@x.test", ["r@y.test"], pointer_field=b"9" * 23),
+        "FFFFF0003": queue_file(now, "s@x.test", ["r@y.test"], size_field=b"9" * 23 + b" 0 1"),
+        "FFFFF0004": queue_file(now, "s@x.test", ["r@y.test"], size_field=b"9" * 5000),
+    }
+
+
+def six_good_messages(spool: Path, now: int) -> None:
+    for i in range(6):
+        put(spool, "deferred", f"AAAAA{i:04d}", queue_file(now - 60, "s@x.test", [f"r{i}@y.test"]))
+
+
+def test_over_long_numbers_are_garbage_and_cost_nothing_else(tmp_path: Path) -> None:
+    now = int(time.time())
+    for data in over_long_numbers(now).values():
+        with pytest.raises(QueueFileError) as e:
+            parse_queue_bytes(data)
+        assert e.value.kind == "garbage"
+
+    # In a spool beside six good messages, sampled as the agent does: the bad files are counted
+    # as garbage, the six are counted, and nothing is lost once the bad files are gone.
+    spool = tmp_path / "spool"
+    six_good_messages(spool, now)
+    for qid, data in over_long_numbers(now).items():
+        put(spool, "deferred", qid, data)
+    bg = BackgroundQueueSampler(QueueSampler(queue_dir=spool, source="spool"), 3600)
+    snap = bg.sample_once()
+    assert bg.failures == 0, bg.last_error
+    assert snap is not None and snap.complete
+    assert snap.errors == {"garbage": 4}
+    assert (snap.queues["deferred"].messages, snap.queues["deferred"].recipients) == (6, 6)
+    for qid in over_long_numbers(now):
+        (spool / "deferred" / "F" / qid).unlink()
+    snap = bg.sample_once()
+    assert snap is not None and snap.complete and not snap.errors
+    assert snap.queues["deferred"].messages == 6
+
+
+def test_command_line_counts_over_long_numbers(tmp_path: Path) -> None:
+    require_programs("postconf")
+    now = int(time.time())
+    spool = tmp_path / "spool"
+    six_good_messages(spool, now)
+    for qid, data in over_long_numbers(now).items():
+        put(spool, "deferred", qid, data)
+    cfg = tmp_path / "etc"
+    cfg.mkdir()
+    (cfg / "main.cf").write_text(f"queue_directory = {spool}\n")
+    out = run_cli("-c", str(cfg), "--json")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    snap = json.loads(out.stdout)
+    assert snap["errors"] == {"garbage": 4}
+    assert snap["queues"]["deferred"]["messages"] == 6
