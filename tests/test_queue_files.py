@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,7 +31,7 @@ from mailpulse.collectors.queue import (
 )
 
 from mailpulse.domains import DEFAULT_GROUPS
-from tests.conftest import require_programs
+from tests.conftest import require_programs, require_root
 
 EDGES_S = [e * 60 for e in (5, 10, 20, 40, 80, 160, 320, 640, 1280)]
 AGES_MIN = (1, 7, 15, 30, 60, 120, 240, 480, 960, 2000)  # one in the middle of each bucket
@@ -497,8 +498,6 @@ def test_instances_found_from_multi_instance_directories(tmp_path: Path) -> None
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    import sys
-
     return subprocess.run(
         [sys.executable, "-m", "mailpulse", "queue", *args], capture_output=True, text=True
     )
@@ -664,3 +663,121 @@ def test_command_line_counts_over_long_numbers(tmp_path: Path) -> None:
     snap = json.loads(out.stdout)
     assert snap["errors"] == {"garbage": 4}
     assert snap["queues"]["deferred"]["messages"] == 6
+
+
+def test_a_sample_that_fails_leaves_no_file_unread(tmp_path: Path) -> None:
+    # Whatever stops a sample half way (here a failure the reader did not foresee, on the
+    # third file), the files it listed but did not read are read by the next sample.
+    spool = tmp_path / "spool"
+    six_good_messages(spool, int(time.time()))
+
+    class FailsOnce(QueueSampler):
+        calls = 0
+
+        def _read_file(self, qid: str, queue: str, directory: str, errors: Counter[str]) -> None:
+            self.calls += 1
+            if self.calls == 3:
+                raise MemoryError("the third file")
+            super()._read_file(qid, queue, directory, errors)
+
+    sampler = FailsOnce(queue_dir=spool, source="spool")
+    with pytest.raises(MemoryError):
+        sampler.sample()
+    snap = sampler.sample()
+    assert snap.complete and not snap.errors
+    assert snap.queues["deferred"].messages == 6
+
+
+def test_fifos_symlinks_and_directories_named_like_queue_ids(tmp_path: Path) -> None:
+    # bad input: a FIFO (an open without O_NONBLOCK waits for a writer for ever), a symlink to
+    # a good queue file and a directory, each named like a queue id; and a FIFO in place of a
+    # deferred message's defer log. Each is counted in every sample and never read.
+    require_programs("postconf")
+    now = int(time.time())
+    spool = tmp_path / "spool"
+    six_good_messages(spool, now)
+    hashed = spool / "deferred" / "B"
+    hashed.mkdir()
+    os.mkfifo(hashed / "BBBBB0001")
+    os.symlink(spool / "deferred" / "A" / "AAAAA0000", hashed / "BBBBB0002")
+    (hashed / "BBBBB0003").mkdir()
+    (spool / "defer" / "A").mkdir(parents=True)
+    os.mkfifo(spool / "defer" / "A" / "AAAAA0001")
+    cfg = tmp_path / "etc"
+    cfg.mkdir()
+    (cfg / "main.cf").write_text(f"queue_directory = {spool}\n")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "mailpulse", "queue", "-c", str(cfg), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,  # only a hang comes near it
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("mailpulse queue hung on a FIFO in the spool")
+    assert out.returncode == 0, out.stderr
+    snap = json.loads(out.stdout)
+    assert snap["errors"] == {"not_a_file": 3}
+    assert snap["queues"]["deferred"]["messages"] == 6
+    assert snap["deferral_coverage"] == 1.0
+    assert snap["deferral_classes"] == [{"group": "other", "class": "other", "recipients": 6}]
+
+    sampler = QueueSampler(queue_dir=spool, source="spool")
+    assert [sampler.sample().errors for _ in range(3)] == [{"not_a_file": 3}] * 3
+
+
+def sample_as(user_id: int, spool: Path, unlock: Path) -> list[dict[str, object]]:
+    """In a child process running as user_id: three samples, then unlock made readable (the
+    child owns it), then one more sample; the errors and deferred depth of each."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(user_id)
+            os.setuid(user_id)
+            sampler = QueueSampler(queue_dir=spool, source="spool")
+            out = []
+            for n in range(4):
+                if n == 3:
+                    os.chmod(unlock, 0o700)
+                snap = sampler.sample()
+                out.append({"errors": snap.errors, "messages": snap.queues["deferred"].messages})
+            os.write(write, json.dumps(out).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+def test_unreadable_files_are_errors_in_every_sample_while_there() -> None:
+    # bad input: a queue file its reader may not open (mode 0000). Root reads everything, so
+    # the sampler runs as nobody (the file's owner, who may make it readable) in a child.
+    require_root("to sample as another user")
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    root = Path(tempfile.mkdtemp(prefix="mailpulse-unreadable-"))
+    try:
+        os.chmod(root, 0o755)
+        spool = root / "spool"
+        six_good_messages(spool, int(time.time()))
+        for p in [spool, *spool.rglob("*")]:
+            os.chmod(p, 0o755)  # the owner's execute bit: complete queue files
+        locked = put(spool, "deferred", "AAAAA0100", queue_file(1, "s@x.test", ["r@y.test"]), 0)
+        os.chown(locked, nobody.pw_uid, nobody.pw_gid)
+        unreadable = {"errors": {"unreadable": 1}, "messages": 6}
+        assert sample_as(nobody.pw_uid, spool, locked) == [unreadable] * 3 + [
+            {"errors": {}, "messages": 7}  # readable now: a message, no longer an error
+        ]
+    finally:
+        shutil.rmtree(root)
