@@ -731,6 +731,16 @@ def read_showq(socket_path: Path, timeout: float = 60.0) -> bytes:
     return b"".join(chunks)
 
 
+def _long(text: str) -> int:
+    """A number as Postfix sends it (a C long), or ValueError."""
+    if not 0 < len(text) <= 19 or not text.isascii() or not text.lstrip("-").isdigit():
+        raise ValueError(f"not a long: {text[:40]!r}")
+    n = int(text)
+    if not -(1 << 63) <= n < 1 << 63:
+        raise ValueError(f"not a long: {text[:40]!r}")
+    return n
+
+
 def parse_showq(data: bytes, errors: Counter[str] | None = None) -> list[ShowqMessage]:
     """showq's attribute stream: NUL-terminated names and values, an empty name ends a list.
 
@@ -762,8 +772,8 @@ def parse_showq(data: bytes, errors: Counter[str] | None = None) -> list[ShowqMe
                     ShowqMessage(
                         fields["queue_name"],
                         fields["queue_id"],
-                        int(fields["time"]),
-                        int(fields["size"]),
+                        _long(fields["time"]),
+                        _long(fields["size"]),
                         fields.get("sender", ""),
                         tuple(rcpts),
                     )

@@ -450,6 +450,11 @@ def test_showq_stream_good_and_bad() -> None:
     no_time = [f for f in msg if f[0] != "time"]
     assert parse_showq(showq_stream(no_time, msg), errors)[0].queue_id == "ABCDEF123"
     assert errors["showq_garbage"] == 1
+    # bad input: a time no long holds, a 5,000-digit size, a size with a sign in the middle
+    for field, value in (("time", "9" * 23), ("size", "9" * 5000), ("size", "12-3")):
+        bad = [(k, value if k == field else v) for k, v in msg]
+        assert [m.queue_id for m in parse_showq(showq_stream(bad, msg), errors)] == ["ABCDEF123"]
+    assert errors["showq_garbage"] == 4
     assert parse_showq(b"", errors) == []
 
 
