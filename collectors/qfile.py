@@ -19,6 +19,9 @@ from dataclasses import dataclass
 KNOWN_TYPES = frozenset(b"CTcFILSDRO/WAK>fdMLNwXrePpV<ionmE")
 MAX_RECORD = 1 << 24  # far above anything Postfix writes; a larger length means garbage
 MAX_JUMPS = 1 << 16  # bounds the work on a chain of pointers in a damaged file
+# Times, sizes and offsets are longs in Postfix; 18 digits hold any of them and still fit the
+# signed 64 bits that a file offset and the sampler's cache need.
+MAX_DIGITS = 18
 
 ByteSource = Callable[[int, int], bytes]  # (offset, size) -> at most size bytes
 
@@ -150,7 +153,7 @@ def _long_length(buf: bytes, pos: int, offset: int) -> tuple[int, int]:
 
 def _int_field(payload: bytes, what: str) -> int:
     parts = payload.split(None, 1)
-    if not parts or not parts[0].isdigit():
+    if not parts or not parts[0].isdigit() or len(parts[0]) > MAX_DIGITS:
         raise QueueFileError("garbage", f"bad {what} record {payload[:40]!r}")
     return int(parts[0])
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import errno
 import json
 import os
 import re
@@ -192,7 +193,8 @@ class QueueSampler:
         self._samples = 0
         self._group_of: dict[str, str] = {}
         self._defer_dirs: dict[str, str] = {}
-        self._open_flags = os.O_RDONLY | os.O_NOFOLLOW | _NOATIME
+        # Non-blocking: a FIFO named like a queue id must not hang the open (it is then skipped).
+        self._open_flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _NOATIME
         self._source = ""  # what the cache was built from
         self._reset()
 
@@ -384,10 +386,13 @@ class QueueSampler:
                     todo.append((q, directory, (qid,)))
             except FileNotFoundError:
                 self._drop(qid)
+            except OSError:  # read it: the reading counts what is wrong
+                todo.append((q, directory, (qid,)))
         late = False
         i = 0
-        for q, directory, qids in todo:
-            for qid in qids:
+        unread = ((qid, q, directory) for q, directory, qids in todo for qid in qids)
+        try:
+            for qid, q, directory in unread:
                 if deadline is not None and not late and i % 64 == 0:
                     late = time.monotonic() > deadline
                 i += 1
@@ -396,6 +401,12 @@ class QueueSampler:
                     self._not_ready[qid] = (q, directory)
                 else:
                     self._read_file(qid, q, directory, errors)
+        except BaseException:
+            # The listing already holds these names: unless they are read next time, the
+            # files would never be read at all.
+            self._not_ready[qid] = (q, directory)
+            self._not_ready.update((qid, (q, directory)) for qid, q, directory in unread)
+            raise
         if not cold and not late:
             late = self._read_reasons(deadline)
         self._warm = self._warm or not late
@@ -497,14 +508,18 @@ class QueueSampler:
             if self._queue_of(qid) == queue:
                 self._drop(qid)
             return
-        except OSError:
-            errors["unreadable"] += 1
+        except OSError as e:  # ELOOP: a symlink, refused by O_NOFOLLOW
+            kind = "not_a_file" if e.errno == errno.ELOOP else "unreadable"
+            self._skip(qid, queue, directory, kind, errors)
             return
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # a FIFO, a device, a directory: never read
+                self._skip(qid, queue, directory, "not_a_file", errors)
+                return
             # Postfix marks a queue file complete with the owner execute bit (showq checks it
             # too); until then cleanup or postdrop is still writing it.
-            if not stat.S_ISREG(st.st_mode) or (queue != "corrupt" and st.st_mode & 0o700 != 0o700):
+            if queue != "corrupt" and st.st_mode & 0o700 != 0o700:
                 self._not_ready[qid] = (queue, directory)
                 return
             env = parse_queue_file(lambda off, n: os.pread(fd, n, off), int(st.st_mtime))
@@ -522,6 +537,14 @@ class QueueSampler:
             os.close(fd)
         shape = self._shape(queue, directory, env.sender, env.recipients, None)
         self._put(qid, shape, st.st_ctime_ns, env.arrival, env.size)
+
+    def _skip(self, qid: str, queue: str, directory: str, kind: str, errors: Counter[str]) -> None:
+        """A name that could not be read: an error of this sample and of every next one while
+        it is there (it is tried again each time), and no longer a message."""
+        errors[kind] += 1
+        self._not_ready[qid] = (queue, directory)
+        if self._queue_of(qid) == queue:
+            self._drop(qid)
 
     def _read_small(self, path: str) -> str:
         """A defer log's text."""
@@ -708,6 +731,14 @@ def read_showq(socket_path: Path, timeout: float = 60.0) -> bytes:
     return b"".join(chunks)
 
 
+def _long(text: str) -> int:
+    """A number as Postfix sends it (a C long), or ValueError."""
+    n = int(text)
+    if not -(1 << 63) <= n < 1 << 63:
+        raise ValueError(f"not a long: {text[:40]!r}")
+    return n
+
+
 def parse_showq(data: bytes, errors: Counter[str] | None = None) -> list[ShowqMessage]:
     """showq's attribute stream: NUL-terminated names and values, an empty name ends a list.
 
@@ -739,8 +770,8 @@ def parse_showq(data: bytes, errors: Counter[str] | None = None) -> list[ShowqMe
                     ShowqMessage(
                         fields["queue_name"],
                         fields["queue_id"],
-                        int(fields["time"]),
-                        int(fields["size"]),
+                        _long(fields["time"]),
+                        _long(fields["size"]),
                         fields.get("sender", ""),
                         tuple(rcpts),
                     )

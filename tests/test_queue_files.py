@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,7 +31,7 @@ from mailpulse.collectors.queue import (
 )
 
 from mailpulse.domains import DEFAULT_GROUPS
-from tests.conftest import require_programs
+from tests.conftest import require_programs, require_root
 
 EDGES_S = [e * 60 for e in (5, 10, 20, 40, 80, 160, 320, 640, 1280)]
 AGES_MIN = (1, 7, 15, 30, 60, 120, 240, 480, 960, 2000)  # one in the middle of each bucket
@@ -54,12 +55,16 @@ def queue_file(
     extracted: tuple[str, ...] = (),
     appended: tuple[str, ...] = (),
     body_lines: int = 3,
+    size_field: bytes | None = None,
+    time_field: bytes | None = None,
+    pointer_field: bytes = b"%15d" % 0,
 ) -> bytes:
-    """A queue file as cleanup writes one; appended recipients sit behind a pointer record."""
+    """A queue file as cleanup writes one; appended recipients sit behind a pointer record.
+    The *_field arguments put other text in the C, T and first p records (bad input)."""
     content = b"".join(rec(b"N", b"line %d of the body" % i) for i in range(body_lines))
     content += rec(b"L", b"x" * 300) + rec(b"N", b"y" * 200)  # a long, continued line
     size = b"%15d %15d %15d %15d %15d %15d" % (len(content), 0, len(rcpts), 0, len(content), 0)
-    env = rec(b"C", size) + rec(b"T", b"%d 123456" % arrival)
+    env = rec(b"C", size_field or size) + rec(b"T", time_field or b"%d 123456" % arrival)
     env += rec(b"A", b"create_time=%d" % arrival) + rec(b"S", sender.encode())
     env += rec(b"A", b"log_client_address=127.0.0.1")
     for r in rcpts:
@@ -67,7 +72,7 @@ def queue_file(
     for r in done:
         env += rec(b"O", r.encode()) + rec(b"D", r.encode())
     pointer_at = len(env)
-    env += rec(b"p", b"%15d" % 0)  # placeholder, patched below when recipients are appended
+    env += rec(b"p", pointer_field)  # placeholder, patched below when recipients are appended
     mesg_at = len(env)
     tail = rec(b"M", b"") + content + rec(b"X", b"")
     tail += b"".join(rec(b"R", r.encode()) for r in extracted) + rec(b"E", b"")
@@ -220,7 +225,10 @@ def test_deadline_and_huge_queue_fallback(tmp_path: Path) -> None:
     files = sum(1 for p in (spool / "deferred").rglob("*") if p.is_file())
     sampler = QueueSampler(queue_dir=spool, source="spool")
     cut = sampler.sample(deadline_s=0.0)
-    assert not cut.complete and cut.errors["deadline_skipped"] > 0
+    # past its deadline before the first file: every file named like a queue id (not tmp.1)
+    # is left for later, and nothing is counted
+    assert not cut.complete and cut.errors == {"deadline_skipped": files - 1}
+    assert cut.queues["deferred"].messages == 0
     full = sampler.sample(deadline_s=None)  # carries on where the cut one stopped
     assert full.complete
     assert depth(full) == depth(QueueSampler(queue_dir=spool, source="spool").sample())
@@ -442,6 +450,11 @@ def test_showq_stream_good_and_bad() -> None:
     no_time = [f for f in msg if f[0] != "time"]
     assert parse_showq(showq_stream(no_time, msg), errors)[0].queue_id == "ABCDEF123"
     assert errors["showq_garbage"] == 1
+    # bad input: a time no long holds, a 5,000-digit size, a size with a sign in the middle
+    for field, value in (("time", "9" * 23), ("size", "9" * 5000), ("size", "12-3")):
+        bad = [(k, value if k == field else v) for k, v in msg]
+        assert [m.queue_id for m in parse_showq(showq_stream(bad, msg), errors)] == ["ABCDEF123"]
+    assert errors["showq_garbage"] == 4
     assert parse_showq(b"", errors) == []
 
 
@@ -493,8 +506,6 @@ def test_instances_found_from_multi_instance_directories(tmp_path: Path) -> None
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    import sys
-
     return subprocess.run(
         [sys.executable, "-m", "mailpulse", "queue", *args], capture_output=True, text=True
     )
@@ -601,3 +612,180 @@ def test_recipient_delivered_in_place_is_seen_within_one_round_of_turns(tmp_path
         snap = sampler.sample()
     assert mailpulse_rows(snap, "deferred", "recipient", 1) == qshape(str(spool / "deferred"))
     assert snap.queues["deferred"].recipients == 160 - 14
+
+
+def over_long_numbers(now: int) -> dict[str, bytes]:
+    """Queue files with numbers no long holds (bad input): a 23-digit arrival time, pointer and
+    content size, and a 5,000-digit content size (past Python's int conversion limit)."""
+    return {
+        "FFFFF0001": queue_file(now, "s@x.test", ["r@y.test"], time_field=b"9" * 23 + b" 0"),
+        "FFFFF0002": queue_file(now, "s@x.test", ["r@y.test"], pointer_field=b"9" * 23),
+        "FFFFF0003": queue_file(now, "s@x.test", ["r@y.test"], size_field=b"9" * 23 + b" 0 1"),
+        "FFFFF0004": queue_file(now, "s@x.test", ["r@y.test"], size_field=b"9" * 5000),
+    }
+
+
+def six_good_messages(spool: Path, now: int) -> None:
+    for i in range(6):
+        put(spool, "deferred", f"AAAAA{i:04d}", queue_file(now - 60, "s@x.test", [f"r{i}@y.test"]))
+
+
+def test_over_long_numbers_are_garbage_and_cost_nothing_else(tmp_path: Path) -> None:
+    now = int(time.time())
+    for data in over_long_numbers(now).values():
+        with pytest.raises(QueueFileError) as e:
+            parse_queue_bytes(data)
+        assert e.value.kind == "garbage"
+
+    # In a spool beside six good messages, sampled as the agent does: the bad files are counted
+    # as garbage, the six are counted, and nothing is lost once the bad files are gone.
+    spool = tmp_path / "spool"
+    six_good_messages(spool, now)
+    for qid, data in over_long_numbers(now).items():
+        put(spool, "deferred", qid, data)
+    bg = BackgroundQueueSampler(QueueSampler(queue_dir=spool, source="spool"), 3600)
+    snap = bg.sample_once()
+    assert bg.failures == 0, bg.last_error
+    assert snap is not None and snap.complete
+    assert snap.errors == {"garbage": 4}
+    assert (snap.queues["deferred"].messages, snap.queues["deferred"].recipients) == (6, 6)
+    for qid in over_long_numbers(now):
+        (spool / "deferred" / "F" / qid).unlink()
+    snap = bg.sample_once()
+    assert snap is not None and snap.complete and not snap.errors
+    assert snap.queues["deferred"].messages == 6
+
+
+def test_command_line_counts_over_long_numbers(tmp_path: Path) -> None:
+    require_programs("postconf")
+    now = int(time.time())
+    spool = tmp_path / "spool"
+    six_good_messages(spool, now)
+    for qid, data in over_long_numbers(now).items():
+        put(spool, "deferred", qid, data)
+    cfg = tmp_path / "etc"
+    cfg.mkdir()
+    (cfg / "main.cf").write_text(f"queue_directory = {spool}\n")
+    out = run_cli("-c", str(cfg), "--json")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    snap = json.loads(out.stdout)
+    assert snap["errors"] == {"garbage": 4}
+    assert snap["queues"]["deferred"]["messages"] == 6
+
+
+def test_a_sample_that_fails_leaves_no_file_unread(tmp_path: Path) -> None:
+    # Whatever stops a sample half way (here a failure the reader did not foresee, on the
+    # third file), the files it listed but did not read are read by the next sample.
+    spool = tmp_path / "spool"
+    six_good_messages(spool, int(time.time()))
+
+    class FailsOnce(QueueSampler):
+        calls = 0
+
+        def _read_file(self, qid: str, queue: str, directory: str, errors: Counter[str]) -> None:
+            self.calls += 1
+            if self.calls == 3:
+                raise MemoryError("the third file")
+            super()._read_file(qid, queue, directory, errors)
+
+    sampler = FailsOnce(queue_dir=spool, source="spool")
+    with pytest.raises(MemoryError):
+        sampler.sample()
+    snap = sampler.sample()
+    assert snap.complete and not snap.errors
+    assert snap.queues["deferred"].messages == 6
+
+
+def test_fifos_symlinks_and_directories_named_like_queue_ids(tmp_path: Path) -> None:
+    # bad input: a FIFO (an open without O_NONBLOCK waits for a writer for ever), a symlink to
+    # a good queue file and a directory, each named like a queue id; and a FIFO in place of a
+    # deferred message's defer log. Each is counted in every sample and never read.
+    require_programs("postconf")
+    now = int(time.time())
+    spool = tmp_path / "spool"
+    six_good_messages(spool, now)
+    hashed = spool / "deferred" / "B"
+    hashed.mkdir()
+    os.mkfifo(hashed / "BBBBB0001")
+    os.symlink(spool / "deferred" / "A" / "AAAAA0000", hashed / "BBBBB0002")
+    (hashed / "BBBBB0003").mkdir()
+    (spool / "defer" / "A").mkdir(parents=True)
+    os.mkfifo(spool / "defer" / "A" / "AAAAA0001")
+    cfg = tmp_path / "etc"
+    cfg.mkdir()
+    (cfg / "main.cf").write_text(f"queue_directory = {spool}\n")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "mailpulse", "queue", "-c", str(cfg), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,  # only a hang comes near it
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("mailpulse queue hung on a FIFO in the spool")
+    assert out.returncode == 0, out.stderr
+    snap = json.loads(out.stdout)
+    assert snap["errors"] == {"not_a_file": 3}
+    assert snap["queues"]["deferred"]["messages"] == 6
+    assert snap["deferral_coverage"] == 1.0
+    assert snap["deferral_classes"] == [{"group": "other", "class": "other", "recipients": 6}]
+
+    sampler = QueueSampler(queue_dir=spool, source="spool")
+    assert [sampler.sample().errors for _ in range(3)] == [{"not_a_file": 3}] * 3
+
+
+def sample_as(user_id: int, spool: Path, unlock: Path) -> list[dict[str, object]]:
+    """In a child process running as user_id: three samples, then unlock made readable (the
+    child owns it), then one more sample; the errors and deferred depth of each."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(user_id)
+            os.setuid(user_id)
+            sampler = QueueSampler(queue_dir=spool, source="spool")
+            out = []
+            for n in range(4):
+                if n == 3:
+                    os.chmod(unlock, 0o700)
+                snap = sampler.sample()
+                out.append({"errors": snap.errors, "messages": snap.queues["deferred"].messages})
+            os.write(write, json.dumps(out).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+def test_unreadable_files_are_errors_in_every_sample_while_there() -> None:
+    # bad input: a queue file its reader may not open (mode 0000). Root reads everything, so
+    # the sampler runs as nobody (the file's owner, who may make it readable) in a child.
+    require_root("to sample as another user")
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    root = Path(tempfile.mkdtemp(prefix="mailpulse-unreadable-"))
+    try:
+        os.chmod(root, 0o755)
+        spool = root / "spool"
+        six_good_messages(spool, int(time.time()))
+        for p in [spool, *spool.rglob("*")]:
+            os.chmod(p, 0o755)  # the owner's execute bit: complete queue files
+        locked = put(spool, "deferred", "AAAAA0100", queue_file(1, "s@x.test", ["r@y.test"]), 0)
+        os.chown(locked, nobody.pw_uid, nobody.pw_gid)
+        unreadable = {"errors": {"unreadable": 1}, "messages": 6}
+        assert sample_as(nobody.pw_uid, spool, locked) == [unreadable] * 3 + [
+            {"errors": {}, "messages": 7}  # readable now: a message, no longer an error
+        ]
+    finally:
+        shutil.rmtree(root)

@@ -97,7 +97,8 @@ def test_deferred_queue_equals_qshape_postqueue_and_plan(lab: Lab) -> None:
     assert snap.source == "spool" and snap.complete and not snap.errors
     assert mailpulse_rows(snap, "deferred", "recipient", 1) == rcpt_rows
     assert mailpulse_rows(snap, "deferred", "sender", 0) == sender_rows
-    assert rcpt_rows["TOTAL"][0] == 3000 and all(n > 0 for n in rcpt_rows["TOTAL"][1:])
+    # one recipient a message, the k-th file backdated to the middle of bucket k % 10
+    assert rcpt_rows["TOTAL"] == [3000] + [300] * len(AGES_MIN)
 
     listed = postqueue_json(lab)
     for q in ("maildrop", "incoming", "active", "deferred", "hold"):
@@ -156,3 +157,43 @@ def test_deferral_classes_match_what_the_remote_answered(lab: Lab) -> None:
     assert snap.deferral_classes == dict(expected)
     listed = postqueue_json(lab)
     assert snap.queues["deferred"].messages == len(deferred) == len(listed)
+
+
+@pytest.mark.lab
+def test_real_queue_files_beside_over_long_numbers(lab: Lab, tmp_path: Path) -> None:
+    # bad input: beside six queue files Postfix wrote, four with over-long numbers (a 23-digit
+    # time, pointer and size, a 5,000-digit size) and a copy of a real one whose content size
+    # and data offset were overwritten in place by one 31-digit number
+    require_programs("postqueue")
+    from mailpulse.collectors.queue import BackgroundQueueSampler
+
+    from tests.test_queue_files import over_long_numbers, put
+
+    lab.mx_down()
+    run_campaign(lab, 6, "six", seed=24)
+    real = sorted(p for p in (lab.spool / "deferred").rglob("*") if p.is_file())
+    assert len(real) == 6
+    listed = postqueue_json(lab)
+    spool = tmp_path / "spool"
+    for p in real:
+        put(spool, "deferred", p.name, p.read_bytes())
+    for qid, data in over_long_numbers(int(time.time())).items():
+        put(spool, "deferred", qid, data)
+    data = bytearray(real[0].read_bytes())
+    head = bytes(data[:34])  # C, its length, "%15ld %15ld " (content size, data offset)
+    fields = head[2:33].split()
+    assert head[:1] == b"C" and len(fields) == 2 and all(f.isdigit() for f in fields)
+    assert head[33:34] == b" "
+    data[2:33] = b"9" * 31
+    put(spool, "deferred", "FFFFF0005", bytes(data))
+
+    bg = BackgroundQueueSampler(QueueSampler(queue_dir=spool, source="spool"), 3600)
+    snap = bg.sample_once()
+    assert bg.failures == 0, bg.last_error
+    assert snap is not None and snap.complete and snap.errors == {"garbage": 5}
+    stats = snap.queues["deferred"]
+    assert (stats.messages, stats.recipients, stats.bytes) == (
+        len(listed),
+        sum(len(m["recipients"]) for m in listed),
+        sum(m["message_size"] for m in listed),
+    )
