@@ -384,7 +384,10 @@ static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
     } else if (starts(r, e, "message-id=", 11)) {
         f[0] = recurring(0, s, pre + 1, str);
         f[1] = recurring(1, q, qe, str);
-        f[2] = str(r + 11, e);
+        P m = r + 11, m_e = e;
+        /* the id without its angle brackets, as the general parser keeps it */
+        if (m_e - m >= 2 && *m == '<' && m_e[-1] == '>') m++, m_e--;
+        f[2] = str(m, m_e);
         return item(4, a, b, 3, f);
     } else if (starts(r, e, "client=", 7)) {
         P c = r + 7;

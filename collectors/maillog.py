@@ -558,7 +558,10 @@ class Correlator:
                             continue
                 elif service == "cleanup":
                     if c == "m" and s.startswith("message-id=", k + 2):
-                        self._message(key).message_id = s[k + 13 :]
+                        mid = s[k + 13 :]
+                        if mid[:1] == "<" and mid[-1:] == ">":  # as logparse keeps it
+                            mid = mid[1:-1]
+                        self._message(key).message_id = mid
                         message_id += 1
                         continue
                 elif service == "smtpd":
