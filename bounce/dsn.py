@@ -191,9 +191,11 @@ def _text_of(part: Message) -> str:
             if size >= MAX_DECODED_BYTES:
                 break
             if isinstance(p, Message):
-                texts.append(p.as_string()[: MAX_DECODED_BYTES - size])
-                size += len(texts[-1]) + 1
-        return "\n".join(texts)
+                # Fields as written: as_string() would refold them, quadratic in a long field.
+                block = "\n".join(f"{k}: {v}" for k, v in p.items())
+                texts.append(block[: MAX_DECODED_BYTES - size])
+                size += len(texts[-1]) + 2
+        return "\n\n".join(texts)
     raw = payload if isinstance(payload, str) else ""
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     if cte in ("base64", "quoted-printable"):
