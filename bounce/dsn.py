@@ -345,6 +345,12 @@ def _record(
     kind = KIND_DELIVERY if action in positive else KIND_BOUNCE
     if verdict.reason in ("undefined", "onhold") and diagnostic and context:
         verdict = classify(status, reply, context, stage=stage)
+    if verdict.reason == "userunknown" and status[1:3] != ".1" and context:
+        # A bare "user unknown" under a generic code, while the system that wrote the notice
+        # says the account is disabled: it knows its own users (EZweb answers both so).
+        own = classify(status, reply, context, stage=stage)
+        if own.reason == "suspend":
+            verdict = own
     if verdict.reason == "networkerror" and action == "failed" and GAVE_UP_RE.search(diagnostic):
         verdict = Verdict("expired", "transport", False)
     if (
