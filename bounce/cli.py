@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from mailpulse.bounce.dsn import BounceParseError
+from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, MAX_RECIPIENTS, BounceParseError
 from mailpulse.bounce.intake import (
     EX_DATAERR,
     EX_NOINPUT,
+    EX_NOPERM,
     EX_OK,
+    EX_PARTIAL,
     EX_TEMPFAIL,
     VerpSettings,
     analyse,
@@ -51,6 +54,21 @@ def _line(r: dict[str, Any]) -> str:
     return "\t".join(fields)
 
 
+def _why(e: OSError) -> str:
+    """What is wrong with a path, in words (a link loop is not a missing file)."""
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop"
+    return (e.strerror or str(e)).lower()
+
+
+def _code(e: OSError) -> int:
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return EX_NOPERM
+    if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENAMETOOLONG):
+        return EX_NOINPUT
+    return EX_TEMPFAIL
+
+
 def run_parse(args: argparse.Namespace) -> int:
     try:
         verp = verp_settings(args.config)
@@ -58,26 +76,38 @@ def run_parse(args: argparse.Namespace) -> int:
         print(f"mailpulse: {e}", file=sys.stderr)
         return 2
     envelope = os.environ.get("MAILPULSE_ENVELOPE_RECIPIENT", "")
-    status = EX_OK
-    paths: list[Path] = args.paths
-    for path in paths:
-        if str(path) != "-" and not path.exists():
-            print(f"mailpulse: {path}: no such file or directory", file=sys.stderr)
-            status = EX_NOINPUT
-            continue
+    errors: list[int] = []
+    partial = False
+
+    def unreadable(path: Path, e: OSError) -> None:
+        print(f"mailpulse: {path}: {_why(e)}", file=sys.stderr)
+        errors.append(_code(e))
+
+    for item in read_paths(args.paths, on_error=unreadable):
         try:
-            for item in read_paths([path]):
-                try:
-                    records = analyse(item, verp, envelope if item.source == "-" else "")
-                except BounceParseError as e:
-                    print(f"mailpulse: {item.source}: skipped: {e}", file=sys.stderr)
-                    status = status or EX_DATAERR
-                    continue
-                for r in records:
-                    print(json.dumps(r, ensure_ascii=False) if args.json else _line(r))
-        except BrokenPipeError:
-            raise  # our reader went away, not the input: the command line ends quietly
-        except OSError as e:
-            print(f"mailpulse: {path}: {e}", file=sys.stderr)
-            status = EX_TEMPFAIL
-    return status
+            records = analyse(item, verp, envelope if item.source == "-" else "")
+        except BounceParseError as e:
+            print(f"mailpulse: {item.source}: skipped: {e}", file=sys.stderr)
+            errors.append(EX_DATAERR)
+            continue
+        for r in records:
+            print(json.dumps(r, ensure_ascii=False) if args.json else _line(r))
+        omitted = records[0]["recipients_omitted"] if records else 0
+        if omitted:
+            partial = True
+            if not args.json:
+                print(f"# {item.source}: {omitted} more recipients not shown")
+            print(
+                f"mailpulse: {item.source}: names {len(records) + omitted} recipients;"
+                f" {omitted} past the first {MAX_RECIPIENTS} not shown",
+                file=sys.stderr,
+            )
+        if len(item.raw) > MAX_MESSAGE_BYTES:
+            partial = True
+            mib = MAX_MESSAGE_BYTES >> 20
+            print(
+                f"mailpulse: {item.source}: larger than {mib} MiB; only its first {mib} MiB read",
+                file=sys.stderr,
+            )
+    # The first error says the exit code; a cut output alone exits EX_PARTIAL.
+    return errors[0] if errors else EX_PARTIAL if partial else EX_OK

@@ -18,11 +18,12 @@ import email.header
 import email.policy
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses
 from functools import lru_cache
+from typing import TypeVar
 
 from mailpulse.bounce.classify import Verdict, classify, is_hard, pseudo_status, verdict_of
 
@@ -31,11 +32,14 @@ MAX_PARTS = 200
 MAX_DEPTH = 12
 MAX_DECODED_BYTES = 1 << 20  # per text part, after base64/quoted-printable
 MAX_NOTICE_CHARS = 64 << 10
-MAX_RECIPIENTS = 500  # per plain-text notice (a report's blocks are bounded by MAX_PARTS)
+MAX_RECIPIENTS = 1000  # per message, whatever its shape; the rest are counted, not reported
+MAX_DIAGNOSTIC_CHARS = 2000  # one recipient's error text: its part of the notice, or an excerpt
 MAX_BOUNDARIES = 32  # multipart declarations read; deeper or later ones are not followed
 BOUNDARY_DECL_RE = re.compile(
     rb"boundary\s*=", re.I
 )  # the human-readable part scanned for addresses and errors
+
+T = TypeVar("T")
 
 KIND_BOUNCE = "bounce"
 KIND_COMPLAINT = "complaint"
@@ -57,6 +61,15 @@ class Bounce:
     hard: bool
     kind: str = KIND_BOUNCE
     remote_mta: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What one message says, and what of it was left out."""
+
+    records: list[Bounce]
+    omitted: int = 0  # recipients named beyond MAX_RECIPIENTS: counted, not reported
+    truncated: bool = False  # larger than MAX_MESSAGE_BYTES: only the first part was read
 
 
 ADDR = r"(?<![\w.!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+"
@@ -171,9 +184,18 @@ def _text_of(part: Message) -> str:
     """The decoded text of one leaf part, at most MAX_DECODED_BYTES, never an exception."""
     payload = part.get_payload()
     if isinstance(payload, list):
-        return "\n".join(
-            p.as_string()[:MAX_DECODED_BYTES] for p in payload[:MAX_PARTS] if isinstance(p, Message)
-        )
+        # A delivery-status part comes parsed into one header block per recipient.
+        texts: list[str] = []
+        size = 0
+        for p in payload:
+            if size >= MAX_DECODED_BYTES:
+                break
+            if isinstance(p, Message):
+                # Fields as written: as_string() would refold them, quadratic in a long field.
+                block = "\n".join(f"{k}: {v}" for k, v in p.items())
+                texts.append(block[: MAX_DECODED_BYTES - size])
+                size += len(texts[-1]) + 2
+        return "\n\n".join(texts)
     raw = payload if isinstance(payload, str) else ""
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     if cte in ("base64", "quoted-printable"):
@@ -282,9 +304,11 @@ def _stage(text: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _context_facts(context: str) -> tuple[str, str]:
-    """Stage and cleaned text of a message's notice, worked out once for all its recipients."""
-    return _stage(context), _clean(context)
+def _context_facts(context: str) -> tuple[str, str, str, str]:
+    """Stage, cleaned text, reply code and enhanced code of a message's notice, worked out once
+    for all its recipients."""
+    clean = _clean(context)
+    return _stage(context), clean, _reply_code(clean), _enhanced(clean)
 
 
 def _record(
@@ -297,11 +321,13 @@ def _record(
     mta_reason: str = "",
 ) -> Bounce:
     """Fill the reply code and status from the texts when missing, then classify."""
-    context_stage, context = _context_facts(context)
+    context_stage, context, context_reply, context_status = _context_facts(context)
+    # Cut before any pattern runs: the work per recipient stays bounded whatever the notice.
+    diagnostic = diagnostic[: 4 * MAX_DIAGNOSTIC_CHARS]
     stage = _stage(diagnostic) or context_stage
     diagnostic = _clean(
         re.sub(r"^\s*(smtp|x-[\w-]+|x-unix|mta)\s*;", "", _jis(diagnostic), flags=re.I)
-    )
+    )[:MAX_DIAGNOSTIC_CHARS]
     reply = _reply_code(diagnostic)
     replied = REPLIED_ENHANCED_RE.search(diagnostic)
     found = replied.group(1) if replied else _enhanced(diagnostic)
@@ -310,15 +336,21 @@ def _record(
     if not status or (found and (found[0] == status[0] or found[0] == reply[:1])):
         status = found or status
     if not reply and not diagnostic:
-        reply = _reply_code(context)
+        reply = context_reply
     if not status and not diagnostic:
-        status = _enhanced(context)
+        status = context_status
     klass = status[:1] or reply[:1] or ("4" if action == "delayed" else "5")
     verdict = classify(status, reply, diagnostic or context, stage=stage)
     positive = ("delivered", "relayed", "expanded", "deliverable")
     kind = KIND_DELIVERY if action in positive else KIND_BOUNCE
     if verdict.reason in ("undefined", "onhold") and diagnostic and context:
         verdict = classify(status, reply, context, stage=stage)
+    if verdict.reason == "userunknown" and status[1:3] != ".1" and context:
+        # A bare "user unknown" under a generic code, while the system that wrote the notice
+        # says the account is disabled: it knows its own users (EZweb answers both so).
+        own = classify(status, reply, context, stage=stage)
+        if own.reason == "suspend":
+            verdict = own
     if verdict.reason == "networkerror" and action == "failed" and GAVE_UP_RE.search(diagnostic):
         verdict = Verdict("expired", "transport", False)
     if (
@@ -353,14 +385,20 @@ def _record(
     )
 
 
-def _from_reports(dsn_texts: list[str], notice: str) -> list[Bounce]:
+def _from_reports(dsn_texts: list[str], notice: str) -> tuple[list[Bounce], int]:
+    """Records of the report's recipient blocks, and how many blocks lay beyond MAX_RECIPIENTS."""
     out: list[Bounce] = []
+    omitted = 0
+    paragraph = _paragraphs(notice)
     for text in dsn_texts:
         for f in _dsn_blocks(text):
             rcpt = _typed_address(f.get("final-recipient", "")) or _typed_address(
                 f.get("original-recipient", "")
             )
             if not rcpt or ("action" not in f and "status" not in f):
+                continue
+            if len(out) >= MAX_RECIPIENTS:
+                omitted += 1
                 continue
             action = f.get("action", "failed").split()[0].lower() if f.get("action") else "failed"
             mta_reason = ""
@@ -370,30 +408,43 @@ def _from_reports(dsn_texts: list[str], notice: str) -> list[Bounce]:
             status_m = ENHANCED_RE.search(f.get("status", ""))
             status = ".".join(status_m.groups()) if status_m else ""
             diag = f.get("diagnostic-code", "")
-            context = _paragraph_for(notice, rcpt) if notice else ""
+            context = paragraph(rcpt)
             if not diag:
                 diag = context
             category = f.get("x-powermta-bouncecategory", "").strip().lower()
             remote = _typed_address(f.get("remote-mta", ""))
             mta_reason = POWERMTA_CATEGORIES.get(category, mta_reason)
             out.append(_record(rcpt, status, diag, action, remote, notice, mta_reason))
-    return out
+    return out, omitted
 
 
-def _paragraph_for(notice: str, rcpt: str) -> str:
-    """The notice's lines about one recipient: from its address to the next blank line."""
+def _paragraphs(notice: str) -> Callable[[str], str]:
+    """rcpt -> the notice's lines about it: from its address to the next blank line, at most
+    MAX_DIAGNOSTIC_CHARS. The notice is indexed once, so a notice naming thousands of
+    recipients is not searched again for each."""
     low = notice.lower()
-    i = low.find(rcpt)
-    if i < 0:
-        return ""
-    start = low.rfind("\n", 0, i) + 1
-    end = low.find("\n\n", i)
-    para = notice[start : end if end > 0 else start + 2000]
-    if len(_clean(para.replace(rcpt, "").strip("<>: \n"))) < 4:
-        # The address sits alone on its line: the error is the next paragraph.
-        nxt = low.find("\n\n", end + 2) if end > 0 else -1
-        para = notice[start : nxt if nxt > 0 else start + 2000]
-    return para
+    first: dict[str, int] = {}
+    for m in ADDR_RE.finditer(low):
+        first.setdefault(m.group(0), m.start())
+    size = MAX_DIAGNOSTIC_CHARS
+
+    def paragraph(rcpt: str) -> str:
+        i = first.get(rcpt, -1)
+        if i < 0:
+            # Not where the address pattern starts (a quoted or odd local part): a bounded look.
+            i = low.find(rcpt, 0, MAX_NOTICE_CHARS) if rcpt else -1
+            if i < 0:
+                return ""
+        start = low.rfind("\n", max(0, i - size), i) + 1
+        end = low.find("\n\n", i, start + size)
+        para = notice[start : end if end > 0 else start + size]
+        if len(_clean(para.replace(rcpt, "").strip("<>: \n"))) < 4:
+            # The address sits alone on its line: the error is the next paragraph.
+            nxt = low.find("\n\n", end + 2, start + size) if end > 0 else -1
+            para = notice[start : nxt if nxt > 0 else start + size]
+        return para
+
+    return paragraph
 
 
 ADDRESS_LINE_RE = re.compile(
@@ -405,36 +456,41 @@ ADDRESS_LINE_RE = re.compile(
 )
 
 
-def _from_notice(notice: str, exclude: set[str], action: str = "failed") -> list[Bounce]:
+def _from_notice(
+    notice: str, exclude: set[str], action: str = "failed"
+) -> tuple[list[Bounce], int]:
     """Plain-text notices: each line that starts with an address opens that recipient's error.
 
     Addresses of the bounce's own headers are skipped at first (they name the sender), but
-    taken when nothing else is there (mail sent to oneself bounces too).
+    taken when nothing else is there (mail sent to oneself bounces too). Also returns how many
+    addresses lay beyond MAX_RECIPIENTS.
     """
-    return _notice_recipients(notice, exclude, action) or _notice_recipients(notice, set(), action)
+    found = _notice_recipients(notice, exclude, action)
+    return found if found[0] else _notice_recipients(notice, set(), action)
 
 
-def _notice_recipients(notice: str, exclude: set[str], action: str) -> list[Bounce]:
+def _notice_recipients(notice: str, exclude: set[str], action: str) -> tuple[list[Bounce], int]:
     lines = notice.splitlines()
     found: list[tuple[str, list[str]]] = []
     bodies: dict[str, list[str]] = {}
+    beyond: set[str] = set()
     current: list[str] | None = None
     for line in lines:
         m = ADDRESS_LINE_RE.match(line)
         addr = m.group(1).lower().strip(".") if m else ""
-        if addr and addr not in exclude and not DAEMON_RE.match(addr):
+        if m and addr and addr not in exclude and not DAEMON_RE.match(addr):
             if addr in bodies:
                 current = bodies[addr]
                 current.append(line)
                 continue
+            if len(found) >= MAX_RECIPIENTS:
+                beyond.add(addr)
+                current = None
+                continue
             # The whole line but the address: "550 5.1.1 <a@b>... User unknown" keeps its codes.
-            current = [
-                re.sub(r"[<\"]?" + re.escape(addr) + r"[>\"]?(\.\.\.|:|,)?", " ", line, flags=re.I)
-            ]
+            current = [line[: m.start(1)].rstrip('<"') + " " + m.group(2)]
             found.append((addr, current))
             bodies[addr] = current
-            if len(found) >= MAX_RECIPIENTS:
-                break
             continue
         if current is not None:
             if not line.strip() and any(x.strip() for x in current):
@@ -456,7 +512,8 @@ def _notice_recipients(notice: str, exclude: set[str], action: str) -> list[Boun
         # One recipient, and its error sits further down (Gmail, DragonFly): add the notice's
         # lines that carry a code.
         found[0][1].append(_error_lines(notice))
-    return [_record(addr, "", "\n".join(body), action, "", notice) for addr, body in found]
+    records = [_record(addr, "", "\n".join(body), action, "", notice) for addr, body in found]
+    return records, len(beyond)
 
 
 RCPT_LINE_RE = re.compile(
@@ -642,11 +699,18 @@ def bounded(raw: bytes) -> bytes:
 
 def parse_message(raw: bytes) -> list[Bounce]:
     """Every recipient a bounce, complaint or auto-reply speaks of; [] for ordinary mail."""
+    return parse(raw).records
+
+
+def parse(raw: bytes) -> Parsed:
+    """parse_message, and what was left out: recipients past MAX_RECIPIENTS, bytes past
+    MAX_MESSAGE_BYTES."""
     try:
         msg = email.message_from_bytes(bounded(raw), policy=email.policy.compat32)
-        return _parse(msg, 0)
+        records, omitted = _parse(msg, 0)
     except RecursionError as e:  # defence in depth: bounded() should make this unreachable
         raise BounceParseError("message nested too deeply") from e
+    return Parsed(records, omitted, len(raw) > MAX_MESSAGE_BYTES)
 
 
 def _forwarded_bounce(parts: list[Message]) -> Message | None:
@@ -664,14 +728,40 @@ def _forwarded_bounce(parts: list[Message]) -> Message | None:
     return None
 
 
-def _parse(msg: Message, nesting: int) -> list[Bounce]:
+def _cap(items: list[T]) -> tuple[list[T], int]:
+    """The first MAX_RECIPIENTS items, and how many more there were."""
+    return items[:MAX_RECIPIENTS], max(0, len(items) - MAX_RECIPIENTS)
+
+
+def _recipient_blocks(part: Message) -> int:
+    """Recipient blocks of a delivery-status part as the stdlib parsed it (0 when it did not)."""
+    payload = part.get_payload()
+    if not isinstance(payload, list):
+        return 0
+    return sum(
+        1
+        for p in payload
+        if isinstance(p, Message) and ("final-recipient" in p or "original-recipient" in p)
+    )
+
+
+def _beyond_notice(text: str, found: list[Bounce], exclude: set[str]) -> int:
+    """Addresses opening a line past MAX_NOTICE_CHARS of a notice that never ended."""
+    known = {b.recipient for b in found} | exclude
+    extra = {m.group(1).lower().strip(".") for m in ADDRESS_LINE_RE.finditer(text)}
+    return len({a for a in extra if a not in known and not DAEMON_RE.match(a)})
+
+
+def _parse(msg: Message, nesting: int) -> tuple[list[Bounce], int]:
     parts = [p for _, p in _walk(msg)]
     dsn_texts: list[str] = []
     texts: list[str] = []
+    listed = 0
     for p in parts:
         ct = _content_type(p)
         if ct in DSN_TYPES:
             dsn_texts.append(_text_of(p))
+            listed += _recipient_blocks(p)
         elif ct.startswith("text/") and ct not in ("text/rfc822-headers", "text/html"):
             texts.append(_text_of(p))
         elif ct.startswith("multipart/") and isinstance(p.get_payload(), str):
@@ -686,11 +776,11 @@ def _parse(msg: Message, nesting: int) -> list[Bounce]:
                 break
 
     if _is_feedback(msg, parts):
-        return _feedback(msg, parts, texts)
+        return _cap(_feedback(msg, parts, texts))
     if texts and texts[0].lstrip().startswith("{"):
         ses = _from_ses_notification(texts[0])
         if ses is not None:
-            return ses
+            return _cap(ses)
 
     first_text = _unquote(texts[0]) if texts else ""
     notice, rest = _notice_split(first_text)
@@ -698,25 +788,28 @@ def _parse(msg: Message, nesting: int) -> list[Bounce]:
     if not dsn_texts and re.search(r"^(final|original)-recipient:", first_text, re.I | re.M):
         dsn_texts = [first_text]
     if dsn_texts:
-        found = _from_reports(dsn_texts, notice)
+        found, omitted = _from_reports(dsn_texts, notice)
         if found:
-            return found
+            # Blocks past the decoded-text limit were not read, but the parser counted them.
+            return found, max(omitted, listed - len(found))
 
     if _is_autoreply(msg) and not _looks_like_bounce(msg, notice):
         sender = sorted(_addresses(msg.get("From")))
         return [
             Bounce(a, "", "", "autoreply", "", "vacation", "recipient", False, KIND_AUTOREPLY)
             for a in sender[:1]
-        ]
+        ], 0
     if not _looks_like_bounce(msg, notice):
-        return []
+        return [], 0
 
     exclude = _addresses(msg.get("To")) | _addresses(msg.get("From"))
     exclude |= _addresses(msg.get("Delivered-To")) | _addresses(msg.get("Return-Path"))
     # A warning that the MTA is still trying is a delay, not a failure.
     delayed = DELAY_RE.search(_decode_header(msg.get("Subject")) + "\n" + notice[:4000])
     action = "delayed" if delayed else "failed"
-    found = _from_notice(notice, exclude, action)
+    found, omitted = _from_notice(notice, exclude, action)
+    if len(first_text) > MAX_NOTICE_CHARS and not rest:
+        omitted += _beyond_notice(first_text[MAX_NOTICE_CHARS:], found, exclude)
     # Candidates in the domains the returned message was addressed to are the recipients; the
     # others are helpdesk or relay addresses quoted in the text.
     domains = {a.rsplit("@", 1)[1] for a in _original_recipients(parts, rest)}
@@ -724,24 +817,36 @@ def _parse(msg: Message, nesting: int) -> list[Bounce]:
     failed = _addresses(msg.get("X-Failed-Recipients"))
     if _google_group_refusal(failed, notice):
         diag = _clean(notice)[:500]
-        return [
-            Bounce(a, pseudo_status("rejected"), "", "failed", diag, "rejected", "sender", False)
-            for a in sorted(failed)
-        ]
+        status = pseudo_status("rejected")
+        return _cap(
+            [
+                Bounce(a, status, "", "failed", diag, "rejected", "sender", False)
+                for a in sorted(failed)
+            ]
+        )
     if failed:
         # Exim and Gmail name the failed recipients in a header: trust it over the text.
         found = [b for b in found if b.recipient in failed]
         named = {b.recipient for b in found}
-        found += [
-            _record(a, "", _paragraph_for(notice, a) or _error_lines(notice), action, "", notice)
-            for a in sorted(failed - named)
-        ]
+        others = sorted(failed - named)[: MAX_RECIPIENTS - len(found)]
+        omitted = len(failed) - len(found) - len(others)
+        paragraph = _paragraphs(notice)
+        # Error lines that name another failed recipient are not evidence about this one.
+        errors = "\n".join(
+            ln
+            for ln in _error_lines(notice).splitlines()
+            if not any(x.group(0).lower() in failed for x in ADDR_RE.finditer(ln))
+        )
+        # Nor is the notice as a whole, when it speaks of several.
+        context = notice if len(failed) == 1 else errors
+        found += [_record(a, "", paragraph(a) or errors, action, "", context) for a in others]
     if found:
-        return found
+        return found, omitted
     inner = _forwarded_bounce(parts)
     if inner is not None and nesting < 2:
-        found = _parse(inner, nesting + 1)
+        found, omitted = _parse(inner, nesting + 1)
         if found:
-            return found
-    rcpts = [a for a in _original_recipients(parts, rest) if a not in exclude]
-    return [_record(a, "", _error_lines(notice), action, "", notice) for a in rcpts[:50]]
+            return found, omitted
+    rcpts, omitted = _cap([a for a in _original_recipients(parts, rest) if a not in exclude])
+    errors = _error_lines(notice)
+    return [_record(a, "", errors, action, "", notice) for a in rcpts], omitted

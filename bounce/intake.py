@@ -17,19 +17,22 @@ import email.policy
 import hashlib
 import mailbox
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, Bounce, BounceParseError, parse_message
+from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, Bounce, BounceParseError, parse
 from mailpulse.bounce.verp import DEFAULT_PREFIX, VerpId, find_user
 
 EX_OK = 0
+EX_PARTIAL = 3  # not a sysexits code: output given, but a message was larger than the limits
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_TEMPFAIL = 75
+EX_NOPERM = 77
 
 PROCESSED_DIR = ".processed"
 UNREADABLE_DIR = ".unreadable"  # messages the parser refused: kept for a person to look at
@@ -53,10 +56,11 @@ def _digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
-def _read_capped(f: BinaryIO) -> bytes:
-    """At most MAX_MESSAGE_BYTES (+1 to know it was cut); the rest is drained, not kept."""
+def _read_capped(f: BinaryIO, drain: bool = False) -> bytes:
+    """At most MAX_MESSAGE_BYTES (+1 to know it was cut). The rest is left unread (an endless
+    stdin ends here), or drained for a writer that must see its message taken in whole."""
     data = f.read(MAX_MESSAGE_BYTES + 1)
-    while f.read(1 << 20):
+    while drain and f.read(1 << 20):
         pass
     return data
 
@@ -70,53 +74,89 @@ def _is_mbox(path: Path) -> bool:
         return f.read(5) == b"From "
 
 
-def read_paths(paths: Iterable[Path], stdin: BinaryIO | None = None) -> Iterator[MailItem]:
+OnError = Callable[[Path, OSError], None]
+
+
+def _raise(path: Path, e: OSError) -> None:
+    raise e
+
+
+def read_paths(
+    paths: Iterable[Path], stdin: BinaryIO | None = None, on_error: OnError = _raise
+) -> Iterator[MailItem]:
     """Every message under the given paths, read-only: .eml files, directories, Maildirs, mbox.
 
-    "-" is one message on stdin.
+    "-" is one message on stdin. A path that cannot be read goes to on_error (which raises
+    unless told otherwise) and the others are still read.
     """
     for path in paths:
-        if str(path) == "-":
-            raw = _read_capped(stdin or sys.stdin.buffer)
-            yield MailItem("-", _digest(raw), raw)
-        elif path.is_dir():
-            subdirs = (path / "new", path / "cur") if _is_maildir(path) else (path,)
-            for d in subdirs:
-                for f in sorted(d.iterdir()):
-                    if f.is_file() and not f.name.startswith("."):
-                        yield from read_paths([f])
-        elif _is_mbox(path):
-            box = mailbox.mbox(str(path), create=False)
+        try:
+            yield from _read_path(path, stdin, on_error)
+        except OSError as e:
+            on_error(path, e)
+
+
+def _read_path(path: Path, stdin: BinaryIO | None, on_error: OnError) -> Iterator[MailItem]:
+    if str(path) == "-":
+        raw = _read_capped(stdin or sys.stdin.buffer)
+        yield MailItem("-", _digest(raw), raw)
+    elif stat.S_ISDIR(path.stat().st_mode):
+        subdirs = (path / "new", path / "cur") if _is_maildir(path) else (path,)
+        for d in subdirs:
             try:
-                for i, key in enumerate(box.iterkeys()):
-                    raw = box.get_bytes(key)[: MAX_MESSAGE_BYTES + 1]
-                    yield MailItem(f"{path}:{i}", _digest(raw), raw)
-            finally:
-                box.close()
-        else:
-            with path.open("rb") as fh:
-                raw = _read_capped(fh)
-            yield MailItem(str(path), path.name.split(":", 1)[0], raw)
+                entries = sorted(d.iterdir())
+            except OSError as e:
+                on_error(d, e)
+                continue
+            for f in entries:
+                if f.name.startswith("."):
+                    continue
+                try:
+                    regular = stat.S_ISREG(f.stat().st_mode)
+                except OSError as e:  # a dangling link or a link loop: said, not skipped
+                    on_error(f, e)
+                    continue
+                if regular:
+                    yield from read_paths([f], on_error=on_error)
+    else:
+        yield from _read_file(path)
+
+
+def _read_file(path: Path) -> Iterator[MailItem]:
+    if _is_mbox(path):
+        box = mailbox.mbox(str(path), create=False)
+        try:
+            for i, key in enumerate(box.iterkeys()):
+                raw = box.get_bytes(key)[: MAX_MESSAGE_BYTES + 1]
+                yield MailItem(f"{path}:{i}", _digest(raw), raw)
+        finally:
+            box.close()
+    else:
+        with path.open("rb") as fh:
+            raw = _read_capped(fh)
+        yield MailItem(str(path), path.name.split(":", 1)[0], raw)
 
 
 def analyse(
     item: MailItem, verp: VerpSettings, envelope_recipient: str = ""
 ) -> list[dict[str, Any]]:
     """One JSON-ready object per recipient of one message (DESIGN.md's `bounce parse` fields)."""
-    records = parse_message(item.raw)
-    if not records:
+    parsed = parse(item.raw)
+    if not parsed.records:
         return []
     head = email.message_from_bytes(item.raw[: 64 << 10], policy=email.policy.compat32)
     who: VerpId | None = find_user(head, envelope_recipient, verp.key, verp.prefix, verp.delimiters)
-    return [_as_json(item, b, who) for b in records]
+    return [_as_json(item, b, who, parsed.omitted) for b in parsed.records]
 
 
-def _as_json(item: MailItem, b: Bounce, who: VerpId | None) -> dict[str, Any]:
+def _as_json(item: MailItem, b: Bounce, who: VerpId | None, omitted: int) -> dict[str, Any]:
     out: dict[str, Any] = {"file": item.source, "key": item.key}
     out.update(asdict(b))
     out["user_id"] = who.user_id if who else None
     out["verp_verified"] = who.verified if who else False
     out["bounce_address"] = who.address if who else None
+    # Recipients the same message named past the limit, not reported: said on every record.
+    out["recipients_omitted"] = omitted
     return out
 
 
@@ -137,8 +177,13 @@ def process_maildir(root: Path, handler: Handler, verp: VerpSettings) -> int:
         for f in sorted((root / sub).iterdir()):
             if not f.is_file() or f.name.startswith("."):
                 continue
-            with f.open("rb") as fh:
-                raw = _read_capped(fh)
+            try:
+                with f.open("rb") as fh:
+                    raw = _read_capped(fh)
+            except OSError as e:
+                # Left where it is for the next run; the rest of the directory goes on.
+                print(f"mailpulse: {f}: cannot read: {e.strerror}; left in place", file=sys.stderr)
+                continue
             item = MailItem(str(f), f.name.split(":", 1)[0], raw)
             try:
                 records = analyse(item, verp)
@@ -173,7 +218,7 @@ def pipe_delivery(
     and retries; nothing is lost.
     """
     try:
-        raw = _read_capped(stdin)
+        raw = _read_capped(stdin, drain=True)  # Postfix's message_size_limit bounds it
     except OSError:
         return EX_TEMPFAIL
     if not raw.strip():

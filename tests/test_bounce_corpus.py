@@ -35,6 +35,14 @@ STAGELESS = (
     " module for this MTA says userunknown"
 )
 V5 = "Sendmail v5 transcript interleaves several recipients' errors"
+REPLY_IN_TEXT = "Sisimai gives no reply code where the report has none; the notice's reply says 550"
+# Three rows still say hard where Sisimai says soft, each kept on purpose:
+# - lhost-receivingses-02 ("550 5.1.1 Mailbox does not exist") and rfc3464-01 ("550 5.1.1 ...
+#   User Unknown"): the mail carries an explicit x.1.1 and user-unknown words, which is the
+#   proof of a missing mailbox this classifier stands on; Sisimai's filtered / mailboxfull come
+#   from what it knows of those senders, not from the mail.
+# - lhost-v5sendmail-05 #1: the transcript puts another recipient's "550 Host unknown" after
+#   this one's connection reset; reading it apart needs a v5 transcript parser, not a rule.
 
 KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("arf-11.eml", 1): (("recipient",), PLACEHOLDER),
@@ -47,7 +55,7 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("lhost-exim-36.eml", 1): (("status",), PSEUDO),
     ("lhost-exim-54.eml", 1): (("status",), PSEUDO),
     ("lhost-ezweb-01.eml", 1): (("status", "reason"), NOREASON),
-    ("lhost-ezweb-02.eml", 1): (("reply_code", "reason", "hard"), FILTERED),
+    ("lhost-ezweb-02.eml", 1): (("reply_code",), REPLY_IN_TEXT),
     ("lhost-gmail-03.eml", 1): (("reason",), PROVIDER),
     ("lhost-interscanmss-03.eml", 1): (("status", "reason", "hard"), NOREASON),
     ("lhost-messagingserver-02.eml", 1): (("reply_code",), TRANSCRIPT),
@@ -72,7 +80,7 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
 
 # Floors on the whole set: what this version measures, at or above the issue's targets
 # (recipient 0.97, status 0.95, reason 0.90, hard 0.97).
-FLOORS = {"recipient": 0.98, "status": 0.956, "reply_code": 0.966, "reason": 0.933, "hard": 0.973}
+FLOORS = {"recipient": 0.98, "status": 0.956, "reply_code": 0.966, "reason": 0.936, "hard": 0.976}
 
 
 def expected_by_file() -> dict[str, list[dict[str, Any]]]:
@@ -115,8 +123,9 @@ def test_corpus_file(shared_corpus: Path, name: str) -> None:
             f"{name}#{row['index']}: fields {wrong} differ (known: {known} {why}); "
             f"expected {row}, got {got[row['index'] - 1] if len(got) >= row['index'] else None}"
         )
-    # No invented extra recipients.
-    assert len(got) <= len(EXPECTED[name])
+    # No invented extra recipients, none left out but the known missing ones.
+    missing = sum(1 for (n, _), (f, _) in KNOWN_MISSES.items() if n == name and f == ("missing",))
+    assert len(got) == len(EXPECTED[name]) - missing
 
 
 def test_not_bounces_give_nothing(shared_corpus: Path) -> None:

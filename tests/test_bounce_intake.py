@@ -7,8 +7,10 @@ import io
 import json
 import mailbox
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 from mailpulse.bounce import dsn
 from mailpulse.bounce.intake import (
     EX_OK,
+    EX_PARTIAL,
     EX_TEMPFAIL,
     MailItem,
     VerpSettings,
@@ -144,7 +147,8 @@ def test_cli_json_fields_stdin_and_errors(tmp_path: Path) -> None:
     want = {"file": str(f), "recipient": "c@example.com", "status": "5.1.1", "reply_code": "550"}
     want |= {"reason": "userunknown", "scope": "recipient", "hard": True, "action": "failed"}
     want |= {"user_id": "31", "verp_verified": True}
-    assert {k: obj[k] for k in want} == want and "User unknown" in obj["diagnostic"]
+    want |= {"diagnostic": "550 5.1.1 User unknown", "recipients_omitted": 0}
+    assert {k: obj[k] for k in want} == want
 
     piped = run_cli("--json", "-", stdin=f.read_bytes())
     assert json.loads(piped.stdout)["verp_verified"] is False  # no key given this time
@@ -228,24 +232,95 @@ def test_garbage_is_not_a_bounce() -> None:
         assert dsn.parse_message(raw) == []
 
 
-def test_thousands_of_recipients_are_capped() -> None:
-    # 20000 failed recipients in a notice, and 20000 report blocks: bounded output, no blow-up.
-    lines = "".join(f"<user{i}@example.com>: 550 5.1.1 User unknown\n" for i in range(20000))
-    notice = wrap("X-Test: many", lines.encode())
-    got = dsn.parse_message(notice)
-    assert len(got) == dsn.MAX_RECIPIENTS and got[0].recipient == "user0@example.com"
+def report_of(n: int) -> bytes:
+    """A delivery-status report with one block per recipient u0..u(n-1), written out here."""
     blocks = "".join(
         f"Final-Recipient: rfc822; u{i}@example.com\nAction: failed\nStatus: 5.1.1\n\n"
-        for i in range(20000)
+        for i in range(n)
     )
-    report = wrap(
+    return wrap(
         'Content-Type: multipart/report; report-type=delivery-status; boundary="B"',
         b"--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\n"
         + blocks.encode()
         + b"--B--\n",
     )
-    got = dsn.parse_message(report)
-    assert 0 < len(got) < dsn.MAX_PARTS and all(b.status == "5.1.1" for b in got)
+
+
+def exim_notice(addrs: list[str], explained: int) -> bytes:
+    """Exim's wording: every address in X-Failed-Recipients, the first `explained` of them also
+    in the text with their own error paragraph."""
+    paragraphs = "".join(
+        f"  {a}\n    SMTP error from remote mail server after RCPT TO:<{a}>:\n"
+        f"    550 5.1.1 <{a}>: Recipient address rejected: User unknown\n\n"
+        for a in addrs[:explained]
+    )
+    return (
+        "From: Mail Delivery System <Mailer-Daemon@mx.example.net>\n"
+        "To: bounce-7@b.example\nSubject: Mail delivery failed: returning message to sender\n"
+        f"X-Failed-Recipients: {', '.join(addrs)}\n\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n\n" + paragraphs
+    ).encode()
+
+
+def test_thousands_of_recipients_are_capped_and_counted() -> None:
+    # Bad input: 20000 failed recipients in a notice, and 20000 report blocks. Exactly the first
+    # MAX_RECIPIENTS (1000) are reported, in order, and the other 19000 are counted.
+    lines = "".join(f"<user{i}@example.com>: 550 5.1.1 User unknown\n" for i in range(20000))
+    got = dsn.parse(wrap("X-Test: many", lines.encode()))
+    assert dsn.MAX_RECIPIENTS == 1000
+    # The notice is read up to MAX_NOTICE_CHARS; the lines after it are counted, not lost.
+    assert [b.recipient for b in got.records] == [f"user{i}@example.com" for i in range(1000)]
+    assert got.omitted == 19000
+    assert all(
+        (b.status, b.reply_code, b.reason) == ("5.1.1", "550", "userunknown") for b in got.records
+    )
+    report = dsn.parse(report_of(20000))
+    assert [b.recipient for b in report.records] == [f"u{i}@example.com" for i in range(1000)]
+    assert report.omitted == 19000 and not report.truncated
+    assert all(b.status == "5.1.1" and b.reason == "userunknown" for b in report.records)
+
+
+def test_a_report_of_100k_recipients_says_what_it_cut(tmp_path: Path) -> None:
+    # Bad input: one DSN naming 100,000 recipients (7 MB, under the read limit). The output says
+    # how many were left out: in every record, on stderr, and in the exit code.
+    f = tmp_path / "huge.eml"
+    f.write_bytes(report_of(100_000))
+    out = run_cli("--json", str(f))
+    assert out.returncode == EX_PARTIAL == 3, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["recipient"] for r in records] == [f"u{i}@example.com" for i in range(1000)]
+    assert {r["recipients_omitted"] for r in records} == {99000}
+    assert out.stderr.decode() == (
+        f"mailpulse: {f}: names 100000 recipients; 99000 past the first 1000 not shown\n"
+    )
+    text = run_cli(str(f))
+    assert text.returncode == 3
+    assert text.stdout.decode().splitlines()[-1] == f"# {f}: 99000 more recipients not shown"
+    # Under the limit nothing is said and the exit code is 0.
+    f.write_bytes(report_of(1000))
+    fine = run_cli("--json", str(f))
+    assert fine.returncode == 0 and fine.stderr == b""
+    assert {json.loads(line)["recipients_omitted"] for line in fine.stdout.splitlines()} == {0}
+
+
+def test_failed_recipients_header_flood_is_capped_and_each_diagnostic_is_its_own() -> None:
+    # Bad input: 8,000 addresses in X-Failed-Recipients, the first 300 also explained in the
+    # text (anyone can mail the bounce address). Once each record carried the whole notice.
+    addrs = [f"user{i:05d}@example.org" for i in range(8000)]
+    got = dsn.parse(exim_notice(addrs, explained=300))
+    assert [b.recipient for b in got.records] == addrs[:1000]
+    assert got.omitted == 7000
+    for a, b in zip(addrs[:300], got.records[:300], strict=True):
+        # Its own paragraph, nothing of the others'.
+        assert b.diagnostic == (
+            f"SMTP error from remote mail server after RCPT TO:<{a}>: "
+            f"550 5.1.1 <{a}>: Recipient address rejected: User unknown"
+        )
+        assert (b.status, b.reply_code, b.reason, b.hard) == ("5.1.1", "550", "userunknown", True)
+    # Not in the text: no other recipient's error is taken as evidence about them.
+    for b in got.records[300:]:
+        assert b.diagnostic == "" and not b.hard
 
 
 @pytest.mark.parametrize(
@@ -257,3 +332,84 @@ def test_floods_of_blank_lines_tabs_dashes_or_at_signs_still_parse(filler: str) 
     body = "<u@example.com>: 550 5.1.1 User unknown\n" + filler + "\nfailed\n"
     got = dsn.parse_message(wrap("X-Test: flood", body.encode()))
     assert got and got[0].recipient == "u@example.com" and got[0].status == "5.1.1"
+
+
+def test_an_unreadable_message_does_not_stop_the_maildir_as_a_user_without_rights() -> None:
+    # Bad input: one message of a Maildir at mode 000, read by the CLI as nobody (not root, who
+    # reads everything). The others are still read; the one is named, with exit 77 (EX_NOPERM).
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the command as nobody")
+    root = Path(tempfile.mkdtemp(prefix="mailpulse-maildir-"))
+    try:
+        root.chmod(0o755)
+        make_maildir(
+            root, [postfix_dsn(f"u{i}@example.com", "bounce-1@b.example") for i in range(3)]
+        )
+        bad = sorted((root / "new").iterdir())[1]
+        bad.chmod(0)
+        out = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+            + [sys.executable, "-m", "mailpulse", "bounce", "parse", "--json", str(root)],
+            capture_output=True,
+            cwd="/",
+        )
+    finally:
+        shutil.rmtree(root)
+    assert out.returncode == 77, out.stderr
+    assert [json.loads(x)["recipient"] for x in out.stdout.splitlines()] == [
+        "u0@example.com",
+        "u2@example.com",
+    ]
+    assert out.stderr.decode() == f"mailpulse: {bad}: permission denied\n"
+
+
+def test_an_unreadable_message_is_left_in_place_by_the_collector(tmp_path: Path) -> None:
+    # Bad input: a Maildir entry that cannot be opened (here a dangling link, which even root
+    # cannot read): the collector names it, leaves it, and hands on the others.
+    make_maildir(
+        tmp_path, [postfix_dsn(f"u{i}@example.com", "bounce-1@b.example") for i in range(2)]
+    )
+    (tmp_path / "new" / "1700000099.M1P1.host").symlink_to(tmp_path / "gone")
+    seen: list[str] = []
+    n = process_maildir(
+        tmp_path, lambda item, recs: seen.append(recs[0]["recipient"]), VerpSettings()
+    )
+    assert (n, seen) == (2, ["u0@example.com", "u1@example.com"])
+    assert (tmp_path / "new" / "1700000099.M1P1.host").is_symlink()
+
+
+def test_a_symlink_loop_is_called_a_loop(tmp_path: Path) -> None:
+    # Bad input: a link loop given on the command line and one inside a directory; each is said
+    # to be a loop (not "no such file"), exit 66, and the good file beside it is still read.
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "good.eml").write_bytes(postfix_dsn("g@example.com", "bounce-1@b.example"))
+    (d / "loop.eml").symlink_to(d / "loop.eml")
+    out = run_cli("--json", str(tmp_path / "a"), str(d))
+    assert out.returncode == 66
+    assert out.stderr.decode() == (
+        f"mailpulse: {tmp_path / 'a'}: symbolic link loop\n"
+        f"mailpulse: {d / 'loop.eml'}: symbolic link loop\n"
+    )
+    assert [json.loads(x)["recipient"] for x in out.stdout.splitlines()] == ["g@example.com"]
+
+
+def test_endless_stdin_is_cut_at_the_size_limit() -> None:
+    # Bad input: `yes | mailpulse bounce parse -`, a stdin that never ends. It is read up to the
+    # same 8 MiB as a file, said so, exit 3; the timeout only catches a hang.
+    yes = subprocess.Popen(["yes"], stdout=subprocess.PIPE)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "mailpulse", "bounce", "parse", "-"],
+            stdin=yes.stdout,
+            capture_output=True,
+            timeout=120,
+        )
+    finally:
+        yes.kill()
+        yes.wait()
+    assert out.returncode == EX_PARTIAL
+    assert out.stderr == b"mailpulse: -: larger than 8 MiB; only its first 8 MiB read\n"
+    assert out.stdout == b""

@@ -67,4 +67,9 @@ def test_lab_signed_verp_verifies_and_maildir_is_drained_once(lab: Lab) -> None:
     assert process_maildir(lab.maildir, lambda item, recs: None, VerpSettings(KEY)) == 0
     # With the wrong key the same bounces still name the user, unverified.
     other = parsed(lab.maildir / ".processed", VerpSettings(b"another key"))
-    assert other and all(r["verp_verified"] is False and r["user_id"] for r in other.values())
+    assert set(other) == {p.recipient for p in bounced}
+    for p in bounced:
+        assert (other[p.recipient]["user_id"], other[p.recipient]["verp_verified"]) == (
+            p.user_id,
+            False,
+        )
