@@ -10,11 +10,11 @@ LAB := $(PY) -m lab --root $(LAB_DIR)
 # Real parts the lab, the tests and the benchmarks run: Postfix (with qshape, smtp-sink),
 # net-snmp, rrdtool, Prometheus and Alertmanager, Redis, HAProxy, and the tools operators use
 # today that the benchmarks compare against. The -dev packages build easysnmp and rrdtool;
-# libasan8 and libubsan1 run the log scanner's sanitizer test.
+# libasan8 and libubsan1 run the log scanner's sanitizer test; logrotate the rotation tests.
 APT_PACKAGES := postfix libsnmp-dev librrd-dev rrdtool snmpd snmp smitools \
 	prometheus prometheus-alertmanager prometheus-postfix-exporter mtail pflogsumm \
 	redis-server haproxy python3-venv python3-dev gcc libasan8 libubsan1 make procps \
-	time systemd-journal-remote openssl
+	time systemd-journal-remote openssl logrotate
 
 .PHONY: deps venv demo test lint lab-up lab-down clean
 
