@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -129,6 +130,8 @@ class Accounting:
         stages = dict(zip(catalogue.DELAY_STAGES, ev.delays or (), strict=False))
         stages["total"] = ev.delay
         for stage, seconds in stages.items():
+            if not 0 <= seconds < math.inf:  # "nan", "inf", "-5": no duration
+                continue
             self.state.observe(
                 "mailpulse_delivery_delay_seconds",
                 (ev.instance, stage, ev.status),
