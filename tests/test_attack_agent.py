@@ -78,3 +78,26 @@ def test_a_delay_that_is_no_duration_leaves_the_delay_sums_readable(tmp_path: Pa
     assert sums["total"] == 3.0
     assert sums["before_qmgr"] == 0.75
 
+
+def test_made_up_instance_names_stay_within_a_label_budget(tmp_path: Path) -> None:
+    # Bad input: 400 delivery lines, each tagged with another instance name that starts with
+    # "postfix" (`logger -t postfix-$RANDOM/smtp`): each once made a new instance label on
+    # every delivery and delay series, about 70 series a line, kept in the state for good.
+    log = tmp_path / "mail.log"
+    log.write_text(
+        "".join(
+            LINE.format(tag=f"postfix-{i}/smtp", i=i, delay="1", delays="0.25/0/0/0.75")
+            for i in range(400)
+        )
+    )
+    with agent_on(tmp_path, log) as port:
+        wait_for(lambda: lines_read(port) == 400, 30, "the lines")
+        got = metrics(port)
+    deliveries = {
+        dict(labels)["instance"]: v
+        for (n, labels), v in got.items()
+        if n == "mailpulse_deliveries_total"
+    }
+    assert sum(deliveries.values()) == 400  # every one still counted
+    assert len(deliveries) <= 65
+    assert len({dict(labels).get("instance") for _, labels in got}) <= 66
