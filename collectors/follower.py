@@ -94,6 +94,7 @@ class LogFollower:
             "bad_checkpoint": 0,
         }
         self.damage = ""  # why the checkpoint could not be used, when it could not
+        self.skipping = False  # the offset is inside a line cut at MAX_PENDING: skip to its end
         self._f: BinaryIO | None = None
         self._queue: list[BinaryIO] = []  # rotated files to read after _f, oldest first
         self._load()
@@ -111,11 +112,13 @@ class LogFollower:
             size, mtime = data.get("size"), data.get("mtime_ns")
             self.size = None if size is None else int(size)
             self.mtime_ns = None if mtime is None else int(mtime)
+            self.skipping = data.get("skipping") is True
             if self.offset < 0 or self.inode < 0 or len(self.fingerprint) > FINGERPRINT_BYTES:
                 raise ValueError(f"offset {self.offset}, inode {self.inode} out of range")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             self.inode, self.offset, self.fingerprint, self.state = None, 0, b"", {}
             self.size = self.mtime_ns = None
+            self.skipping = False
             self.stats["bad_checkpoint"] += 1
             self.damage = f"{type(e).__name__}: {e}"[:200]
 
@@ -130,6 +133,7 @@ class LogFollower:
             "offset": self.offset,
             "fingerprint": self.fingerprint.hex(),
             "state": self.state,
+            "skipping": self.skipping,
         }
         if self._f is not None:
             st = os.fstat(self._f.fileno())
@@ -148,6 +152,7 @@ class LogFollower:
         where. With no file yet, it is read from its start when it comes."""
         self.close()
         self.inode, self.offset, self.fingerprint = None, 0, b""
+        self.skipping = False
         cur = self._open_current()
         if cur is None:
             return f"the start of {self.path} (no such file yet)"
@@ -247,6 +252,8 @@ class LogFollower:
         self._f = f
         self.inode = os.fstat(f.fileno()).st_ino
         self.offset = offset
+        if offset == 0:  # a new file (a restart keeps reading from the checkpoint's offset)
+            self.skipping = False
         try:
             self.fingerprint = _fingerprint(f)
         except GZIP_ERRORS:  # a damaged .gz: reading it fails next, and counts it lost
@@ -333,8 +340,9 @@ class LogFollower:
 
     def read_blocks(self, max_bytes: int | None = None) -> Iterator[bytes]:
         """What read_lines gives, a block of whole lines at a time (for Correlator.feed_block):
-        each block ends with a newline; a line cut at MAX_PENDING comes with one added. The
-        offset (and so the checkpoint) moves past a block when it is handed on."""
+        each block ends with a newline; a line cut at MAX_PENDING comes with one added, and its
+        rest is skipped, never read as a line of its own (as `logs parse` does). The offset (and
+        so the checkpoint) moves past a block when it is handed on."""
         budget = max_bytes if max_bytes is not None else -1
         for f in self._start():
             for block in self._read_file(f, budget, blocks=True):
@@ -365,6 +373,13 @@ class LogFollower:
             if len(self.fingerprint) < FINGERPRINT_BYTES and self.offset < FINGERPRINT_BYTES:
                 self.fingerprint = _fingerprint(f)
                 f.seek(self.offset + len(pending) + len(chunk))
+            if self.skipping:  # the rest of a line cut at MAX_PENDING: read, never handed on
+                nl = chunk.find(b"\n")
+                self.offset += len(chunk) if nl < 0 else nl + 1
+                if nl < 0:
+                    continue
+                self.skipping = False
+                chunk = chunk[nl + 1 :]
             data = pending + chunk
             if blocks:
                 whole = data.rfind(b"\n") + 1
@@ -380,6 +395,7 @@ class LogFollower:
                     yield line
             if len(pending) > MAX_PENDING:
                 self.offset += len(pending)
+                self.skipping = True
                 yield pending + b"\n" if blocks else pending
                 pending = b""
 

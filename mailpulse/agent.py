@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -115,12 +116,18 @@ class Accounting:
         # Outcomes for the block watch, handed on with their commit: a batch that failed and is
         # read again must not be seen twice.
         self._notes: list[tuple[float, str]] = []
+        self.instances: set[str] = set()  # instance labels given so far (MAX_PROGRAM_LABELS)
 
     def apply(self, ev: DeliveryEvent) -> None:
         group = self.domains.label(ev.domain, ev.relay)
         dsn_class = ev.dsn[:1] + "xx" if ev.dsn[:1] in ("2", "4", "5") else "unknown"
+        instance = ev.instance  # any local user may log under a made-up one: a label budget
+        if instance not in self.instances:
+            if len(self.instances) >= MAX_PROGRAM_LABELS:
+                instance = OTHER
+            self.instances.add(instance)
         self.state.inc(
-            "mailpulse_deliveries_total", (ev.instance, ev.status, ev.reason, group, dsn_class)
+            "mailpulse_deliveries_total", (instance, ev.status, ev.reason, group, dsn_class)
         )
         if self.blocks is not None:
             self._notes.append((ev.time, ev.reason))
@@ -129,16 +136,18 @@ class Accounting:
         stages = dict(zip(catalogue.DELAY_STAGES, ev.delays or (), strict=False))
         stages["total"] = ev.delay
         for stage, seconds in stages.items():
+            if not 0 <= seconds < math.inf:  # "nan", "inf", "-5": no duration
+                continue
             self.state.observe(
                 "mailpulse_delivery_delay_seconds",
-                (ev.instance, stage, ev.status),
+                (instance, stage, ev.status),
                 catalogue.DELAY_BUCKETS_S,
                 seconds,
             )
         if ev.size is not None:
             self.state.observe(
                 "mailpulse_message_size_bytes",
-                (ev.instance,),
+                (instance,),
                 catalogue.SIZE_BUCKETS_BYTES,
                 float(ev.size),
             )

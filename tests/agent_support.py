@@ -40,7 +40,7 @@ Series = tuple[str, frozenset[tuple[str, str]]]
 
 def parse_exposition(text: str) -> dict[Series, float]:
     out = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):  # as Prometheus: a label value may hold "\r" or "\x85"
         if not line or line.startswith("#"):
             continue
         m = SAMPLE.match(line)
