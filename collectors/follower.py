@@ -309,6 +309,14 @@ class LogFollower:
             return
         # The path names another file now: first the files rotated since ours, then it.
         if self._f is not None:
+            if os.fstat(cur.fileno()).st_size == 0:
+                # Renamed and created anew, but the writer (rsyslog, postlogd) may not have
+                # reopened yet: what it still appends goes to the renamed file. Stay on that
+                # one until the new file has its first bytes.
+                cur.close()
+                return
+            if os.fstat(self._f.fileno()).st_size > self.offset:
+                yield self._f  # its last lines, written before the writer moved on
             self._queue = self._locate(os.fstat(self._f.fileno()).st_mtime_ns)[1]
             while self._queue:
                 f = self._queue.pop(0)

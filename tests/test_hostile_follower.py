@@ -67,12 +67,6 @@ def test_an_over_long_line_is_one_cut_line_on_the_agent_road_too(
     assert got == (1, 2, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="once the path names a new file the follower closes the renamed one: what the "
-    "writer puts there before it reopens the log (logrotate's postrotate, postfix reload) "
-    "is never read nor counted",
-)
 def test_lines_written_to_the_renamed_file_before_the_writer_reopens_are_read(
     tmp_path: Path,
 ) -> None:
