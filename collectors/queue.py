@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from mailpulse.collectors.deferral import PENDING, UNKNOWN, UNREAD, deferral_of
+from mailpulse.collectors.deferral import PENDING, UNKNOWN, UNREAD, Deferral, deferral_of
 from mailpulse.collectors.qfile import (
     DeferEntry,
     QueueFileError,
@@ -143,6 +143,7 @@ class QueueSampler:
         self.files_read = 0  # queue files opened since this sampler was made
         self._samples = 0
         self._group_of: dict[str, str] = {}
+        self._bulk_shapes: dict[tuple[str, str, str, str, Deferral | None], Shape] = {}
         self._defer_dirs: dict[str, str] = {}
         # Non-blocking: a FIFO named like a queue id must not hang the open (it is then skipped).
         self._open_flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _NOATIME
@@ -257,12 +258,22 @@ class QueueSampler:
         sender_domain = qshape_domain(sender)
         if len(recipients) == 1:  # bulk mail: most messages, without the general machinery
             d = qshape_domain(recipients[0])
-            deferred: tuple[tuple[Waiting, int], ...] = ()
+            why = None
             if queue == "deferred":
                 why = UNREAD if reasons is None else deferral_of(reasons.get(recipients[0]))
-                deferred = ((Waiting(self._group(d), *why), 1),)
-            cells: tuple[Cell, ...] = (Cell("sender", sender_domain, 1), Cell("recipient", d, 1))
-            return Shape(queue, directory, cells, 1, deferred, "")
+            # Bulk messages share a few shapes: found again, none is built per message.
+            key = (queue, directory, sender_domain, d, why)
+            shape = self._bulk_shapes.get(key)
+            if shape is None:
+                if len(self._bulk_shapes) >= 4096:  # bounded: it only saves time
+                    self._bulk_shapes.clear()
+                deferred = () if why is None else ((Waiting(self._group(d), *why), 1),)
+                cells: tuple[Cell, ...] = (
+                    Cell("sender", sender_domain, 1),
+                    Cell("recipient", d, 1),
+                )
+                shape = self._bulk_shapes[key] = Shape(queue, directory, cells, 1, deferred, "")
+            return shape
         domains = [qshape_domain(r) for r in recipients]
         deferrals: Counter[Waiting] = Counter()
         if queue == "deferred":
