@@ -12,8 +12,6 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
-from mailpulse.collectors.logparse import reply_codes
-from mailpulse.collectors.maillog import event_of
 from mailpulse.collectors.qfile import DeferEntry
 
 
@@ -58,6 +56,10 @@ DEFERRAL_CLASSES = (*dict.fromkeys(row[2] for row in _CLASS_TABLE), "other", PEN
 def deferral(status: str, text: str) -> Deferral:
     """The reason and class of one deferral: status as Postfix keeps it ("4.7.1", or ""), text
     the reply or Postfix's own words."""
+    # Imported on first use: a sample that reads no reason never loads the log parser.
+    from mailpulse.collectors.logparse import reply_codes
+    from mailpulse.collectors.maillog import event_of
+
     # showq and old defer logs keep no status: the remote's own enhanced code is what Postfix
     # would have logged for its reply.
     status = status or reply_codes(text)[1]
@@ -70,8 +72,8 @@ def deferral(status: str, text: str) -> Deferral:
     return Deferral(reason, "other")
 
 
-UNKNOWN = deferral("", "")  # no reason logged for the recipient (or no defer log at all)
-UNREAD = Deferral(UNKNOWN.reason, PENDING)
+UNKNOWN = Deferral("undefined", "other")  # no reason logged: what deferral("", "") says
+UNREAD = Deferral("undefined", PENDING)
 
 
 def deferral_of(entry: DeferEntry | None) -> Deferral:

@@ -362,8 +362,9 @@ def test_defer_log_and_deferral_classes() -> None:
             status, text
         ), k
         assert deferral_of(DeferEntry(f"{k}-u1@gmail.com", "", text)).reason == reasons[k], k
-    # bad input: no reason logged at all (a recipient missing from its defer log)
-    assert deferral_of(None) == ("undefined", "other")
+    # bad input: no reason logged at all (a recipient missing from its defer log), or an
+    # empty one
+    assert deferral_of(None) == deferral("", "") == ("undefined", "other")
 
 
 def defer_entry(recipient: str, status: str, reason: str) -> str:
