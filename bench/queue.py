@@ -77,7 +77,8 @@ for line in sys.stdin:
 ONE_SAMPLE = r"""
 import json, sys
 from pathlib import Path
-from mailpulse.collectors.queue import QueueSampler, snapshot_to_json
+from mailpulse.collectors.queue import QueueSampler
+from mailpulse.collectors.queue_report import snapshot_to_json
 print(json.dumps(snapshot_to_json(QueueSampler(Path(sys.argv[1])).sample())))
 """
 

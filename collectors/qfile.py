@@ -118,23 +118,27 @@ def parse_queue_file(source: ByteSource, mtime: int = 0) -> Envelope:
                 pos = end
         except IndexError:
             pass
-        # Read again from the record at base + pos, enough to hold it whole.
         base += pos
-        pos, buf = 0, source(base, BLOCK)
+        pos, buf = 0, _record_at(source, base)
         n = len(buf)
-        if not n:
-            raise QueueFileError("truncated", f"no end record (stopped at offset {base})")
-        if buf[0] not in known:
-            raise QueueFileError("garbage", f"record type {buf[0]:#04x} at offset {base}")
-        try:
-            head, length = _long_length(buf, 0, base)
-        except IndexError:
-            raise QueueFileError("truncated", f"record length cut at offset {base}") from None
-        if head + length > n:
-            buf = source(base, head + length)
-            n = len(buf)
-            if head + length > n:
-                raise QueueFileError("truncated", f"record cut at offset {base}")
+
+
+def _record_at(source: ByteSource, offset: int) -> bytes:
+    """The file from the record at offset on, enough to hold that record whole."""
+    buf = source(offset, BLOCK)
+    if not buf:
+        raise QueueFileError("truncated", f"no end record (stopped at offset {offset})")
+    if buf[0] not in KNOWN_TYPES:
+        raise QueueFileError("garbage", f"record type {buf[0]:#04x} at offset {offset}")
+    try:
+        head, length = _long_length(buf, 0, offset)
+    except IndexError:
+        raise QueueFileError("truncated", f"record length cut at offset {offset}") from None
+    if head + length > len(buf):
+        buf = source(offset, head + length)
+        if head + length > len(buf):
+            raise QueueFileError("truncated", f"record cut at offset {offset}")
+    return buf
 
 
 def _long_length(buf: bytes, pos: int, offset: int) -> tuple[int, int]:

@@ -1,37 +1,36 @@
 """Queue collector: qshape's and mailq's view of a Postfix instance as a QueueSnapshot.
 
 Two ways in, picked automatically: the spool (queue files' envelope records, read directly;
-root or the postfix user) and the showq service (what `postqueue -j` reads; no root, only
-access to the public/ directory). From the spool, sampling is incremental: a queued message's
-arrival time, sender and recipients do not change while it sits in a queue, so a sample lists
-only the directories whose mtime moved, reads only the queue ids new in them (a queue id
-encodes the file's inode), re-checks one turn of known files by ctime (a retry or a delivered
-recipient changes it), and adjusts running totals for what came and went. Why deferred mail
-waits (the defer logs) is read after the queue files, a bounded number of messages per sample
-and none in a first sample, so the first view of a big queue costs what qshape's does.
+root or the postfix user) and the showq service (collectors.showq: what `postqueue -j` reads; no
+root, only access to the public/ directory). From the spool, sampling is incremental: a queued
+message's arrival time, sender and recipients do not change while it sits in a queue, so a
+sample lists only the directories whose mtime moved, reads only the queue ids new in them (a
+queue id encodes the file's inode), re-checks one turn of known files by ctime (a retry or a
+delivered recipient changes it), and adjusts running totals for what came and went. Why deferred
+mail waits (the defer logs, named by collectors.deferral) is read after the queue files, a
+bounded number of messages per sample and none in a first sample, so the first view of a big
+queue costs what qshape's does.
+
+Beside it: collectors.background samples in a thread for the agent, collectors.queue_report is
+the `mailpulse queue` command.
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import errno
-import json
 import os
-import re
-import socket
 import stat
 import struct
 import sys
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
-from mailpulse.bounce.classify import classify
+from mailpulse.collectors.deferral import PENDING, UNKNOWN, UNREAD, Deferral, deferral_of
 from mailpulse.collectors.qfile import (
     DeferEntry,
     QueueFileError,
@@ -39,81 +38,13 @@ from mailpulse.collectors.qfile import (
     parse_queue_file,
     qshape_domain,
 )
+from mailpulse.collectors.showq import parse_showq, read_showq
 
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import DEFAULT_AGE_EDGES_MIN, QUEUE_NAMES, QueueSnapshot, QueueStats
-from mailpulse.postfix import PostconfError, discover_instances, instance_at
+from mailpulse.postfix import discover_instances, instance_at
 
 OTHER_DOMAINS = "(other)"
-
-# Deferral classes, as an operator sorts deferred mail.
-DEFERRAL_CLASSES = (
-    "connection",
-    "dns",
-    "tls",
-    "greylisting",
-    "ratelimit",
-    "blocklisted",
-    "mailboxfull",
-    "other",
-    "pending",  # reasons not read yet (QueueSnapshot.deferral_coverage says how many are)
-)
-PENDING = "pending"
-_REASON_CLASS = {
-    "networkerror": "connection",
-    "hostunknown": "dns",
-    "securityerror": "tls",
-    "speeding": "ratelimit",
-    "toomanyconn": "ratelimit",
-    "blocked": "blocklisted",
-    "badreputation": "blocklisted",
-    "mailboxfull": "mailboxfull",
-}
-# What the shared classifier does not tell apart: greylisting is one kind of policy refusal,
-# TLS failures and timeouts are logged by Postfix itself without a reply code.
-_TEXT_CLASS = (
-    (re.compile(r"gr[ae]ylist", re.I), "greylisting"),
-    (re.compile(r"\bTLS\b|\bSSL\b|certificate|STARTTLS", re.I), "tls"),
-    (re.compile(r"name service error|host not found|domain not found|\bno MX\b", re.I), "dns"),
-    (
-        re.compile(
-            r"connection (refused|timed out|reset)|timed out while|lost connection"
-            r"|no route to host|network is unreachable",
-            re.I,
-        ),
-        "connection",
-    ),
-)
-_REPLY_CODE = re.compile(r"\bsaid: ([245]\d\d)\b")
-_ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-
-
-@lru_cache(maxsize=16384)
-def deferral_class(status: str, text: str) -> str:
-    """One of DEFERRAL_CLASSES for the reason Postfix keeps for a deferred recipient."""
-    for pattern, klass in _TEXT_CLASS[:2]:
-        if pattern.search(text):
-            return klass
-    m = _REPLY_CODE.search(text)
-    if not status:
-        e = _ENHANCED.search(text)
-        status = e.group(1) if e else ""
-    verdict = classify(status, m.group(1) if m else "", text)
-    if verdict.reason in _REASON_CLASS:
-        return _REASON_CLASS[verdict.reason]
-    for pattern, klass in _TEXT_CLASS[2:]:
-        if pattern.search(text):
-            return klass
-    return "other"
-
-
-def _deferral_class_of(entry: DeferEntry | None) -> str:
-    if entry is None:
-        return "other"
-    # Replies often quote the recipient: without it, one classification serves everyone who
-    # got the same answer (the classifier's rules never look at an address).
-    text = entry.reason.replace(entry.recipient, "") if entry.recipient else entry.reason
-    return deferral_class(entry.status, text)
 
 
 # -- Postfix instances ---------------------------------------------------------------------
@@ -130,18 +61,38 @@ def samplers_for_host(config_dir: Path | None = None, **options: object) -> list
 # -- the sampler -----------------------------------------------------------------------------
 
 
-# What a queued message counts for, shared by every message alike (bulk mail: most of them):
-# (queue, directory, qshape cells ((kind, domain, recipients), ...) for its sender domain and
-# each recipient domain, recipients, (((group, deferral class), recipients), ...), error).
-# A file that could not be read has an error ("truncated", "garbage") and counts for nothing.
-_Shape = tuple[
-    str, str, tuple[tuple[str, str, int], ...], int, tuple[tuple[tuple[str, str], int], ...], str
-]
+class Waiting(NamedTuple):
+    """Deferred recipients of one domain group that wait for one reason."""
+
+    group: str
+    reason: str
+    deferral_class: str
 
 
-def _is_pending(shape: _Shape) -> bool:
-    """A deferred message whose reasons are not read (all of a shape's classes are, or none)."""
-    return bool(shape[4]) and shape[4][0][0][1] == PENDING
+class Cell(NamedTuple):
+    """Recipients of a message under one of qshape's rows: its sender's or a recipient's domain."""
+
+    side: str  # "sender" or "recipient"
+    domain: str
+    recipients: int
+
+
+class Shape(NamedTuple):
+    """What a queued message counts for, shared by every message alike (bulk mail: most of
+    them). A file that could not be read has an error ("truncated", "garbage") and counts for
+    nothing."""
+
+    queue: str
+    directory: str  # where its file is ("" from showq)
+    cells: tuple[Cell, ...]  # its sender domain, then each recipient domain
+    recipients: int
+    deferrals: tuple[tuple[Waiting, int], ...]  # deferred recipients by why they wait
+    error: str
+
+    @property
+    def pending(self) -> bool:
+        """A deferred message whose reasons are not read (all of its deferrals are, or none)."""
+        return bool(self.deferrals) and self.deferrals[0][0].deferral_class == PENDING
 
 
 # Per message, 28 bytes: ctime (changes when Postfix renames the file, retries it or marks
@@ -192,6 +143,7 @@ class QueueSampler:
         self.files_read = 0  # queue files opened since this sampler was made
         self._samples = 0
         self._group_of: dict[str, str] = {}
+        self._bulk_shapes: dict[tuple[str, str, str, str, Deferral | None], Shape] = {}
         self._defer_dirs: dict[str, str] = {}
         # Non-blocking: a FIFO named like a queue id must not hang the open (it is then skipped).
         self._open_flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _NOATIME
@@ -201,14 +153,14 @@ class QueueSampler:
     def _reset(self) -> None:
         """Forget every message: the next sample reads the whole queue again."""
         self._cache: dict[str, bytes] = {}  # queue id -> _ENTRY
-        self._shapes: list[_Shape] = []
-        self._shape_ids: dict[_Shape, int] = {}
+        self._shapes: list[Shape] = []
+        self._shape_ids: dict[Shape, int] = {}
         self._shape_refs: list[int] = []  # messages per shape; a shape no one has is reused
         self._free_ids: list[int] = []
         # (queue, "sender"|"recipient", domain, arrival) -> [messages, recipients]
         self._cells: dict[tuple[str, str, str, int], list[int]] = {}
         self._queue_totals: dict[str, list[int]] = {q: [0, 0, 0] for q in QUEUE_NAMES}
-        self._deferrals: Counter[tuple[str, str]] = Counter()
+        self._deferrals: Counter[Waiting] = Counter()
         self._errors: Counter[str] = Counter()  # unreadable files in the cache, by kind
         self._dirs: dict[str, _Dir] = {}
         self._not_ready: dict[str, tuple[str, str]] = {}  # qid -> (queue, directory)
@@ -219,17 +171,17 @@ class QueueSampler:
         self._warm = False  # a first sample was made: later ones read reasons too
 
     # -- aggregates ------------------------------------------------------------------------
-    def _apply(self, shape: _Shape, arrival: int, size: int, sign: int) -> None:
-        q, _directory, counts, recipients, deferrals, error = shape
-        if error:
-            self._errors[error] += sign
+    def _apply(self, shape: Shape, arrival: int, size: int, sign: int) -> None:
+        q = shape.queue
+        if shape.error:
+            self._errors[shape.error] += sign
             return
         totals = self._queue_totals[q]
         totals[0] += sign
-        totals[1] += sign * recipients
+        totals[1] += sign * shape.recipients
         totals[2] += sign * size
         cells = self._cells
-        for kind, domain, n in counts:
+        for kind, domain, n in shape.cells:
             key = (q, kind, domain, arrival)
             cell = cells.get(key)
             if cell is None:
@@ -240,12 +192,12 @@ class QueueSampler:
                 if not cell[0]:
                     del cells[key]
         if q == "deferred":
-            for k, n in deferrals:
+            for k, n in shape.deferrals:
                 self._deferrals[k] += sign * n
                 if not self._deferrals[k]:
                     del self._deferrals[k]
 
-    def _ref(self, shape: _Shape) -> int:
+    def _ref(self, shape: Shape) -> int:
         """The index of a shape, shared by every message that has it."""
         sid = self._shape_ids.get(shape)
         if sid is None:
@@ -266,11 +218,11 @@ class QueueSampler:
             del self._shape_ids[self._shapes[sid]]
             self._free_ids.append(sid)
 
-    def _put(self, qid: str, shape: _Shape, ctime_ns: int, arrival: int, size: int) -> None:
+    def _put(self, qid: str, shape: Shape, ctime_ns: int, arrival: int, size: int) -> None:
         self._drop(qid)
         self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, self._ref(shape))
         self._apply(shape, arrival, size, +1)
-        if _is_pending(shape):
+        if shape.pending:
             self._pending.append(qid)
             self._pending_count += 1
 
@@ -282,11 +234,11 @@ class QueueSampler:
         shape = self._shapes[sid]
         self._apply(shape, arrival, size, -1)
         self._unref(sid)
-        self._pending_count -= _is_pending(shape)
+        self._pending_count -= shape.pending
 
     def _queue_of(self, qid: str) -> str | None:
         entry = self._cache.get(qid)
-        return None if entry is None else self._shapes[_ENTRY.unpack(entry)[3]][0]
+        return None if entry is None else self._shapes[_ENTRY.unpack(entry)[3]].queue
 
     def _group(self, domain: str) -> str:
         g = self._group_of.get(domain)
@@ -301,33 +253,38 @@ class QueueSampler:
         sender: str,
         recipients: tuple[str, ...],
         reasons: dict[str, DeferEntry] | None,
-    ) -> _Shape:
+    ) -> Shape:
         """reasons None: not read yet, every deferred recipient counts as pending."""
         sender_domain = qshape_domain(sender)
         if len(recipients) == 1:  # bulk mail: most messages, without the general machinery
             d = qshape_domain(recipients[0])
-            deferred: tuple[tuple[tuple[str, str], int], ...] = ()
+            why = None
             if queue == "deferred":
-                klass = (
-                    PENDING if reasons is None else _deferral_class_of(reasons.get(recipients[0]))
+                why = UNREAD if reasons is None else deferral_of(reasons.get(recipients[0]))
+            # Bulk messages share a few shapes: found again, none is built per message.
+            key = (queue, directory, sender_domain, d, why)
+            shape = self._bulk_shapes.get(key)
+            if shape is None:
+                if len(self._bulk_shapes) >= 4096:  # bounded: it only saves time
+                    self._bulk_shapes.clear()
+                deferred = () if why is None else ((Waiting(self._group(d), *why), 1),)
+                cells: tuple[Cell, ...] = (
+                    Cell("sender", sender_domain, 1),
+                    Cell("recipient", d, 1),
                 )
-                deferred = (((self._group(d), klass), 1),)
-            counts: tuple[tuple[str, str, int], ...] = (
-                ("sender", sender_domain, 1),
-                ("recipient", d, 1),
-            )
-            return (queue, directory, counts, 1, deferred, "")
+                shape = self._bulk_shapes[key] = Shape(queue, directory, cells, 1, deferred, "")
+            return shape
         domains = [qshape_domain(r) for r in recipients]
-        deferrals: Counter[tuple[str, str]] = Counter()
+        deferrals: Counter[Waiting] = Counter()
         if queue == "deferred":
             for r, d in zip(recipients, domains, strict=True):
-                klass = PENDING if reasons is None else _deferral_class_of(reasons.get(r))
-                deferrals[(self._group(d), klass)] += 1
+                why = UNREAD if reasons is None else deferral_of(reasons.get(r))
+                deferrals[Waiting(self._group(d), *why)] += 1
         n = len(recipients)
-        counts = (("sender", sender_domain, n),) + tuple(
-            ("recipient", d, k) for d, k in Counter(domains).items()
+        cells = (Cell("sender", sender_domain, n),) + tuple(
+            Cell("recipient", d, k) for d, k in Counter(domains).items()
         )
-        return (queue, directory, counts, n, tuple(deferrals.items()), "")
+        return Shape(queue, directory, cells, n, tuple(deferrals.items()), "")
 
     # -- sampling --------------------------------------------------------------------------
     def pick_source(self) -> str:
@@ -380,7 +337,7 @@ class QueueSampler:
         every, turn = self.revalidate_every, self._samples % self.revalidate_every
         for qid in [qid for qid in self._cache if hash(qid) % every == turn]:
             ctime_ns, _arrival, _size, sid = _ENTRY.unpack(self._cache[qid])
-            q, directory = self._shapes[sid][:2]
+            q, directory = self._shapes[sid].queue, self._shapes[sid].directory
             try:
                 if os.stat(f"{directory}/{qid}").st_ctime_ns != ctime_ns:
                     todo.append((q, directory, (qid,)))
@@ -418,8 +375,8 @@ class QueueSampler:
         first; True when the deadline cut it short. Postfix removes a message's defer log when
         the message next enters the active queue, so a log changes only after its queue file
         was re-listed or changed its ctime, and was therefore re-read and made pending again."""
-        # (pending shape, its classes) -> the shape with them: bulk mail shares a few
-        known: dict[tuple[int, tuple[tuple[tuple[str, str], int], ...]], _Shape] = {}
+        # (pending shape, its deferrals) -> the shape with them: bulk mail shares a few
+        known: dict[tuple[int, tuple[tuple[Waiting, int], ...]], Shape] = {}
         totals, pending = self._deferrals, self._pending
         for i in range(self.defer_logs_per_sample):
             if deadline is not None and i % 64 == 63 and time.monotonic() > deadline:
@@ -430,55 +387,55 @@ class QueueSampler:
                 entry = self._cache.get(qid)
                 if entry is not None:
                     ctime_ns, arrival, size, sid = _ENTRY.unpack(entry)
-                    shape = self._shapes[sid] if _is_pending(self._shapes[sid]) else None
+                    shape = self._shapes[sid] if self._shapes[sid].pending else None
             if shape is None:
                 break  # every reason is read
             try:
-                text = self._read_small(self._defer_log_path(qid, shape[1]))
-            except OSError:  # none (e.g. requeued by postsuper -r) or unreadable: "other"
+                text = self._read_small(self._defer_log_path(qid, shape.directory))
+            except OSError:  # none (e.g. requeued by postsuper -r) or unreadable: unknown
                 text = ""
-            classes = self._classes(shape[4], parse_defer_log(text))
-            new = known.get((sid, classes))
+            read = self._deferrals_read(shape.deferrals, parse_defer_log(text))
+            new = known.get((sid, read))
             if new is None:
-                new = known[(sid, classes)] = (*shape[:4], classes, shape[5])
+                new = known[(sid, read)] = shape._replace(deferrals=read)
             # Only the deferral counts move: the message's cells and totals stay as they are.
             self._cache[qid] = _ENTRY.pack(ctime_ns, arrival, size, self._ref(new))
             self._unref(sid)
             self._pending_count -= 1
-            for k, n in shape[4]:
+            for k, n in shape.deferrals:
                 totals[k] -= n
                 if not totals[k]:
                     del totals[k]
-            for k, n in classes:
+            for k, n in read:
                 totals[k] += n
         return False
 
-    def _classes(
-        self, pending: tuple[tuple[tuple[str, str], int], ...], entries: list[DeferEntry]
-    ) -> tuple[tuple[tuple[str, str], int], ...]:
-        """A message's recipients by (group, class), from its pending counts and its defer log;
-        recipients without a logged reason count as "other". A defer log names only its own
+    def _deferrals_read(
+        self, pending: tuple[tuple[Waiting, int], ...], entries: list[DeferEntry]
+    ) -> tuple[tuple[Waiting, int], ...]:
+        """A message's recipients by why they wait, from its pending counts and its defer log;
+        recipients without a logged reason count as UNKNOWN. A defer log names only its own
         message's recipients, so matching an entry to a recipient's domain group is matching
         it to the recipient."""
         if len(pending) == 1 and pending[0][1] == 1:  # one recipient: its last logged word
-            group = pending[0][0][0]
-            klass = "other"
+            group = pending[0][0].group
+            why = UNKNOWN
             for e in entries:
                 if self._group(qshape_domain(e.recipient)) == group:
-                    klass = _deferral_class_of(e)
-            return (((group, klass), 1),)
+                    why = deferral_of(e)
+            return ((Waiting(group, *why), 1),)
         left: Counter[str] = Counter()
-        for (group, _pending), n in pending:
-            left[group] += n
-        deferrals: Counter[tuple[str, str]] = Counter()
+        for waiting, n in pending:
+            left[waiting.group] += n
+        deferrals: Counter[Waiting] = Counter()
         for e in {e.recipient: e for e in entries}.values():  # the last word per recipient
             group = self._group(qshape_domain(e.recipient))
             if left[group] > 0:
                 left[group] -= 1
-                deferrals[(group, _deferral_class_of(e))] += 1
+                deferrals[Waiting(group, *deferral_of(e))] += 1
         for group, n in left.items():
             if n:
-                deferrals[(group, "other")] += n
+                deferrals[Waiting(group, *UNKNOWN)] += n
         return tuple(deferrals.items())
 
     def _defer_log_path(self, qid: str, directory: str) -> str:
@@ -526,8 +483,8 @@ class QueueSampler:
         except QueueFileError as e:
             # A file in the corrupt queue is broken by definition: count it as a message there.
             error = "" if queue == "corrupt" else e.kind
-            counts = () if error else (("sender", "", 0),)  # its age still counts
-            bad: _Shape = (queue, directory, counts, 0, (), error)
+            cells = () if error else (Cell("sender", "", 0),)  # its age still counts
+            bad = Shape(queue, directory, cells, 0, (), error)
             self._put(qid, bad, st.st_ctime_ns, int(st.st_mtime), st.st_size)
             return
         except OSError:
@@ -612,7 +569,9 @@ class QueueSampler:
         }
         snap.shape = {k: (v[0], v[1]) for k, v in shape.items()}
         snap.domain_shape = _top_domains(raw, self.top_domains)
-        snap.deferral_classes = dict(self._deferrals)
+        snap.deferrals = {
+            (k.group, k.reason, k.deferral_class): n for k, n in self._deferrals.items()
+        }
         deferred = self._queue_totals["deferred"][0]
         snap.deferral_coverage = (deferred - self._pending_count) / deferred if deferred else 1.0
         snap.duration_s = time.monotonic() - started
@@ -699,283 +658,3 @@ def _forget(path: str, queue: str, dirs: dict[str, _Dir], gone: list[tuple[str, 
         gone.extend((qid, queue) for qid in known.names)
         for d in known.subdirs:
             _forget(d, queue, dirs, gone)
-
-
-# -- showq -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ShowqMessage:
-    queue: str
-    queue_id: str
-    arrival: int
-    size: int
-    sender: str
-    recipients: tuple[tuple[str, str], ...]  # (address, reason) - reason "" when none
-
-
-def read_showq(socket_path: Path, timeout: float = 60.0) -> bytes:
-    """Everything the showq service says on one connection (it speaks first, then closes)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect(str(socket_path))
-        except OSError as e:
-            raise OSError(e.errno, f"cannot reach showq at {socket_path}: {e.strerror}") from e
-        chunks = []
-        while True:
-            chunk = s.recv(1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _long(text: str) -> int:
-    """A number as Postfix sends it (a C long), or ValueError."""
-    n = int(text)
-    if not -(1 << 63) <= n < 1 << 63:
-        raise ValueError(f"not a long: {text[:40]!r}")
-    return n
-
-
-def parse_showq(data: bytes, errors: Counter[str] | None = None) -> list[ShowqMessage]:
-    """showq's attribute stream: NUL-terminated names and values, an empty name ends a list.
-
-    It opens with protocol=mail_queue_list_protocol; then each message is queue_name, queue_id,
-    time, size, forced_expire, sender and then recipient/reason pairs (newer versions add
-    original_recipient and log_class), ended by an empty name; an empty name alone ends all.
-    """
-    errors = errors if errors is not None else Counter()
-    words = data.split(b"\0")
-    if words and words[-1] == b"":
-        words.pop()  # the terminator of the last string
-    out: list[ShowqMessage] = []
-    i = 0
-    # protocol announcement: name, value, end
-    if words[:3] != [b"protocol", b"mail_queue_list_protocol", b""]:
-        errors["showq_protocol"] += 1
-        return out
-    i = 3
-    fields: dict[str, str] = {}
-    rcpts: list[tuple[str, str]] = []
-    pending: str | None = None
-    while i < len(words):
-        name = words[i].decode("utf-8", "replace")
-        if name == "":
-            if not fields:
-                break  # end of the listing
-            try:
-                out.append(
-                    ShowqMessage(
-                        fields["queue_name"],
-                        fields["queue_id"],
-                        _long(fields["time"]),
-                        _long(fields["size"]),
-                        fields.get("sender", ""),
-                        tuple(rcpts),
-                    )
-                )
-            except (KeyError, ValueError):
-                errors["showq_garbage"] += 1
-            fields, rcpts, pending = {}, [], None
-            i += 1
-            continue
-        if i + 1 >= len(words):
-            errors["showq_truncated"] += 1
-            break
-        value = words[i + 1].decode("utf-8", "replace")
-        i += 2
-        if name == "recipient":
-            pending = value
-            rcpts.append((value, ""))
-        elif name == "reason" and pending is not None:
-            rcpts[-1] = (pending, value)
-        elif name not in ("original_recipient", "log_class"):
-            fields[name] = value
-    else:
-        if fields:
-            errors["showq_truncated"] += 1
-    return out
-
-
-# -- in the background -------------------------------------------------------------------
-
-
-class BackgroundQueueSampler:
-    """Samples every interval_s in a thread; outputs read latest() and never wait on the spool."""
-
-    def __init__(
-        self, sampler: QueueSampler, interval_s: float = 60.0, deadline_s: float | None = None
-    ) -> None:
-        self.sampler = sampler
-        self.interval_s = interval_s
-        self.deadline_s = deadline_s if deadline_s is not None else max(1.0, interval_s * 0.8)
-        self.failures = 0
-        self.last_error = ""
-        self._latest: QueueSnapshot | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="queue-sampler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def latest(self) -> QueueSnapshot | None:
-        """The last good snapshot (its age is time.time() - taken_at), None before the first."""
-        with self._lock:
-            return self._latest
-
-    def sample_once(self) -> QueueSnapshot | None:
-        try:
-            snap = self.sampler.sample(self.deadline_s)
-        except Exception as e:  # whatever went wrong, outputs keep serving the last good one
-            # a stopped Postfix, an unreadable spool...: counted and said, never a dead thread
-            self.failures += 1
-            self.last_error = f"{type(e).__name__}: {e}"
-            return None
-        with self._lock:
-            self._latest = snap
-        return snap
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample_once()
-            self._stop.wait(self.interval_s)
-
-
-# -- the command line ----------------------------------------------------------------------
-
-
-def bucket_labels(edges: tuple[int, ...]) -> list[str]:
-    """qshape's column heads: each bucket's upper edge in minutes, the last one "edge+"."""
-    return [str(e) for e in edges] + [f"{edges[-1]}+"]
-
-
-def snapshot_to_json(snap: QueueSnapshot) -> dict[str, object]:
-    def cells(
-        table: dict[tuple[str, str, str, int], tuple[int, int]], name: str
-    ) -> list[dict[str, object]]:
-        return [
-            {"queue": q, "kind": k, name: d, "bucket": b, "messages": m, "recipients": r}
-            for (q, k, d, b), (m, r) in sorted(table.items())
-        ]
-
-    return {
-        "instance": snap.instance,
-        "source": snap.source,
-        "taken_at": snap.taken_at,
-        "duration_s": snap.duration_s,
-        "complete": snap.complete,
-        "deferral_coverage": snap.deferral_coverage,
-        "age_edges_min": list(snap.age_edges_min),
-        "bucket_labels": bucket_labels(snap.age_edges_min),
-        "queues": {
-            q: {
-                "messages": s.messages,
-                "recipients": s.recipients,
-                "bytes": s.bytes,
-                "oldest_age_s": s.oldest_age_s,
-            }
-            for q, s in snap.queues.items()
-        },
-        "shape": cells(snap.shape, "group"),
-        "domains": cells(snap.domain_shape, "domain"),
-        "deferral_classes": [
-            {"group": g, "class": c, "recipients": n}
-            for (g, c), n in sorted(snap.deferral_classes.items())
-        ],
-        "errors": dict(snap.errors),
-    }
-
-
-def _age(seconds: float) -> str:
-    minutes = int(seconds // 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
-
-
-def format_table(snap: QueueSnapshot, kind: str = "recipient") -> str:
-    """Per queue: depth, bytes and oldest age, then qshape's table (domain x age bucket)."""
-    heads = ["T", *bucket_labels(snap.age_edges_min)]
-    lines = []
-    state = "" if snap.complete else ", incomplete"
-    lines.append(f"instance {snap.instance} (read from {snap.source}{state})")
-    for q in QUEUE_NAMES:
-        s = snap.queues.get(q, QueueStats())
-        if not s.messages:
-            continue
-        lines.append(
-            f"\n{q}: {s.messages} messages, {s.recipients} recipients, {s.bytes} bytes,"
-            f" oldest {_age(s.oldest_age_s)}"
-        )
-        rows: dict[str, list[int]] = {}
-        column = 1 if kind == "recipient" else 0  # qshape counts recipients, or senders
-        for (qq, k, domain, b), counts in snap.domain_shape.items():
-            if qq == q and k == kind:
-                row = rows.setdefault(domain, [0] * len(heads))
-                row[0] += counts[column]
-                row[b + 1] += counts[column]
-        if not rows:
-            continue
-        total = [sum(col) for col in zip(*rows.values(), strict=True)]
-        ordered = [("TOTAL", total)] + sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0]))
-        width = max(len(d) for d, _ in ordered)
-        widths = [max(len(h), len(str(total[i])), 2) + 1 for i, h in enumerate(heads)]
-        lines.append(" " * width + "".join(h.rjust(w) for h, w in zip(heads, widths, strict=True)))
-        for d, row in ordered:
-            cells = "".join(str(n).rjust(w) for n, w in zip(row, widths, strict=True))
-            lines.append(d.rjust(width) + cells)
-    if snap.deferral_classes:
-        read = f", reasons read for {snap.deferral_coverage:.0%} of messages"
-        lines.append(
-            "\nwhy deferred mail waits (recipients"
-            + (read if snap.deferral_coverage < 1.0 else "")
-            + "):"
-        )
-        for (g, c), n in sorted(snap.deferral_classes.items(), key=lambda kv: (-kv[1], kv[0])):
-            lines.append(f"  {g:>12} {c:<12} {n}")
-    if snap.errors:
-        lines.append("\nskipped: " + ", ".join(f"{k} {v}" for k, v in sorted(snap.errors.items())))
-    return "\n".join(lines)
-
-
-def main(args: argparse.Namespace) -> int:
-    """`mailpulse queue`: every instance found from the Postfix config directory."""
-    try:
-        instances = discover_instances(args.postfix_config)
-    except PostconfError as e:
-        print(f"mailpulse queue: cannot read Postfix's configuration: {e}", file=sys.stderr)
-        return 1
-    status = 0
-    for inst in instances:
-        sampler = QueueSampler(
-            inst.config_dir, inst.name, queue_dir=inst.queue_dir, source=args.source
-        )
-        try:
-            snap = sampler.sample()
-            # A first sample reads queue files only: go on until every reason is read, or
-            # until a sample reads none (new deferred mail arriving as fast as it is read).
-            while snap.deferral_coverage < 1.0:
-                coverage = snap.deferral_coverage
-                snap = sampler.sample()
-                if snap.deferral_coverage <= coverage:
-                    break
-        except OSError as e:
-            print(f"mailpulse queue: {inst.name}: {e}", file=sys.stderr)
-            status = 1
-            continue
-        if args.json:
-            print(json.dumps(snapshot_to_json(snap), sort_keys=True))
-        else:
-            print(format_table(snap, "sender" if args.sender else "recipient"))
-    return status

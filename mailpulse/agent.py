@@ -387,7 +387,8 @@ class QueueWatch:
     """One background queue sampler per Postfix instance, and the depth history for growth."""
 
     def __init__(self, instances: list[Instance], cfg: Config, groups: DomainGroups) -> None:
-        from mailpulse.collectors.queue import BackgroundQueueSampler, QueueSampler
+        from mailpulse.collectors.background import BackgroundQueueSampler
+        from mailpulse.collectors.queue import QueueSampler
 
         self.samplers = {
             inst.name: BackgroundQueueSampler(
@@ -430,8 +431,8 @@ def queue_series(snap: QueueSnapshot) -> dict[SeriesKey, float]:
         age = f"lt{edges[bucket]}m" if bucket < len(edges) else f"ge{edges[-1]}m"
         key = ("mailpulse_queue_shape_messages", (inst, q, group, age))
         out[key] = out.get(key, 0) + messages
-    for (group, deferral_class), n in snap.deferral_classes.items():
-        out[("mailpulse_queue_deferred_recipients", (inst, group, deferral_class))] = n
+    for (group, reason, deferral_class), n in snap.deferrals.items():
+        out[("mailpulse_queue_deferred_recipients", (inst, group, reason, deferral_class))] = n
     out[("mailpulse_queue_deferral_coverage_ratio", (inst,))] = snap.deferral_coverage
     for kind, n in snap.errors.items():
         out[("mailpulse_queue_read_errors", (inst, kind))] = n

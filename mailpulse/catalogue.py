@@ -155,9 +155,10 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(
         "mailpulse_queue_deferred_recipients",
         GAUGE,
-        "Deferred recipients by domain group and why they wait (deferral class; 'pending'"
-        " until the sampler has read their defer log).",
-        ("instance", "domain_group", "class"),
+        "Deferred recipients by domain group and why they wait: the reason the log gives the"
+        " same reply, and a finer deferral class ('pending' until the sampler has read their"
+        " defer log).",
+        ("instance", "domain_group", "reason", "deferral_class"),
     ),
     Metric(
         "mailpulse_queue_deferral_coverage_ratio",

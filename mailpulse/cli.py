@@ -49,7 +49,7 @@ def _logs(name: str) -> Handler:
 
 
 def _queue(args: argparse.Namespace) -> int:
-    from mailpulse.collectors.queue import main as queue_main
+    from mailpulse.collectors.queue_report import main as queue_main
 
     return queue_main(args)
 

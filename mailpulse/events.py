@@ -72,11 +72,12 @@ class QueueSnapshot:
     # (queue, "recipient"|"sender", domain group, age bucket index) -> (messages, recipients);
     # bucket i holds ages below age_edges_min[i], the last index (len(edges)) the older ones.
     shape: dict[tuple[str, str, str, int], tuple[int, int]] = field(default_factory=dict)
-    # (domain group, deferral class) -> deferred recipients
+    # (domain group, reason, deferral class) -> deferred recipients; the reason is the one the
+    # log gives the same reply, the class a finer sort beside it (collectors.deferral).
     # Reasons are read after the queue files, a bounded number per sample: recipients whose
     # reasons are not read yet count under the class "pending", so the classes still sum to the
     # deferred recipients.
-    deferral_classes: dict[tuple[str, str], int] = field(default_factory=dict)
+    deferrals: dict[tuple[str, str, str], int] = field(default_factory=dict)
     # Deferred messages whose reasons are read / deferred messages (1.0 with none deferred).
     deferral_coverage: float = 1.0
     # read problems, counted and skipped: "vanished", "truncated", "garbage", ...
@@ -85,3 +86,11 @@ class QueueSnapshot:
     # The same as shape with raw domains as qshape prints them (top domains per queue and kind,
     # the rest under "(other)"): for the command line and checks, never a metric label.
     domain_shape: dict[tuple[str, str, str, int], tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def deferral_classes(self) -> dict[tuple[str, str], int]:
+        """(domain group, deferral class) -> deferred recipients, whatever the reason."""
+        out: dict[tuple[str, str], int] = {}
+        for (group, _reason, klass), n in self.deferrals.items():
+            out[(group, klass)] = out.get((group, klass), 0) + n
+        return out

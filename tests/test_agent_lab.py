@@ -155,7 +155,7 @@ def test_prometheus_sees_the_plan_through_a_kill_9(lab: Lab, tmp_path: Path) -> 
             out: Counter[str] = Counter()
             for (name, labels), v in samples.items():
                 if name == "mailpulse_queue_deferred_recipients" and v:
-                    out[dict(labels)["class"]] += int(v)
+                    out[dict(labels)["deferral_class"]] += int(v)
             return out
 
         wait_for(lambda: deferral_classes(scrape(port)) == want_classes, 60, "the deferral classes")

@@ -15,22 +15,21 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from mailpulse.collectors.background import BackgroundQueueSampler
+from mailpulse.collectors.deferral import deferral, deferral_of
+from mailpulse.collectors.maillog import Correlator, events_from_lines
 from mailpulse.collectors.qfile import (
+    DeferEntry,
     QueueFileError,
     parse_defer_log,
     parse_queue_bytes,
     qshape_domain,
 )
-from mailpulse.collectors.queue import (
-    BackgroundQueueSampler,
-    QueueSampler,
-    deferral_class,
-    discover_instances,
-    parse_showq,
-    samplers_for_host,
-)
+from mailpulse.collectors.queue import QueueSampler, samplers_for_host
+from mailpulse.collectors.showq import parse_showq
 
 from mailpulse.domains import DEFAULT_GROUPS
+from mailpulse.postfix import discover_instances
 from tests.conftest import require_programs, require_root
 
 EDGES_S = [e * 60 for e in (5, 10, 20, 40, 80, 160, 320, 640, 1280)]
@@ -323,13 +322,49 @@ def test_defer_log_and_deferral_classes() -> None:
         "tls": ("4.7.5", "TLS is required, but was not offered by host mx.example[192.0.2.1]"),
         "other": ("4.3.0", "host x said: 451 4.3.0 Temporary local problem"),
     }
-    assert {k: deferral_class(*v) for k, v in examples.items()} == {k: k for k in examples}
+    assert {k: deferral(*v).deferral_class for k, v in examples.items()} == {k: k for k in examples}
     assert (
-        deferral_class(
+        deferral(
             "", "conversation with x timed out while receiving the initial server greeting"
-        )
+        ).deferral_class
         == "connection"
     )
+    # One vocabulary: the reason is the Sisimai name the log gives the same reply on a
+    # status=deferred line (greylisting is a policy refusal, a rate limit is speeding).
+    reasons = {
+        "connection": "networkerror",
+        "mailboxfull": "mailboxfull",
+        "greylisting": "policyviolation",
+        "ratelimit": "speeding",
+        "blocklisted": "blocked",
+        "dns": "hostunknown",
+        "tls": "securityerror",
+        "other": "onhold",
+    }
+    assert {k: deferral(*v).reason for k, v in examples.items()} == reasons
+    lines = [
+        f"Nov 28 17:33:59 mx1 postfix/smtp[9]: {n:05X}ABCD: to=<{k}-u1@gmail.com>,"
+        f" relay=mx.example[192.0.2.1]:25, delay=1, delays=0/0/0/1, dsn={status},"
+        f" status=deferred ({text})"
+        for n, (k, (status, text)) in enumerate(examples.items())
+    ]
+    by_line = {ev.recipient.split("-")[0]: ev.reason for ev in events_from_lines(lines)}
+    by_block = {
+        ev.recipient.split("-")[0]: ev.reason
+        for ev in Correlator().feed_block("\n".join(lines).encode() + b"\n")
+    }
+    assert by_line == by_block == reasons
+    # As the sampler reads them: the recipient quoted in the reply changes nothing; showq (no
+    # status kept) names the same reasons.
+    for k, (status, text) in examples.items():
+        quoted = text.replace("-u1@", "-u77@")
+        assert deferral_of(DeferEntry(f"{k}-u77@gmail.com", status, quoted)) == deferral(
+            status, text
+        ), k
+        assert deferral_of(DeferEntry(f"{k}-u1@gmail.com", "", text)).reason == reasons[k], k
+    # bad input: no reason logged at all (a recipient missing from its defer log), or an
+    # empty one
+    assert deferral_of(None) == deferral("", "") == ("undefined", "other")
 
 
 def defer_entry(recipient: str, status: str, reason: str) -> str:
@@ -551,6 +586,53 @@ def test_command_line_table_and_json_equal_qshape(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
 
 
+def test_command_line_reads_the_config_file(tmp_path: Path) -> None:
+    # The instance from postfix.config_dirs and the domain groups from domain_groups, as the
+    # agent reads them: lab.test and gmx.de are no provider of the shipped map.
+    require_programs("postconf")
+    spool = tmp_path / "spool"
+    make_spool(spool, int(time.time()))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text(f"queue_directory = {spool}\nsyslog_name = postfix-bulk1\n")
+    config = tmp_path / "mailpulse.yml"
+    config.write_text(
+        f"postfix: {{config_dirs: [{etc}]}}\ndomain_groups: {{lab.test: lab, gmx.de: gmx}}\n"
+    )
+    out = run_cli("--config", str(config), "--json")
+    assert out.returncode == 0, out.stderr
+    snap = json.loads(out.stdout)
+    assert snap["instance"] == "postfix-bulk1" and snap["source"] == "spool"
+    recipients: Counter[str] = Counter()
+    for cell in snap["shape"]:
+        if cell["queue"] == "deferred" and cell["kind"] == "recipient":
+            recipients[cell["group"]] += cell["recipients"]
+    by_domain: Counter[str] = Counter()
+    for cell in snap["domains"]:
+        if cell["queue"] == "deferred" and cell["kind"] == "recipient":
+            by_domain[cell["domain"]] += cell["recipients"]
+    assert recipients["lab"] == by_domain["lab.test"] > 0
+    assert recipients["gmx"] == by_domain["gmx.de"] > 0
+    assert {row["group"] for row in snap["deferral_classes"]} == {
+        "gmail",
+        "yahoo",
+        "lab",
+        "gmx",
+        "other",
+    }
+
+    # bad input: a misspelt key, and a config_dirs entry without main.cf: one line each,
+    # naming the file and the key, exit 2
+    config.write_text("domain_group: {lab.test: lab}\n")
+    bad = run_cli("--config", str(config), "--json")
+    assert bad.returncode == 2 and bad.stdout == "", bad.stderr
+    assert bad.stderr.count("\n") == 1 and f"{config}: domain_group:" in bad.stderr
+    config.write_text(f"postfix: {{config_dirs: [{tmp_path}]}}\n")
+    bad = run_cli("--config", str(config), "--json")
+    assert bad.returncode == 2 and bad.stdout == "", bad.stderr
+    assert bad.stderr.count("\n") == 1 and "postfix.config_dirs: no main.cf" in bad.stderr
+
+
 def test_corrupt_queue_files_are_counted_there(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     (spool / "corrupt").mkdir(parents=True)
@@ -728,7 +810,10 @@ def test_fifos_symlinks_and_directories_named_like_queue_ids(tmp_path: Path) -> 
     assert snap["errors"] == {"not_a_file": 3}
     assert snap["queues"]["deferred"]["messages"] == 6
     assert snap["deferral_coverage"] == 1.0
-    assert snap["deferral_classes"] == [{"group": "other", "class": "other", "recipients": 6}]
+    # no reason logged (the defer log a FIFO, the others missing): the reason is undefined
+    assert snap["deferral_classes"] == [
+        {"group": "other", "reason": "undefined", "class": "other", "recipients": 6}
+    ]
 
     sampler = QueueSampler(queue_dir=spool, source="spool")
     assert [sampler.sample().errors for _ in range(3)] == [{"not_a_file": 3}] * 3

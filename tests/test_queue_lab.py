@@ -10,6 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from mailpulse.collectors.deferral import deferral_of
+from mailpulse.collectors.maillog import events_from_lines
+from mailpulse.collectors.qfile import parse_defer_log
 from mailpulse.collectors.queue import QueueSampler
 
 from lab.campaign import run_campaign
@@ -158,6 +161,27 @@ def test_deferral_classes_match_what_the_remote_answered(lab: Lab) -> None:
     listed = postqueue_json(lab)
     assert snap.queues["deferred"].messages == len(deferred) == len(listed)
 
+    # One vocabulary: each deferred recipient's reason is the one the log gives its last
+    # status=deferred line, recipient by recipient (from its defer log) and in the sample.
+    logged: dict[str, str] = {}
+    with open(lab.maillog, "rb") as f:
+        for ev in events_from_lines(f):
+            if ev.status == "deferred":
+                logged[ev.recipient] = ev.reason
+    assert {p.recipient for p in deferred} <= set(logged)
+    from_queue: dict[str, str] = {}
+    for path in (lab.spool / "defer").rglob("*"):
+        if path.is_file():
+            for e in parse_defer_log(path.read_text()):
+                from_queue[e.recipient] = deferral_of(e).reason
+    assert from_queue == {p.recipient: logged[p.recipient] for p in deferred}
+    by_reason = Counter((DEFAULT_GROUPS.group(p.domain), logged[p.recipient]) for p in deferred)
+    sampled: Counter[tuple[str, str]] = Counter()
+    for (group, reason, _class), n in snap.deferrals.items():
+        sampled[(group, reason)] += n
+    assert sampled == by_reason
+    assert {r for _g, r in by_reason} == {"mailboxfull", "policyviolation", "speeding"}
+
 
 @pytest.mark.lab
 def test_real_queue_files_beside_over_long_numbers(lab: Lab, tmp_path: Path) -> None:
@@ -165,7 +189,7 @@ def test_real_queue_files_beside_over_long_numbers(lab: Lab, tmp_path: Path) -> 
     # time, pointer and size, a 5,000-digit size) and a copy of a real one whose content size
     # and data offset were overwritten in place by one 31-digit number
     require_programs("postqueue")
-    from mailpulse.collectors.queue import BackgroundQueueSampler
+    from mailpulse.collectors.background import BackgroundQueueSampler
 
     from tests.test_queue_files import over_long_numbers, put
 
