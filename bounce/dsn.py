@@ -25,7 +25,14 @@ from email.utils import getaddresses
 from functools import lru_cache
 from typing import TypeVar
 
-from mailpulse.bounce.classify import Verdict, classify, is_hard, pseudo_status, verdict_of
+from mailpulse.bounce.classify import (
+    Verdict,
+    classify,
+    is_hard,
+    pseudo_status,
+    verdict_of,
+    without_addresses,
+)
 
 MAX_MESSAGE_BYTES = 8 << 20  # the rest of a larger message is not read
 MAX_PARTS = 200
@@ -305,10 +312,10 @@ def _stage(text: str) -> str:
 
 @lru_cache(maxsize=4)
 def _context_facts(context: str) -> tuple[str, str, str, str]:
-    """Stage, cleaned text, reply code and enhanced code of a message's notice, worked out once
-    for all its recipients."""
+    """Stage, text to classify, reply code and enhanced code of a message's notice, worked out
+    once for all its recipients."""
     clean = _clean(context)
-    return _stage(context), clean, _reply_code(clean), _enhanced(clean)
+    return _stage(context), without_addresses(clean), _reply_code(clean), _enhanced(clean)
 
 
 def _record(
@@ -340,7 +347,7 @@ def _record(
     if not status and not diagnostic:
         status = context_status
     klass = status[:1] or reply[:1] or ("4" if action == "delayed" else "5")
-    verdict = classify(status, reply, diagnostic or context, stage=stage)
+    verdict = classify(status, reply, without_addresses(diagnostic) or context, stage=stage)
     positive = ("delivered", "relayed", "expanded", "deliverable")
     kind = KIND_DELIVERY if action in positive else KIND_BOUNCE
     if verdict.reason in ("undefined", "onhold") and diagnostic and context:
