@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, Bounce, BounceParseError, parse
-from mailpulse.bounce.verp import DEFAULT_PREFIX, VerpId, find_user
+from mailpulse.bounce.verp import DEFAULT_DELIMITERS, DEFAULT_PREFIX, VerpId, find_user
 
 EX_OK = 0
 EX_PARTIAL = 3  # not a sysexits code: output given, but a message was larger than the limits
@@ -49,7 +49,7 @@ class MailItem:
 class VerpSettings:
     key: bytes | None = None
     prefix: str = DEFAULT_PREFIX
-    delimiters: str = "-+"
+    delimiters: str = DEFAULT_DELIMITERS
 
 
 def _digest(raw: bytes) -> str:

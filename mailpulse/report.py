@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mailpulse.collectors.maillog import Correlator
-from mailpulse.config import ConfigError, load_config
+from mailpulse.config import ConfigError, load_for
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import STATUSES, DeliveryEvent
 
@@ -103,9 +103,9 @@ def _say(text: str) -> None:
     print(f"mailpulse: {text}", file=sys.stderr)
 
 
-def settings(config: Path | None) -> tuple[Correlator, DomainGroups]:
+def settings(args: argparse.Namespace | None) -> tuple[Correlator, DomainGroups]:
     """The correlator and the domain groups the config file asks for (logs:, domain_groups:)."""
-    cfg = load_config(config)
+    cfg = load_for(args)
     correlator = Correlator(content_filters=cfg.content_filters, max_messages=cfg.max_messages)
     return correlator, DomainGroups(cfg.domain_groups)
 
@@ -119,7 +119,7 @@ def event_json(ev: DeliveryEvent) -> dict[str, Any]:
 
 def run_parse(args: argparse.Namespace) -> int:
     try:
-        c, _groups = settings(args.config)
+        c, _groups = settings(args)
     except ConfigError as e:
         print(f"mailpulse: {e}", file=sys.stderr)
         return 2
@@ -260,7 +260,7 @@ def render_text(data: dict[str, Any]) -> str:
 
 def run_report(args: argparse.Namespace) -> int:
     try:
-        c, groups = settings(args.config)
+        c, groups = settings(args)
     except ConfigError as e:
         print(f"mailpulse: {e}", file=sys.stderr)
         return 2
