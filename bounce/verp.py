@@ -33,6 +33,18 @@ class VerpId:
     address: str  # the VERP address it was read from
 
 
+@dataclass(frozen=True, slots=True)
+class VerpSettings:
+    """How our VERP addresses are written: the config file's bounce: section."""
+
+    key: bytes | None = None
+    prefix: str = DEFAULT_PREFIX
+    delimiters: str = DEFAULT_DELIMITERS
+
+    def user_of(self, address: str) -> VerpId | None:
+        return parse_address(address, self.key, self.prefix, self.delimiters)
+
+
 def signature(user_id: str, key: bytes) -> str:
     digest = hmac.new(key, user_id.lower().encode("utf-8"), hashlib.sha256).digest()
     return base64.b32encode(digest).decode("ascii").lower()[:SIGNATURE_CHARS]
