@@ -23,7 +23,7 @@ from mailpulse.bounce.intake import (
     read_paths,
 )
 
-from mailpulse.config import ConfigError, load_for
+from mailpulse.config import load_for
 
 
 def verp_settings(args: argparse.Namespace) -> VerpSettings:
@@ -62,11 +62,7 @@ def _code(e: OSError) -> int:
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    try:
-        verp = verp_settings(args)
-    except ConfigError as e:
-        print(f"mailpulse: {e}", file=sys.stderr)
-        return 2
+    verp = verp_settings(args)  # a wrong config file is said by the command line
     envelope = os.environ.get("MAILPULSE_ENVELOPE_RECIPIENT", "")
     errors: list[int] = []
     partial = False

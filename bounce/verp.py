@@ -16,8 +16,11 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from email.message import Message
 from email.utils import getaddresses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from email.message import Message
 
 SIGNATURE_CHARS = 10  # 50 bits of base32: forging one takes ~10^15 tries against the MX
 DEFAULT_PREFIX = "bounce"
@@ -132,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     key = os.environ.get("MAILPULSE_VERP_KEY", "").encode() or None
     try:
-        print(make_address(args.user_id, args.domain, key, args.prefix))
+        address = make_address(args.user_id, args.domain, key, args.prefix)
     except ValueError as e:
         print(f"mailpulse: {e}", file=sys.stderr)
         return 2
+    print(address)
     return 0
 
 
