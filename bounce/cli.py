@@ -7,21 +7,12 @@ import errno
 import json
 import os
 import sys
+from os import EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_OK, EX_TEMPFAIL
 from pathlib import Path
 from typing import Any
 
 from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, MAX_RECIPIENTS, BounceParseError
-from mailpulse.bounce.intake import (
-    EX_DATAERR,
-    EX_NOINPUT,
-    EX_NOPERM,
-    EX_OK,
-    EX_PARTIAL,
-    EX_TEMPFAIL,
-    VerpSettings,
-    analyse,
-    read_paths,
-)
+from mailpulse.bounce.intake import EX_PARTIAL, VerpSettings, analyse, read_paths
 
 from mailpulse.config import load_for
 

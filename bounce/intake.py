@@ -21,6 +21,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from os import EX_OK, EX_TEMPFAIL  # sysexits.h, which Postfix's pipe(8) reads
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,12 +30,7 @@ from mailpulse.bounce.verp import VerpId, VerpSettings, find_user
 
 from mailpulse.events import Outcome, outcome_of_bounce
 
-EX_OK = 0
 EX_PARTIAL = 3  # not a sysexits code: output given, but a message was larger than the limits
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_TEMPFAIL = 75
-EX_NOPERM = 77
 
 PROCESSED_DIR = ".processed"
 UNREADABLE_DIR = ".unreadable"  # messages the parser refused: kept for a person to look at

@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # the bounce side loads the email package: only where outcome
 
 # Final and intermediate outcomes of one recipient, as Postfix logs them in status=.
 STATUSES = ("sent", "deferred", "bounced", "expired")
+FINAL_STATUSES = frozenset(STATUSES) - {"deferred"}  # the recipient's delivery is over
 
 # Delivery agents whose status= lines are recipient outcomes.
 DELIVERY_AGENTS = frozenset(

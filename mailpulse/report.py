@@ -15,6 +15,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from os import EX_DATAERR, EX_NOINPUT
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,8 +39,6 @@ def normalise_reply(text: str) -> str:
 
 # Exit codes (sysexits, as bounce parse): a file damaged part way (what came before it is
 # counted), a file that cannot be opened. Both still print what the other input gave.
-EX_DATAERR = 65
-EX_NOINPUT = 66
 
 
 def _open(path: Path) -> BinaryIO:
