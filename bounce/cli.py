@@ -7,42 +7,25 @@ import errno
 import json
 import os
 import sys
+from os import EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_OK, EX_TEMPFAIL
 from pathlib import Path
 from typing import Any
 
 from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, MAX_RECIPIENTS, BounceParseError
-from mailpulse.bounce.intake import (
-    EX_DATAERR,
-    EX_NOINPUT,
-    EX_NOPERM,
-    EX_OK,
-    EX_PARTIAL,
-    EX_TEMPFAIL,
-    VerpSettings,
-    analyse,
-    read_paths,
-)
-from mailpulse.bounce.verp import DEFAULT_PREFIX
+from mailpulse.bounce.intake import EX_PARTIAL, VerpSettings, analyse, read_paths
 
-from mailpulse.config import ConfigError, load_config
+from mailpulse.config import load_for
 
 
-def verp_settings(config: Path | None) -> VerpSettings:
-    """`bounce: {verp_key: ..., verp_prefix: ..., recipient_delimiter: ...}` from the config file
-    (read as every command reads it); MAILPULSE_VERP_KEY in the environment wins over the file
-    (keeps the key out of it)."""
-    cfg = load_config(config)
-    section = cfg.other.get("bounce", {})
-    for key in ("verp_key", "verp_prefix", "recipient_delimiter"):
-        if key in section and not isinstance(section[key], str):
-            raise ConfigError(
-                f"{cfg.source}: bounce.{key}: expected a string (in quotes), got {section[key]!r}"
-            )
-    key = os.environ.get("MAILPULSE_VERP_KEY") or section.get("verp_key") or ""
+def verp_settings(args: argparse.Namespace) -> VerpSettings:
+    """The bounce: section of the command's config; MAILPULSE_VERP_KEY in the environment wins
+    over the file (keeps the key out of it)."""
+    bounce = load_for(args).bounce
+    key = os.environ.get("MAILPULSE_VERP_KEY") or bounce.verp_key
     return VerpSettings(
         key=key.encode() or None,
-        prefix=section.get("verp_prefix", DEFAULT_PREFIX),
-        delimiters=section.get("recipient_delimiter", "-+"),
+        prefix=bounce.verp_prefix,
+        delimiters=bounce.recipient_delimiter,
     )
 
 
@@ -70,11 +53,7 @@ def _code(e: OSError) -> int:
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    try:
-        verp = verp_settings(args.config)
-    except ConfigError as e:
-        print(f"mailpulse: {e}", file=sys.stderr)
-        return 2
+    verp = verp_settings(args)  # a wrong config file is said by the command line
     envelope = os.environ.get("MAILPULSE_ENVELOPE_RECIPIENT", "")
     errors: list[int] = []
     partial = False

@@ -25,7 +25,14 @@ from email.utils import getaddresses
 from functools import lru_cache
 from typing import TypeVar
 
-from mailpulse.bounce.classify import Verdict, classify, is_hard, pseudo_status, verdict_of
+from mailpulse.bounce.classify import (
+    Verdict,
+    classify,
+    is_hard,
+    pseudo_status,
+    verdict_of,
+    without_addresses,
+)
 
 MAX_MESSAGE_BYTES = 8 << 20  # the rest of a larger message is not read
 MAX_PARTS = 200
@@ -305,10 +312,10 @@ def _stage(text: str) -> str:
 
 @lru_cache(maxsize=4)
 def _context_facts(context: str) -> tuple[str, str, str, str]:
-    """Stage, cleaned text, reply code and enhanced code of a message's notice, worked out once
-    for all its recipients."""
+    """Stage, text to classify, reply code and enhanced code of a message's notice, worked out
+    once for all its recipients."""
     clean = _clean(context)
-    return _stage(context), clean, _reply_code(clean), _enhanced(clean)
+    return _stage(context), without_addresses(clean), _reply_code(clean), _enhanced(clean)
 
 
 def _record(
@@ -340,7 +347,7 @@ def _record(
     if not status and not diagnostic:
         status = context_status
     klass = status[:1] or reply[:1] or ("4" if action == "delayed" else "5")
-    verdict = classify(status, reply, diagnostic or context, stage=stage)
+    verdict = classify(status, reply, without_addresses(diagnostic) or context, stage=stage)
     positive = ("delivered", "relayed", "expanded", "deliverable")
     kind = KIND_DELIVERY if action in positive else KIND_BOUNCE
     if verdict.reason in ("undefined", "onhold") and diagnostic and context:
@@ -752,8 +759,32 @@ def _beyond_notice(text: str, found: list[Bounce], exclude: set[str]) -> int:
     return len({a for a in extra if a not in known and not DAEMON_RE.match(a)})
 
 
-def _parse(msg: Message, nesting: int) -> tuple[list[Bounce], int]:
-    parts = [p for _, p in _walk(msg)]
+def _named_failed(
+    failed: set[str], found: list[Bounce], notice: str, action: str
+) -> tuple[list[Bounce], int]:
+    """Exim and Gmail name the failed recipients in a header: trust it over the text. Returns
+    the records and how many named recipients lay beyond MAX_RECIPIENTS."""
+    found = [b for b in found if b.recipient in failed]
+    named = {b.recipient for b in found}
+    others = sorted(failed - named)[: MAX_RECIPIENTS - len(found)]
+    omitted = len(failed) - len(found) - len(others)
+    paragraph = _paragraphs(notice)
+    # Error lines that name another failed recipient are not evidence about this one.
+    errors = "\n".join(
+        ln
+        for ln in _error_lines(notice).splitlines()
+        if not any(x.group(0).lower() in failed for x in ADDR_RE.finditer(ln))
+    )
+    # Nor is the notice as a whole, when it speaks of several.
+    context = notice if len(failed) == 1 else errors
+    return found + [
+        _record(a, "", paragraph(a) or errors, action, "", context) for a in others
+    ], omitted
+
+
+def _texts(parts: list[Message]) -> tuple[list[str], list[str], int]:
+    """The delivery-status parts' texts, the readable text parts before the returned message,
+    and how many recipient blocks the status parts hold."""
     dsn_texts: list[str] = []
     texts: list[str] = []
     listed = 0
@@ -774,7 +805,12 @@ def _parse(msg: Message, nesting: int) -> tuple[list[Bounce], int]:
             if _content_type(p) == "text/html":
                 texts.append(re.sub(r"<[^>]*>", " ", _text_of(p)))
                 break
+    return dsn_texts, texts, listed
 
+
+def _parse(msg: Message, nesting: int) -> tuple[list[Bounce], int]:
+    parts = [p for _, p in _walk(msg)]
+    dsn_texts, texts, listed = _texts(parts)
     if _is_feedback(msg, parts):
         return _cap(_feedback(msg, parts, texts))
     if texts and texts[0].lstrip().startswith("{"):
@@ -825,21 +861,7 @@ def _parse(msg: Message, nesting: int) -> tuple[list[Bounce], int]:
             ]
         )
     if failed:
-        # Exim and Gmail name the failed recipients in a header: trust it over the text.
-        found = [b for b in found if b.recipient in failed]
-        named = {b.recipient for b in found}
-        others = sorted(failed - named)[: MAX_RECIPIENTS - len(found)]
-        omitted = len(failed) - len(found) - len(others)
-        paragraph = _paragraphs(notice)
-        # Error lines that name another failed recipient are not evidence about this one.
-        errors = "\n".join(
-            ln
-            for ln in _error_lines(notice).splitlines()
-            if not any(x.group(0).lower() in failed for x in ADDR_RE.finditer(ln))
-        )
-        # Nor is the notice as a whole, when it speaks of several.
-        context = notice if len(failed) == 1 else errors
-        found += [_record(a, "", paragraph(a) or errors, action, "", context) for a in others]
+        found, omitted = _named_failed(failed, found, notice, action)
     if found:
         return found, omitted
     inner = _forwarded_bounce(parts)

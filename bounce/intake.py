@@ -21,18 +21,16 @@ import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from os import EX_OK, EX_TEMPFAIL  # sysexits.h, which Postfix's pipe(8) reads
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, Bounce, BounceParseError, parse
-from mailpulse.bounce.verp import DEFAULT_PREFIX, VerpId, find_user
+from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, Bounce, BounceParseError, Parsed, parse
+from mailpulse.bounce.verp import VerpId, VerpSettings, find_user
 
-EX_OK = 0
+from mailpulse.events import Outcome, outcome_of_bounce
+
 EX_PARTIAL = 3  # not a sysexits code: output given, but a message was larger than the limits
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_TEMPFAIL = 75
-EX_NOPERM = 77
 
 PROCESSED_DIR = ".processed"
 UNREADABLE_DIR = ".unreadable"  # messages the parser refused: kept for a person to look at
@@ -43,13 +41,6 @@ class MailItem:
     source: str  # file path, "mbox:index" or "-"
     key: str  # stable identity: Maildir unique name, or a digest of the bytes
     raw: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class VerpSettings:
-    key: bytes | None = None
-    prefix: str = DEFAULT_PREFIX
-    delimiters: str = "-+"
 
 
 def _digest(raw: bytes) -> str:
@@ -137,16 +128,36 @@ def _read_file(path: Path) -> Iterator[MailItem]:
         yield MailItem(str(path), path.name.split(":", 1)[0], raw)
 
 
+def read_bounce(
+    item: MailItem, verp: VerpSettings, envelope_recipient: str = ""
+) -> tuple[Parsed, VerpId | None]:
+    """What one message says, and the user of the VERP address it came back to."""
+    parsed = parse(item.raw)
+    if not parsed.records:
+        return parsed, None
+    head = email.message_from_bytes(item.raw[: 64 << 10], policy=email.policy.compat32)
+    return parsed, find_user(head, envelope_recipient, verp.key, verp.prefix, verp.delimiters)
+
+
 def analyse(
     item: MailItem, verp: VerpSettings, envelope_recipient: str = ""
 ) -> list[dict[str, Any]]:
     """One JSON-ready object per recipient of one message (DESIGN.md's `bounce parse` fields)."""
-    parsed = parse(item.raw)
-    if not parsed.records:
-        return []
-    head = email.message_from_bytes(item.raw[: 64 << 10], policy=email.policy.compat32)
-    who: VerpId | None = find_user(head, envelope_recipient, verp.key, verp.prefix, verp.delimiters)
+    parsed, who = read_bounce(item, verp, envelope_recipient)
     return [_as_json(item, b, who, parsed.omitted) for b in parsed.records]
+
+
+def outcomes(
+    item: MailItem,
+    verp: VerpSettings,
+    envelope_recipient: str = "",
+    node: str = "",
+    time: float = 0.0,
+) -> list[Outcome]:
+    """One Outcome per recipient of one message, as the blacklist reads them; node is the one
+    that received the bounce, time when it did."""
+    parsed, who = read_bounce(item, verp, envelope_recipient)
+    return [outcome_of_bounce(b, who, node=node, time=time) for b in parsed.records]
 
 
 def _as_json(item: MailItem, b: Bounce, who: VerpId | None, omitted: int) -> dict[str, Any]:

@@ -16,8 +16,11 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from email.message import Message
 from email.utils import getaddresses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from email.message import Message
 
 SIGNATURE_CHARS = 10  # 50 bits of base32: forging one takes ~10^15 tries against the MX
 DEFAULT_PREFIX = "bounce"
@@ -31,6 +34,18 @@ class VerpId:
     user_id: str
     verified: bool  # signed with the configured key and the signature matches
     address: str  # the VERP address it was read from
+
+
+@dataclass(frozen=True, slots=True)
+class VerpSettings:
+    """How our VERP addresses are written: the config file's bounce: section."""
+
+    key: bytes | None = None
+    prefix: str = DEFAULT_PREFIX
+    delimiters: str = DEFAULT_DELIMITERS
+
+    def user_of(self, address: str) -> VerpId | None:
+        return parse_address(address, self.key, self.prefix, self.delimiters)
 
 
 def signature(user_id: str, key: bytes) -> str:
@@ -120,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     key = os.environ.get("MAILPULSE_VERP_KEY", "").encode() or None
     try:
-        print(make_address(args.user_id, args.domain, key, args.prefix))
+        address = make_address(args.user_id, args.domain, key, args.prefix)
     except ValueError as e:
         print(f"mailpulse: {e}", file=sys.stderr)
         return 2
+    print(address)
     return 0
 
 

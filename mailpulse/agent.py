@@ -775,24 +775,13 @@ def run(cfg: Config, instances: list[Instance], log_sources: list[Path] | None) 
 def main(args: Any) -> int:
     """The `agent` command."""
 
-    from mailpulse.config import ConfigError, instances_to_watch, load_config
+    from mailpulse.config import ConfigError, instances_to_watch, load_for
     from mailpulse.config import log_sources as find_log_sources
     from mailpulse.exporters.prometheus import WebConfigError, load_web_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        cfg = load_config(args.config)
-        overrides: dict[str, Any] = {}
-        if args.state_dir:
-            overrides["state_dir"] = args.state_dir
-        if getattr(args, "web_config_file", None):
-            overrides["web_config_file"] = args.web_config_file
-        if getattr(args, "listen", None):
-            overrides["listen"] = args.listen
-        if overrides:
-            from dataclasses import replace
-
-            cfg = replace(cfg, **overrides)
+        cfg = load_for(args)
         load_web_config(cfg.web_config_file)
         instances = instances_to_watch(cfg)
         sources = find_log_sources(cfg, instances)

@@ -128,3 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:
+        # Imported only on the way out, so a command that reads no config file never loads it.
+        from mailpulse.config import ConfigError
+
+        if not isinstance(e, ConfigError):
+            raise
+        print(f"mailpulse: {e}", file=sys.stderr)  # one line naming the file and the key
+        return 2

@@ -10,13 +10,18 @@ when readable, else through showq (postqueue -j).
 from __future__ import annotations
 
 import contextlib
+import difflib
+import math
+import re
 import socket
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mailpulse.bounce.verp import DEFAULT_DELIMITERS, DEFAULT_PREFIX
 from mailpulse.postfix import Instance, PostconfError, discover_instances, instance_at
 
 DEFAULT_CONFIG_FILE = Path("/etc/mailpulse/mailpulse.yaml")
@@ -24,51 +29,19 @@ DEFAULT_STATE_DIR = Path("/var/lib/mailpulse")
 DEFAULT_POSTFIX_CONFIG_DIR = Path("/etc/postfix")
 SYSLOG_MAIL_LOG = Path("/var/log/mail.log")
 ROLES = ("bulk", "transactional")
+STORES = ("sqlite", "redis")
+DAY_S = 86_400.0
 
 
 class ConfigError(Exception):
     """A setting is wrong; the message names the file and the key."""
 
 
-@dataclass(frozen=True)
-class AgentCheckConfig:
-    listen: str | None = None  # "127.0.0.1:9155"; None: no agent-check port
-    queue_high: int = 50_000  # active+incoming+deferred messages at which weight reaches its floor
-    growth_high_per_min: float = 5_000.0  # queue growth per minute that alone floors the weight
-    load_high_per_cpu: float = 2.0  # load1 per CPU that alone floors the weight
-    min_weight_percent: int = 10
-    block_reasons: tuple[str, ...] = ("blocked", "badreputation")
-    block_window_s: float = 300.0
-    block_min_failures: int = 20  # fewer blocked recipients in the window never drain
-    block_share: float = 0.3  # blocked share of all outcomes in the window that drains
+# -- converters: each takes the YAML value and returns the setting, or raises TypeError with
+# what was expected (the error message reads "expected <that>, got <value>").
+Conv = Callable[[Any], Any]
 
 
-@dataclass(frozen=True)
-class Config:
-    source: Path | None = None  # the file read, None for pure defaults
-    node: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
-    role: str = "bulk"
-    state_dir: Path = DEFAULT_STATE_DIR
-    listen: str = "127.0.0.1:9154"
-    web_config_file: Path | None = None
-    log_files: tuple[Path, ...] | None = None  # None: discover
-    log_read_bytes: int = 4 << 20
-    log_poll_s: float = 0.5
-    journal_args: tuple[str, ...] | None = None  # set: read the journal, with these selectors
-    content_filters: tuple[str, ...] = ("127.0.0.1:10024", "127.0.0.1:10025")
-    max_messages: int = 100_000  # queue ids kept by the log correlator
-    postfix_config_dirs: tuple[Path, ...] | None = None  # None: postmulti, else /etc/postfix
-    queue_interval_s: float = 30.0
-    host_interval_s: float = 15.0
-    domain_groups: dict[str, str] = field(default_factory=dict)
-    top_k: int = 10
-    top_k_min_count: int = 100
-    agent_check: AgentCheckConfig = field(default_factory=AgentCheckConfig)
-    # Sections other parts of mailpulse read and check themselves, kept here as given.
-    other: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-# key -> (type check, converter) for the flat keys; nested sections are handled below.
 def _path(v: Any) -> Path:
     if not isinstance(v, str) or not v:
         raise TypeError("a path")
@@ -84,24 +57,40 @@ def _listen(v: Any) -> str:
     return v
 
 
-def _positive(kind: type) -> Any:
+def _positive(kind: type) -> Conv:
     def conv(v: Any) -> Any:
-        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
             raise TypeError("a positive number")
         return kind(v)
 
     return conv
 
 
-def _role(v: Any) -> str:
-    if v not in ROLES:
-        raise TypeError(" or ".join(ROLES))
-    return str(v)
+def _one_of(*choices: str) -> Conv:
+    def conv(v: Any) -> str:
+        if v not in choices:
+            raise TypeError(" or ".join(choices))
+        return str(v)
+
+    return conv
 
 
 def _str(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise TypeError("a non-empty string")
+    return v
+
+
+def _quoted(v: Any) -> str:
+    # YAML reads an unquoted 0123 as the number 83: a key or a prefix must be written quoted.
+    if not isinstance(v, str):
+        raise TypeError("a string (in quotes)")
+    return v
+
+
+def _flag(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError("true or false")
     return v
 
 
@@ -125,9 +114,6 @@ def _strings(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
-_reasons = _strings
-
-
 def _share(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1:
         raise TypeError("a number in (0, 1]")
@@ -140,91 +126,222 @@ def _percent(v: Any) -> int:
     return v
 
 
-TOP_KEYS: dict[str, tuple[str, Any]] = {
-    "node": ("node", _str),
-    "role": ("role", _role),
-    "state_dir": ("state_dir", _path),
-    "listen": ("listen", _listen),
-    "web_config_file": ("web_config_file", _path),
-    "domain_groups": ("domain_groups", _groups),
-    "top_k": ("top_k", _positive(int)),
-    "top_k_min_count": ("top_k_min_count", _positive(int)),
-}
-SECTION_KEYS: dict[str, dict[str, tuple[str, Any]]] = {
-    "logs": {
-        "files": ("log_files", _paths),
-        "read_bytes": ("log_read_bytes", _positive(int)),
-        "poll_interval": ("log_poll_s", _positive(float)),
-        "content_filters": ("content_filters", _strings),
-        "journal_args": ("journal_args", _strings),
-        "max_messages": ("max_messages", _positive(int)),
-    },
-    "postfix": {"config_dirs": ("postfix_config_dirs", _paths)},
-    "queue": {"interval": ("queue_interval_s", _positive(float))},
-    "host": {"interval": ("host_interval_s", _positive(float))},
-}
-# Sections of the same file that belong to other commands; the agent only checks they are maps.
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY_S}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def _duration(v: Any) -> float:
+    """Seconds, or a number with a unit: "90s", "15m", "12h", "30d"."""
+    m = _DURATION_RE.fullmatch(v.strip()) if isinstance(v, str) else None
+    seconds = float(m.group(1)) * _UNIT_S[m.group(2)] if m else v
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        seconds = 0
+    if not 0 < seconds < math.inf:
+        raise TypeError('a duration ("30d", "12h", "15m", "90s" or seconds)')
+    return float(seconds)
+
+
+def _redis_url(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith(("redis://", "rediss://", "unix://")):
+        raise TypeError('a Redis URL ("redis://host:6379/0", "rediss://..." or "unix://path")')
+    return v
+
+
+def setting(default: Any, conv: Conv, key: str = "") -> Any:
+    """A field that the config file may set: its default, its converter, and its key in the
+    file when that is not the field's own name ("logs.files" for log_files)."""
+    meta = {"conv": conv, "key": key}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(record: type) -> Any:
+    """A field holding one section of the file, itself a record of settings."""
+    return field(default_factory=record, metadata={"section": record})
+
+
+# -- every setting of the file, with its type and default: one record per section ----------------
+@dataclass(frozen=True)
+class AgentCheckConfig:
+    """agent_check: the HAProxy agent-check port of the agent."""
+
+    listen: str | None = setting(None, _listen)  # "127.0.0.1:9155"; None: no agent-check port
+    # active+incoming+deferred messages at which weight reaches its floor
+    queue_high: int = setting(50_000, _positive(int))
+    growth_high_per_min: float = setting(5_000.0, _positive(float))  # alone floors the weight
+    load_high_per_cpu: float = setting(2.0, _positive(float))  # load1 per CPU, alone floors it
+    min_weight_percent: int = setting(10, _percent)
+    block_reasons: tuple[str, ...] = setting(("blocked", "badreputation"), _strings)
+    block_window_s: float = setting(300.0, _positive(float))
+    block_min_failures: int = setting(20, _positive(int))  # fewer blocked never drain
+    block_share: float = setting(0.3, _share)  # blocked share of the window's outcomes: drain
+
+
+@dataclass(frozen=True)
+class BounceConfig:
+    """bounce: reading bounce mail (`mailpulse bounce parse`, the bounce intake)."""
+
+    verp_key: str = setting("", _quoted)  # MAILPULSE_VERP_KEY in the environment wins
+    verp_prefix: str = setting(DEFAULT_PREFIX, _quoted)
+    recipient_delimiter: str = setting(DEFAULT_DELIMITERS, _quoted)
+
+
+@dataclass(frozen=True)
+class BlacklistConfig:
+    """blacklist: the policy of `mailpulse blacklist` (reserved: the command is not built yet;
+    these are the keys its policy names, with its defaults)."""
+
+    store: str = setting("sqlite", _one_of(*STORES))
+    ttl_5xx: float = setting(30 * DAY_S, _duration)  # a hard failure, the first time
+    ttl_5xx_repeat: float = setting(180 * DAY_S, _duration)  # again after it expired
+    ttl_4xx: float = setting(DAY_S, _duration)  # a soft failure's first lifetime, then doubled
+    soft_repeat_days: int = setting(3, _positive(int))  # distinct days before a soft entry
+    jitter_share: float = setting(0.1, _share)  # lifetimes spread so expiries don't all coincide
+    allowlist: tuple[str, ...] = setting((), _strings)
+    dry_run: bool = setting(False, _flag)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """redis: the store shared by many nodes (reserved, with the blacklist)."""
+
+    url: str = setting("redis://127.0.0.1:6379/0", _redis_url)
+
+
+@dataclass(frozen=True)
+class ReservedSection:
+    """A section kept for a command not built yet: it accepts no key until that command declares
+    its own here (snmp, rrd, graph, alerts)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path | None = None  # the file read, None for pure defaults
+    node: str = setting(lambda: socket.gethostname().split(".")[0], _str)
+    role: str = setting("bulk", _one_of(*ROLES))
+    state_dir: Path = setting(DEFAULT_STATE_DIR, _path)
+    listen: str = setting("127.0.0.1:9154", _listen)
+    web_config_file: Path | None = setting(None, _path)
+    domain_groups: dict[str, str] = setting({}, _groups)
+    top_k: int = setting(10, _positive(int))
+    top_k_min_count: int = setting(100, _positive(int))
+    log_files: tuple[Path, ...] | None = setting(None, _paths, "logs.files")  # None: discover
+    log_read_bytes: int = setting(4 << 20, _positive(int), "logs.read_bytes")
+    log_poll_s: float = setting(0.5, _positive(float), "logs.poll_interval")
+    # set: read the journal, with these selectors
+    journal_args: tuple[str, ...] | None = setting(None, _strings, "logs.journal_args")
+    content_filters: tuple[str, ...] = setting(
+        ("127.0.0.1:10024", "127.0.0.1:10025"), _strings, "logs.content_filters"
+    )
+    # queue ids kept by the log correlator
+    max_messages: int = setting(100_000, _positive(int), "logs.max_messages")
+    # None: postmulti, else /etc/postfix
+    postfix_config_dirs: tuple[Path, ...] | None = setting(None, _paths, "postfix.config_dirs")
+    queue_interval_s: float = setting(30.0, _positive(float), "queue.interval")
+    host_interval_s: float = setting(15.0, _positive(float), "host.interval")
+    agent_check: AgentCheckConfig = section(AgentCheckConfig)
+    bounce: BounceConfig = section(BounceConfig)
+    blacklist: BlacklistConfig = section(BlacklistConfig)
+    redis: RedisConfig = section(RedisConfig)
+    snmp: ReservedSection = section(ReservedSection)
+    rrd: ReservedSection = section(ReservedSection)
+    graph: ReservedSection = section(ReservedSection)
+    alerts: ReservedSection = section(ReservedSection)
+    # The sections of the other commands as the file gives them (checked all the same).
+    other: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 OTHER_SECTIONS = ("bounce", "blacklist", "redis", "snmp", "rrd", "graph", "alerts")
-AGENT_CHECK_KEYS: dict[str, Any] = {
-    "listen": _listen,
-    "queue_high": _positive(int),
-    "growth_high_per_min": _positive(float),
-    "load_high_per_cpu": _positive(float),
-    "min_weight_percent": _percent,
-    "block_reasons": _reasons,
-    "block_window_s": _positive(float),
-    "block_min_failures": _positive(int),
-    "block_share": _share,
-}
 
 
-def _convert(where: str, key: str, conv: Any, value: Any) -> Any:
+def _keys(record: type) -> dict[str, Any]:
+    """The file's keys of a record: "key" or "section.key" -> its field."""
+    return {f.metadata.get("key") or f.name: f for f in fields(record) if f.metadata}
+
+
+def _unknown(where: str, name: str, key: str, known: list[str]) -> ConfigError:
+    if not known:
+        section_name = name.split(".")[0]
+        return ConfigError(
+            f"{where}: {name}: unknown setting ({section_name} accepts none yet: the command"
+            " that reads it is not part of this version)"
+        )
+    near = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {near[0]}?" if near else ""
+    return ConfigError(f"{where}: {name}: unknown setting{hint} (known: {', '.join(known)})")
+
+
+def _convert(where: str, key: str, conv: Conv, value: Any) -> Any:
     try:
         return conv(value)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {key}: expected {e}, got {value!r}") from None
 
 
+def _map(where: str, name: str, raw: Any) -> dict[Any, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {name}: expected a map of settings")
+    return raw
+
+
 def parse_config(data: Any, source: Path | None = None) -> Config:
+    """The settings of one YAML document; the first wrong key is a ConfigError naming it."""
     where = str(source or "<config>")
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a map of settings")
+    keys = _keys(Config)
+    top = [k for k in keys if "." not in k]
     values: dict[str, Any] = {}
     for key, raw in data.items():
-        if key in TOP_KEYS:
-            attr, conv = TOP_KEYS[key]
-            values[attr] = _convert(where, key, conv, raw)
-        elif key in SECTION_KEYS:
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{where}: {key}: expected a map of settings")
-            for sub, sub_raw in raw.items():
-                if sub not in SECTION_KEYS[key]:
-                    known = ", ".join(SECTION_KEYS[key])
-                    raise ConfigError(f"{where}: {key}.{sub}: unknown setting (known: {known})")
-                attr, conv = SECTION_KEYS[key][sub]
-                values[attr] = _convert(where, f"{key}.{sub}", conv, sub_raw)
-        elif key == "agent_check":
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{where}: agent_check: expected a map of settings")
-            check: dict[str, Any] = {}
-            for sub, sub_raw in raw.items():
-                if sub not in AGENT_CHECK_KEYS:
-                    known = ", ".join(AGENT_CHECK_KEYS)
-                    raise ConfigError(
-                        f"{where}: agent_check.{sub}: unknown setting (known: {known})"
-                    )
-                check[sub] = _convert(where, f"agent_check.{sub}", AGENT_CHECK_KEYS[sub], sub_raw)
-            values["agent_check"] = AgentCheckConfig(**check)
-        elif key in OTHER_SECTIONS:
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{where}: {key}: expected a map of settings")
-            values.setdefault("other", {})[key] = raw
+        name = str(key)
+        f = keys.get(name)
+        if f is not None and "section" in f.metadata:
+            record = f.metadata["section"]
+            sub = _keys(record)
+            given = _map(where, name, raw)
+            values[f.name] = record(**_settings(where, name, sub, given))
+            if name in OTHER_SECTIONS:
+                values.setdefault("other", {})[name] = given
+        elif f is not None:
+            values[f.name] = _convert(where, name, f.metadata["conv"], raw)
+        elif any(k.startswith(name + ".") for k in keys):
+            # A section whose keys set Config's own fields (logs.files -> log_files).
+            sub = {k.split(".", 1)[1]: v for k, v in keys.items() if k.startswith(name + ".")}
+            values.update(_settings(where, name, sub, _map(where, name, raw)))
         else:
-            known = ", ".join([*TOP_KEYS, *SECTION_KEYS, "agent_check", *OTHER_SECTIONS])
-            raise ConfigError(f"{where}: {key}: unknown setting (known: {known})")
+            sections = sorted({k.split(".")[0] for k in keys if "." in k})
+            raise _unknown(where, name, name, top + sections)
     return Config(source=source, **values)
+
+
+def _settings(
+    where: str, name: str, known: dict[str, Any], given: dict[Any, Any]
+) -> dict[str, Any]:
+    """Field name -> converted value for the keys given in one section."""
+    out: dict[str, Any] = {}
+    for key, raw in given.items():
+        f = known.get(str(key))
+        if f is None:
+            raise _unknown(where, f"{name}.{key}", str(key), list(known))
+        out[f.name] = _convert(where, f"{name}.{key}", f.metadata["conv"], raw)
+    return out
+
+
+# Command-line options that stand for the file's setting of the same name.
+CLI_OVERRIDES = ("state_dir", "web_config_file", "listen")
+
+
+def load_for(args: Any) -> Config:
+    """The settings of one command: --config (else the default file, else defaults), then the
+    command line's --state-dir (and the agent's --web.* options) over them."""
+    cfg = load_config(getattr(args, "config", None))
+    over = {k: v for k in CLI_OVERRIDES if (v := getattr(args, k, None))}
+    return replace(cfg, **over) if over else cfg
 
 
 MAX_CONFIG_BYTES = 1 << 20  # far above any real config; /dev/zero given by mistake stops here

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the bounce side loads the email package: only where outcomes are made
+    from mailpulse.bounce.dsn import Bounce
+    from mailpulse.bounce.verp import VerpId, VerpSettings
 
 # Final and intermediate outcomes of one recipient, as Postfix logs them in status=.
 STATUSES = ("sent", "deferred", "bounced", "expired")
+FINAL_STATUSES = frozenset(STATUSES) - {"deferred"}  # the recipient's delivery is over
 
 # Delivery agents whose status= lines are recipient outcomes.
 DELIVERY_AGENTS = frozenset(
@@ -42,6 +47,91 @@ class DeliveryEvent:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one recipient, whether a log line or a bounce mail said it: the one
+    record the blacklist reads."""
+
+    recipient: str
+    user_id: str | None  # from our VERP address; None when it is not one
+    verp_verified: bool  # its signature checked under our key: only then may a DSN blacklist
+    status: str  # one of STATUSES
+    dsn: str  # enhanced status code ("5.1.1")
+    reply_code: str  # "550", or "" when no SMTP reply was involved
+    reply_text: str
+    reason: str
+    scope: str
+    hard: bool
+    node: str
+    instance: str
+    time: float  # POSIX seconds
+    source: str  # "log" or "dsn"
+    queue_id: str  # "" when the bounce mail does not say
+
+
+def outcome_of_event(ev: DeliveryEvent, verp: VerpSettings | None = None) -> Outcome:
+    """A log delivery event; the user is read from its envelope sender (unsigned addresses
+    without a key)."""
+    from mailpulse.bounce.verp import VerpSettings
+
+    who = (verp or VerpSettings()).user_of(ev.sender) if ev.sender else None
+    return Outcome(
+        ev.recipient,
+        who.user_id if who else None,
+        who.verified if who else False,
+        ev.status,
+        ev.dsn,
+        ev.reply_code,
+        ev.reply_text,
+        ev.reason,
+        ev.scope,
+        ev.hard,
+        ev.node,
+        ev.instance,
+        ev.time,
+        "log",
+        ev.queue_id,
+    )
+
+
+# A DSN's Action (or the parser's kind of report) as the log's status would say it. A complaint
+# or an auto-reply came from a mailbox the mail reached; any other action is a failure.
+_STATUS_OF_ACTION = dict.fromkeys(
+    ("delivered", "relayed", "expanded", "deliverable", "complaint", "autoreply"), "sent"
+) | {"delayed": "deferred"}
+
+
+def outcome_of_bounce(
+    b: Bounce,
+    who: VerpId | None,
+    node: str = "",
+    instance: str = "",
+    time: float = 0.0,
+    queue_id: str = "",
+) -> Outcome:
+    """One recipient of a bounce mail, with the user of the VERP address it came back to."""
+    status = _STATUS_OF_ACTION.get(b.action, "bounced")
+    if status == "bounced" and b.reason == "expired":
+        status = "expired"  # as Postfix logs a message that outlived its queue lifetime
+    return Outcome(
+        b.recipient,
+        who.user_id if who else None,
+        who.verified if who else False,
+        status,
+        b.status,
+        b.reply_code,
+        b.diagnostic,
+        b.reason,
+        b.scope,
+        b.hard,
+        node,
+        instance,
+        time,
+        "dsn",
+        queue_id,
+    )
 
 
 # Queue names as Postfix's spool has them, in the order a message moves through them.

@@ -15,11 +15,12 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from os import EX_DATAERR, EX_NOINPUT
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from mailpulse.collectors.maillog import Correlator
-from mailpulse.config import ConfigError, load_config
+from mailpulse.config import load_for
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import STATUSES, DeliveryEvent
 
@@ -38,8 +39,6 @@ def normalise_reply(text: str) -> str:
 
 # Exit codes (sysexits, as bounce parse): a file damaged part way (what came before it is
 # counted), a file that cannot be opened. Both still print what the other input gave.
-EX_DATAERR = 65
-EX_NOINPUT = 66
 
 
 def _open(path: Path) -> BinaryIO:
@@ -103,9 +102,9 @@ def _say(text: str) -> None:
     print(f"mailpulse: {text}", file=sys.stderr)
 
 
-def settings(config: Path | None) -> tuple[Correlator, DomainGroups]:
+def settings(args: argparse.Namespace | None) -> tuple[Correlator, DomainGroups]:
     """The correlator and the domain groups the config file asks for (logs:, domain_groups:)."""
-    cfg = load_config(config)
+    cfg = load_for(args)
     correlator = Correlator(content_filters=cfg.content_filters, max_messages=cfg.max_messages)
     return correlator, DomainGroups(cfg.domain_groups)
 
@@ -118,11 +117,7 @@ def event_json(ev: DeliveryEvent) -> dict[str, Any]:
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    try:
-        c, _groups = settings(args.config)
-    except ConfigError as e:
-        print(f"mailpulse: {e}", file=sys.stderr)
-        return 2
+    c, _groups = settings(args)  # a wrong config file is said by the command line
     out = sys.stdout
     write = out.write
     failures: list[int] = []
@@ -259,11 +254,7 @@ def render_text(data: dict[str, Any]) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    try:
-        c, groups = settings(args.config)
-    except ConfigError as e:
-        print(f"mailpulse: {e}", file=sys.stderr)
-        return 2
+    c, groups = settings(args)  # a wrong config file is said by the command line
     rep = Report(groups)
     failures: list[int] = []
     try:

@@ -307,3 +307,85 @@ def test_bounce_parse_reads_the_verp_key_from_the_common_config(tmp_path: Path) 
 
     (record,) = [json.loads(line) for line in r.stdout.splitlines()]
     assert (record["user_id"], record["verp_verified"]) == ("4242", True)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        # bad input: near-misses of a key, at the top, in a section, in another command's section
+        ("nodes: bulk1\n", "nodes: unknown setting; did you mean node?"),
+        ("queue:\n  intervall: 5\n", "queue.intervall: unknown setting; did you mean interval?"),
+        ("bounce:\n  verpkey: 'k'\n", "bounce.verpkey: unknown setting; did you mean verp_key?"),
+        ("blacklist:\n  ttl_5x: 30d\n", "blacklist.ttl_5x: unknown setting; did you mean ttl_5xx?"),
+        # bad input: a key in a section whose command is not built yet
+        ("snmp:\n  community: public\n", "snmp.community: unknown setting (snmp accepts none yet"),
+        # bad input: values of the wrong kind in the reserved sections
+        ("blacklist:\n  ttl_5xx: 30 days\n", "blacklist.ttl_5xx: expected a duration"),
+        ("blacklist:\n  store: mysql\n", "blacklist.store: expected sqlite or redis"),
+        ("redis:\n  url: 127.0.0.1:6379\n", "redis.url: expected a Redis URL"),
+        # bad input: infinite numbers, which int() cannot take
+        ("top_k: .inf\n", "top_k: expected a positive number, got inf"),
+        ("blacklist:\n  ttl_4xx: .inf\n", "blacklist.ttl_4xx: expected a duration"),
+    ],
+)
+def test_every_section_is_checked_with_a_hint_for_a_near_miss(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    f = tmp_path / "mailpulse.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value).startswith(f"{f}: {message}"), str(e.value)
+
+
+def test_the_reserved_sections_read_their_settings() -> None:
+    cfg = parse_config(
+        {
+            "bounce": {"verp_key": "k", "recipient_delimiter": "+"},
+            "blacklist": {"ttl_5xx": "30d", "ttl_4xx": "12h", "store": "redis", "dry_run": True},
+            "redis": {"url": "redis://10.0.0.5:6379/1"},
+            "snmp": {},
+        }
+    )
+    assert (cfg.bounce.verp_key, cfg.bounce.recipient_delimiter) == ("k", "+")
+    assert cfg.blacklist.ttl_5xx == 30 * 86400 and cfg.blacklist.ttl_4xx == 12 * 3600
+    assert cfg.blacklist.store == "redis" and cfg.blacklist.dry_run is True
+    assert cfg.redis.url == "redis://10.0.0.5:6379/1"
+    # Defaults where the file is silent: DESIGN.md's delimiters, the policy's 30 and 180 days.
+    assert parse_config(None).bounce.recipient_delimiter == "-+"
+    assert parse_config(None).blacklist.ttl_5xx_repeat == 180 * 86400
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("logs", "parse", "/dev/null"),
+        ("logs", "report", "/dev/null"),
+        ("bounce", "parse", "/dev/null"),
+        ("agent", "--check-config"),
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_every_command_reads_the_file_through_one_loader(
+    tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    f = tmp_path / "mailpulse.yaml"
+    f.write_text("redis:\n  ulr: redis://x\n")  # bad input: a misspelt key of a reserved section
+    r = mailpulse(*argv[:2], "--config", str(f), "--state-dir", str(tmp_path), *argv[2:])
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{f}: redis.ulr: unknown setting; did you mean url?" in r.stderr
+
+
+def test_the_command_line_state_dir_wins_over_the_file(tmp_path: Path) -> None:
+    import argparse
+
+    from mailpulse.config import load_for
+
+    f = tmp_path / "mailpulse.yaml"
+    f.write_text("state_dir: /var/lib/elsewhere\nlisten: 127.0.0.1:9999\n")
+    given = argparse.Namespace(config=f, state_dir=tmp_path / "s")
+    assert load_for(given).state_dir == tmp_path / "s"
+    assert load_for(given).listen == "127.0.0.1:9999"
+    bare = argparse.Namespace(config=f, state_dir=None)
+    assert load_for(bare).state_dir == Path("/var/lib/elsewhere")

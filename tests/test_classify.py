@@ -4,7 +4,13 @@ rules around the text (code fallback, hard flag, SMTP stage)."""
 from __future__ import annotations
 
 import pytest
-from mailpulse.bounce.classify import Verdict, classify, load_rules_data, pseudo_status
+from mailpulse.bounce.classify import (
+    Verdict,
+    classify,
+    load_rules_data,
+    pseudo_status,
+    without_addresses,
+)
 
 RULES = load_rules_data()
 
@@ -377,3 +383,48 @@ def test_size_wording_under_the_administrative_limit_code() -> None:
 def test_a_quarantine_names_a_virus_when_there_is_one() -> None:
     assert classify("", "550", "550 Virus found; message quarantined").reason == "virusdetected"
     assert classify("", "550", "550 Message quarantined by the filter").reason == "spamdetected"
+
+
+def test_addresses_leave_the_text_but_their_domains_stay() -> None:
+    a = without_addresses("452 4.2.2 <full-u7@example.org>: Mailbox full, to tama@ezweb.ne.jp")
+    b = without_addresses("452 4.2.2 <full-u9@example.org>: Mailbox full, to kumi@ezweb.ne.jp")
+    assert a == b == "452 4.2.2 <@example.org>: Mailbox full, to @ezweb.ne.jp"
+    assert without_addresses("no address here") == "no address here"
+    # A quoted local part (rare in replies) is left whole rather than cut in its middle.
+    assert without_addresses('"quoted local"@example.org') == '"quoted local"@example.org'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Bad input for a naive classifier: the mailbox name alone reads as a reason.
+        "550 5.0.0 <overquota@example.org>: rejected",
+        "550 5.0.0 <spam@example.org>: rejected",
+        "550 5.0.0 <blacklisted@example.org>: rejected",
+        "550 5.0.0 <virus@example.org>: rejected",
+    ],
+)
+def test_a_mailbox_name_never_decides_the_reason(text: str) -> None:
+    assert classify("5.0.0", "550", without_addresses(text)) == Verdict(
+        "undefined", "transport", False
+    )
+
+
+def test_a_receiver_known_by_its_domain_is_still_known() -> None:
+    text = without_addresses("550 <tama@ezweb.ne.jp>: User unknown")
+    assert classify("", "550", text, stage="data") == Verdict("userunknown", "recipient", True)
+
+
+def test_address_stripping_is_linear_in_a_long_run_without_at() -> None:
+    import time
+
+    # Bad input: one unbroken run of address characters, the "@" only at its end, which a
+    # pattern tried from every position would take in quadratic time.
+    def cost(n: int) -> float:
+        text = "a" * n + "@example.org " + "b" * n + "@"
+        t = time.perf_counter()
+        assert without_addresses(text) == "@example.org " + "b" * n + "@"
+        return time.perf_counter() - t
+
+    small, large = cost(20_000), cost(200_000)
+    assert large < 30 * max(small, 1e-4) and large < 5.0  # linear: about 10; quadratic: 100
