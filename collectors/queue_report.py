@@ -8,7 +8,7 @@ import sys
 
 from mailpulse.collectors.queue import QueueSampler
 
-from mailpulse.config import ConfigError, instances_to_watch, load_config
+from mailpulse.config import ConfigError, instances_to_watch, load_for
 from mailpulse.domains import DomainGroups
 from mailpulse.events import QUEUE_NAMES, QueueSnapshot, QueueStats
 from mailpulse.postfix import PostconfError, discover_instances
@@ -110,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
     """`mailpulse queue`: every instance of the config file's postfix.config_dirs (as the agent
     watches them), or found from the Postfix config directory given with -c."""
     try:
-        cfg = load_config(args.config)
+        cfg = load_for(args)
         if args.postfix_config is None:
             instances = instances_to_watch(cfg)
         else:
