@@ -10,7 +10,11 @@ when readable, else through showq (postqueue -j).
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import select
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +90,7 @@ def _listen(v: Any) -> str:
 
 def _positive(kind: type) -> Any:
     def conv(v: Any) -> Any:
-        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
             raise TypeError("a positive number")
         return kind(v)
 
@@ -181,7 +185,7 @@ AGENT_CHECK_KEYS: dict[str, Any] = {
 def _convert(where: str, key: str, conv: Any, value: Any) -> Any:
     try:
         return conv(value)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"{where}: {key}: expected {e}, got {value!r}") from None
 
 
@@ -242,7 +246,11 @@ def load_config(path: Path | None) -> Config:
 def read_yaml(path: Path) -> Any:
     """The YAML document of a config file; anything wrong is one line naming the file."""
     try:
-        with path.open("rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO nothing writes to: no hang
+        with open(fd, "rb") as f:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode) and not select.select([fd], [], [], 5)[0]:
+                raise ConfigError(f"{path}: a FIFO nothing writes to, not a config file")
+            os.set_blocking(fd, True)
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
