@@ -542,6 +542,9 @@ def state_dir_problem(path: Path) -> str | None:
         tempfile.NamedTemporaryFile(dir=existing, prefix=".mailpulse-").close()
     except OSError as e:
         return f"state_dir {path}: cannot write in {existing}: {e.strerror}"
+    ckpt = path / "checkpoints"  # left by a run as another user, it stops every log source
+    if ckpt.is_dir() and not os.access(ckpt, os.W_OK | os.X_OK):
+        return f"state_dir {path}: cannot write in {ckpt}: Permission denied"
     for name in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm"):
         f = path / name
         try:
@@ -602,7 +605,11 @@ class Agent:
         except (OSError, sqlite3.Error) as e:
             raise StartupError(f"state_dir {cfg.state_dir}: {e}") from None
         self.groups = DomainGroups(cfg.domain_groups)
-        promoted = json.loads(self.state.meta(PROMOTED_META) or "[]")
+        try:
+            promoted = [str(d) for d in json.loads(self.state.meta(PROMOTED_META) or "[]")]
+        except (ValueError, TypeError) as e:  # damaged: the domains are promoted again
+            log.warning("state %s: %s unreadable (%s)", self.state.path, PROMOTED_META, e)
+            promoted = []
         self.blocks = BlockWatch(cfg.agent_check)
         self.accounting = Accounting(
             self.state,

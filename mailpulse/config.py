@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import math
+import os
 import re
+import select
 import socket
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -277,7 +280,7 @@ def _unknown(where: str, name: str, key: str, known: list[str]) -> ConfigError:
 def _convert(where: str, key: str, conv: Conv, value: Any) -> Any:
     try:
         return conv(value)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"{where}: {key}: expected {e}, got {value!r}") from None
 
 
@@ -359,7 +362,11 @@ def load_config(path: Path | None) -> Config:
 def read_yaml(path: Path) -> Any:
     """The YAML document of a config file; anything wrong is one line naming the file."""
     try:
-        with path.open("rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO nothing writes to: no hang
+        with open(fd, "rb") as f:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode) and not select.select([fd], [], [], 5)[0]:
+                raise ConfigError(f"{path}: a FIFO nothing writes to, not a config file")
+            os.set_blocking(fd, True)
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None

@@ -133,7 +133,7 @@ class State:
         key = (name, labels)
         with self._lock:
             h = self._histograms.get(key)
-            if h is None:
+            if h is None or len(h.counts) != len(bounds) + 1:  # or kept with other buckets
                 h = self._histograms[key] = Histogram([0] * (len(bounds) + 1))
             h.observe(bounds, value)
             self._dirty.add(key)
