@@ -398,11 +398,10 @@ class Agent:
             domains=self.accounting.domains,
         )
         self.common = {"node": cfg.node, "role": cfg.role}
+        web = load_web_config(cfg.web_config_file)
         host, _, port = cfg.listen.rpartition(":")
         try:
-            self.http = WebServer(
-                (host.strip("[]"), int(port)), load_web_config(cfg.web_config_file), self.common
-            )
+            self.http = WebServer((host.strip("[]"), int(port)), web, self.common)
         except OSError as e:
             raise StartupError(listen_problem("listen", cfg.listen, e)) from None
         serve_metrics(self.http, self.series, self.common)
