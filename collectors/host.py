@@ -1,22 +1,20 @@
 """The host under Postfix, through psutil: load, CPU, memory, the spool's filesystem, and
 Postfix's own daemon processes against their master.cf process limits.
 
-A sample is a plain mapping (metric name, label values) -> value, in the catalogue's names.
+A sample is plain data; mailpulse.series maps it onto the catalogue.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from mailpulse.postfix import Instance
-
-SeriesKey = tuple[str, tuple[str, ...]]
+from mailpulse.postfix import Instance, PostconfError, master_services, postconf
 
 
 def parse_master_limits(postconf_m: str, default_limit: int) -> dict[str, int]:
@@ -50,25 +48,36 @@ def master_pid(queue_directory: Path) -> int | None:
 
 
 def process_limits(inst: Instance) -> dict[str, int]:
-    env = {**os.environ, "LC_ALL": "C"}
     try:
-        default = subprocess.run(
-            ["postconf", "-c", str(inst.config_dir), "-h", "default_process_limit"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=env,
-        ).stdout.strip()
-        master = subprocess.run(
-            ["postconf", "-c", str(inst.config_dir), "-M"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=env,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
+        limit = postconf(inst.config_dir, "default_process_limit")
+        default = limit.get("default_process_limit", "")
+        master = master_services(inst.config_dir)
+    except PostconfError:
+        return {}  # no limits to show beside the processes; the rest of the sample stands
     return parse_master_limits(master, int(default) if default.isdigit() else 100)
+
+
+@dataclass(slots=True)
+class SpoolFilesystem:
+    size: int
+    free: int  # for root
+    avail: int  # for others
+    inodes: int
+    inodes_free: int
+
+
+@dataclass(slots=True)
+class HostSample:
+    load: tuple[float, float, float]  # 1, 5, 15 minutes
+    cpu_seconds: dict[str, float]  # mode -> seconds, all cores summed
+    cpus: int
+    memory: dict[str, int]  # total, available, used
+    spool: dict[str, SpoolFilesystem] = field(default_factory=dict)  # instance ->
+    process_limits: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, service)
+    processes: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, service)
+
+
+CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
 class HostSampler:
@@ -79,37 +88,32 @@ class HostSampler:
         self.instances = instances
         self.limits = {inst.name: process_limits(inst) for inst in instances}
 
-    def sample(self) -> dict[SeriesKey, float]:
-        out: dict[SeriesKey, float] = {}
-        for period, value in zip(("1m", "5m", "15m"), os.getloadavg(), strict=True):
-            out[("mailpulse_host_load_average", (period,))] = value
+    def sample(self) -> HostSample:
         times = psutil.cpu_times()
-        for mode in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"):
-            if hasattr(times, mode):
-                out[("mailpulse_host_cpu_seconds_total", (mode,))] = float(getattr(times, mode))
-        out[("mailpulse_host_cpus", ())] = float(psutil.cpu_count() or 1)
         mem = psutil.virtual_memory()
-        out[("mailpulse_host_memory_bytes", ("total",))] = float(mem.total)
-        out[("mailpulse_host_memory_bytes", ("available",))] = float(mem.available)
-        out[("mailpulse_host_memory_bytes", ("used",))] = float(mem.used)
+        load = os.getloadavg()
+        out = HostSample(
+            load=(load[0], load[1], load[2]),
+            cpu_seconds={m: float(getattr(times, m)) for m in CPU_MODES if hasattr(times, m)},
+            cpus=psutil.cpu_count() or 1,
+            memory={"total": mem.total, "available": mem.available, "used": mem.used},
+        )
         masters = {}
         for inst in self.instances:
             with contextlib.suppress(OSError):
                 st = os.statvfs(inst.queue_dir)
-                fs = (
-                    ("size", st.f_blocks * st.f_frsize),
-                    ("free", st.f_bfree * st.f_frsize),
-                    ("avail", st.f_bavail * st.f_frsize),
+                out.spool[inst.name] = SpoolFilesystem(
+                    st.f_blocks * st.f_frsize,
+                    st.f_bfree * st.f_frsize,
+                    st.f_bavail * st.f_frsize,
+                    st.f_files,
+                    st.f_ffree,
                 )
-                for kind, v in fs:
-                    out[("mailpulse_spool_filesystem_bytes", (inst.name, kind))] = float(v)
-                out[("mailpulse_spool_filesystem_inodes", (inst.name, "total"))] = float(st.f_files)
-                out[("mailpulse_spool_filesystem_inodes", (inst.name, "free"))] = float(st.f_ffree)
             pid = master_pid(inst.queue_dir)
             if pid is not None:
                 masters[pid] = inst.name
             for service, limit in self.limits.get(inst.name, {}).items():
-                out[("mailpulse_postfix_process_limit", (inst.name, service))] = float(limit)
+                out.process_limits[(inst.name, service)] = limit
         counts: Counter[tuple[str, str]] = Counter()
         for p in psutil.process_iter(["ppid", "cmdline"]):
             instance = masters.get(p.info["ppid"])
@@ -118,6 +122,5 @@ class HostSampler:
         for inst in self.instances:
             for service in self.limits.get(inst.name, {}):
                 counts.setdefault((inst.name, service), 0)
-        for (instance, service), n in counts.items():
-            out[("mailpulse_postfix_processes", (instance, service))] = float(n)
+        out.processes = dict(counts)
         return out

@@ -1,8 +1,10 @@
 """`mailpulse agent`: one process per node that runs the collectors, keeps the state, serves it.
 
 Threads: one per log source (follow, parse, count, commit counters and checkpoint together),
-one background queue sampler per Postfix instance, the HTTP server for /metrics, and the
-HAProxy agent-check port. The main thread waits for SIGTERM or SIGINT and shuts down cleanly.
+one background queue sampler per Postfix instance, the host sampler, the HTTP server for
+/metrics, and the HAProxy agent-check port. The main thread waits for SIGTERM or SIGINT and
+shuts down cleanly. What the collectors' outputs mean as series is mailpulse.series' business;
+here they are only wired together.
 """
 
 from __future__ import annotations
@@ -12,205 +14,35 @@ import contextlib
 import errno
 import json
 import logging
-import math
 import os
 import signal
 import socket
-import socketserver
 import sqlite3
 import sys
 import tempfile
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailpulse import __version__, catalogue
-from mailpulse.config import AgentCheckConfig, Config
-from mailpulse.domains import OTHER, DomainGroups
-from mailpulse.events import DeliveryEvent, QueueSnapshot
+from mailpulse.agentcheck import AgentCheck, AgentCheckServer, BlockWatch
+from mailpulse.collectors.host import HostSample, HostSampler
+from mailpulse.config import Config
+from mailpulse.domains import DomainGroups
+from mailpulse.events import QueueSnapshot
 from mailpulse.postfix import Instance
-from mailpulse.state import SeriesKey, State
+from mailpulse.series import (
+    PROMOTED_META,
+    Accounting,
+    Series,
+    SourceStatus,
+    TopDomains,
+    follow_series,
+    stats_series,
+)
+from mailpulse.state import State
 
 log = logging.getLogger("mailpulse.agent")
-
-FINAL_STATUSES = frozenset({"sent", "bounced", "expired"})
-ACTIVE_QUEUES = ("maildrop", "incoming", "active", "deferred")
-PROMOTED_META = "promoted_domains"
-
-
-class TopDomains:
-    """Domain group labels within a budget: the shipped/configured groups, plus up to K busy
-    destinations of our own promoted to their own label, plus `other`.
-
-    A promotion is permanent (persisted with the counters), so a series never vanishes and no
-    counter ever goes backwards; what a domain counted before its promotion stays in `other`.
-    """
-
-    def __init__(self, groups: DomainGroups, k: int, min_count: int, promoted: Iterable[str] = ()):
-        self.groups = groups
-        self.k = k
-        self.min_count = min_count
-        self.promoted = set(promoted)
-        self._counts: dict[str, int] = {}
-        self._capacity = max(64, 20 * k)
-
-    def label(self, domain: str, relay: str = "") -> str:
-        group = self.groups.group(domain, relay)
-        if group != OTHER or not domain:
-            return group
-        d = domain.lower()
-        if d in self.promoted:
-            return d
-        if len(self.promoted) >= self.k:
-            return OTHER
-        n = self._counts.get(d, 0) + 1
-        self._counts[d] = n
-        if n >= self.min_count:
-            self.promoted.add(d)
-            del self._counts[d]
-        elif len(self._counts) > 2 * self._capacity:
-            # Keep the busiest: the long tail of one-off domains never costs more than this.
-            keep = sorted(self._counts.items(), key=lambda kv: kv[1], reverse=True)
-            self._counts = dict(keep[: self._capacity])
-        return OTHER
-
-
-class BlockWatch:
-    """Share of recent outcomes whose reason says receivers block this node's IP."""
-
-    def __init__(self, cfg: AgentCheckConfig) -> None:
-        self.cfg = cfg
-        self.reasons = frozenset(cfg.block_reasons)
-        self._events: deque[tuple[float, bool]] = deque()
-        self._lock = threading.Lock()
-
-    def note(self, when: float, reason: str) -> None:
-        if when < time.time() - self.cfg.block_window_s:
-            return  # old lines read again after a restart say nothing about now
-        with self._lock:
-            self._events.append((when, reason in self.reasons))
-            if len(self._events) > 200_000:
-                self._events.popleft()
-
-    def blocked(self) -> bool:
-        cutoff = time.time() - self.cfg.block_window_s
-        with self._lock:
-            while self._events and self._events[0][0] < cutoff:
-                self._events.popleft()
-            total = len(self._events)
-            hits = sum(1 for _, b in self._events if b)
-        return hits >= self.cfg.block_min_failures and hits >= self.cfg.block_share * total
-
-
-class Accounting:
-    """Delivery events into counters: the only place that decides which series an event feeds."""
-
-    def __init__(self, state: State, domains: TopDomains, blocks: BlockWatch | None = None):
-        self.state = state
-        self.domains = domains
-        self.blocks = blocks
-        # Outcomes for the block watch, handed on with their commit: a batch that failed and is
-        # read again must not be seen twice.
-        self._notes: list[tuple[float, str]] = []
-        self.instances: set[str] = set()  # instance labels given so far (MAX_PROGRAM_LABELS)
-
-    def apply(self, ev: DeliveryEvent) -> None:
-        group = self.domains.label(ev.domain, ev.relay)
-        dsn_class = ev.dsn[:1] + "xx" if ev.dsn[:1] in ("2", "4", "5") else "unknown"
-        instance = ev.instance  # any local user may log under a made-up one: a label budget
-        if instance not in self.instances:
-            if len(self.instances) >= MAX_PROGRAM_LABELS:
-                instance = OTHER
-            self.instances.add(instance)
-        self.state.inc(
-            "mailpulse_deliveries_total", (instance, ev.status, ev.reason, group, dsn_class)
-        )
-        if self.blocks is not None:
-            self._notes.append((ev.time, ev.reason))
-        if ev.status not in FINAL_STATUSES:
-            return
-        stages = dict(zip(catalogue.DELAY_STAGES, ev.delays or (), strict=False))
-        stages["total"] = ev.delay
-        for stage, seconds in stages.items():
-            if not 0 <= seconds < math.inf:  # "nan", "inf", "-5": no duration
-                continue
-            self.state.observe(
-                "mailpulse_delivery_delay_seconds",
-                (instance, stage, ev.status),
-                catalogue.DELAY_BUCKETS_S,
-                seconds,
-            )
-        if ev.size is not None:
-            self.state.observe(
-                "mailpulse_message_size_bytes",
-                (instance,),
-                catalogue.SIZE_BUCKETS_BYTES,
-                float(ev.size),
-            )
-
-    def committed(self) -> None:
-        if self.blocks is not None:
-            for when, reason in self._notes:
-                self.blocks.note(when, reason)
-        self._notes.clear()
-
-    def discard(self) -> None:
-        self._notes.clear()
-
-    def promoted_meta(self) -> dict[str, str]:
-        return {PROMOTED_META: json.dumps(sorted(self.domains.promoted))}
-
-
-MAX_PROGRAM_LABELS = 64  # programs named in parse errors; the rest count as "other"
-
-
-def stats_series(name: str, programs: set[str]) -> SeriesKey | None:
-    """Where one of the log correlator's stats counters goes in the catalogue (None: nowhere,
-    e.g. events per status, which mailpulse_deliveries_total already counts)."""
-    head, _, tail = name.partition(".")
-    if name == "lines":
-        return ("mailpulse_log_lines_total", ())
-    if name == "evictions":
-        return ("mailpulse_log_evicted_queue_ids_total", ())
-    if head == "unparsed":
-        if tail not in programs and len(programs) >= MAX_PROGRAM_LABELS:
-            tail = "other"
-        programs.add(tail)
-        return ("mailpulse_log_parse_errors_total", (tail,))
-    if head == "events":
-        return None
-    if head == "records":
-        return ("mailpulse_log_records_total", (tail,))
-    return ("mailpulse_log_records_total", (name.replace(".", "_"),))
-
-
-# The log follower's own counts and where they go (entries: the journal's, counted as lines).
-FOLLOW_EVENTS = {
-    "rotations": "rotation",
-    "truncations": "truncation",
-    "lost_files": "lost_file",
-    "bad_checkpoint": "bad_checkpoint",
-    "bad_entries": "bad_entry",
-}
-
-
-def follow_series(name: str, target: str) -> SeriesKey | None:
-    if name == "skipped_bytes":
-        return ("mailpulse_log_skipped_bytes_total", (target,))
-    if name in FOLLOW_EVENTS:
-        return ("mailpulse_log_follow_events_total", (target, FOLLOW_EVENTS[name]))
-    return None
-
-
-@dataclass
-class SourceStatus:
-    up: bool = False
-    last_ok: float = 0.0
-    duration_s: float = 0.0
 
 
 # Postfix's units on a systemd node: postfix.service and the instances' postfix@NAME.service.
@@ -384,7 +216,7 @@ class LogPipeline(threading.Thread):
 
 
 class QueueWatch:
-    """One background queue sampler per Postfix instance, and the depth history for growth."""
+    """One background queue sampler per Postfix instance."""
 
     def __init__(self, instances: list[Instance], cfg: Config, groups: DomainGroups) -> None:
         from mailpulse.collectors.background import BackgroundQueueSampler
@@ -402,7 +234,6 @@ class QueueWatch:
             )
             for inst in instances
         }
-        self.depths: deque[tuple[float, int]] = deque(maxlen=64)
 
     def start(self) -> None:
         for s in self.samplers.values():
@@ -416,90 +247,36 @@ class QueueWatch:
         return {name: s.latest() for name, s in self.samplers.items()}
 
 
-def queue_series(snap: QueueSnapshot) -> dict[SeriesKey, float]:
-    out: dict[SeriesKey, float] = {}
-    inst = snap.instance
-    for q, st in snap.queues.items():
-        out[("mailpulse_queue_messages", (inst, q))] = st.messages
-        out[("mailpulse_queue_recipients", (inst, q))] = st.recipients
-        out[("mailpulse_queue_size_bytes", (inst, q))] = st.bytes
-        out[("mailpulse_queue_oldest_message_age_seconds", (inst, q))] = st.oldest_age_s
-    edges = snap.age_edges_min
-    for (q, side, group, bucket), (messages, _rcpts) in snap.shape.items():
-        if side != "recipient":
-            continue
-        age = f"lt{edges[bucket]}m" if bucket < len(edges) else f"ge{edges[-1]}m"
-        key = ("mailpulse_queue_shape_messages", (inst, q, group, age))
-        out[key] = out.get(key, 0) + messages
-    for (group, reason, deferral_class), n in snap.deferrals.items():
-        out[("mailpulse_queue_deferred_recipients", (inst, group, reason, deferral_class))] = n
-    out[("mailpulse_queue_deferral_coverage_ratio", (inst,))] = snap.deferral_coverage
-    for kind, n in snap.errors.items():
-        out[("mailpulse_queue_read_errors", (inst, kind))] = n
-    out[("mailpulse_queue_sample_complete", (inst,))] = 1.0 if snap.complete else 0.0
-    return out
+class HostWatch:
+    """The host sampler in its own thread: a scrape never waits for psutil's walk over the
+    processes."""
 
+    def __init__(self, instances: list[Instance], interval_s: float, stop: threading.Event):
+        self.sampler = HostSampler(instances)
+        self.interval_s = interval_s
+        self.stop_event = stop
+        self._latest: tuple[HostSample | None, SourceStatus] = (None, SourceStatus())
+        self.thread = threading.Thread(target=self._run, name="host", daemon=True)
 
-def health_weight(
-    cfg: AgentCheckConfig, depth: int, growth_per_min: float, load1: float, cpus: int
-) -> int:
-    """HAProxy weight in percent: the worst of queue depth, queue growth and load decides."""
-    factors = (
-        1 - min(1.0, depth / cfg.queue_high),
-        1 - min(1.0, max(0.0, growth_per_min) / cfg.growth_high_per_min),
-        1 - min(1.0, load1 / (cfg.load_high_per_cpu * max(1, cpus))),
-    )
-    return max(cfg.min_weight_percent, round(100 * min(factors)))
-
-
-class AgentCheckServer:
-    """HAProxy agent-check: on each connection, one line (`up 80%`, or `drain`) and close.
-
-    Every HAProxy in front of the node checks every few seconds, so connections come in
-    bursts: they wait in a deep accept queue (a full one drops SYNs, which clients retry only
-    after 1, 3, 7 s). Each connection has its own thread and a short timeout, so a client that
-    never reads nor closes holds up no other and goes away after TIMEOUT_S.
-    """
-
-    BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
-    TIMEOUT_S = 2.0
-
-    def __init__(self, listen: str, answer: Any) -> None:
-        host, _, port = listen.rpartition(":")
-        timeout = self.TIMEOUT_S
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                conn: socket.socket = self.request
-                conn.settimeout(timeout)
-                conn.sendall(answer().encode() + b"\n")
-                # Read what the client sent (HAProxy's agent-send) until it closes: closing
-                # with unread input would reset the connection and could lose the answer.
-                conn.shutdown(socket.SHUT_WR)
-                while conn.recv(4096):
-                    pass
-
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-            request_queue_size = self.BACKLOG
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                # Resets and timeouts are the client's business, not worth a traceback.
-                log.debug("agent-check: connection from %s failed", client_address, exc_info=True)
-
-        self.server = Server((host.strip("[]"), int(port)), Handler)
-        self.address = self.server.server_address
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, name="agent-check", daemon=True
-        )
+    def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            sample, status = self._latest
+            try:
+                sample = self.sampler.sample()
+                status = SourceStatus(True, time.time(), time.monotonic() - started)
+            except Exception:
+                log.exception("host sample failed")
+                status = SourceStatus(False, status.last_ok, time.monotonic() - started)
+            self._latest = (sample, status)
+            if self.stop_event.wait(self.interval_s):
+                return
 
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def latest(self) -> tuple[HostSample | None, SourceStatus]:
+        return self._latest
 
 
 class StartupError(Exception):
@@ -588,13 +365,8 @@ def startup_problems(cfg: Config) -> list[str]:
 
 class Agent:
     def __init__(self, cfg: Config, instances: list[Instance], log_sources: list[Path] | None):
-        from mailpulse.collectors.host import HostSampler
-        from mailpulse.exporters.prometheus import (
-            CatalogueCollector,
-            MetricsServer,
-            load_web_config,
-            make_registry,
-        )
+        from mailpulse.exporters.prometheus import serve_metrics
+        from mailpulse.exporters.web import WebServer, load_web_config
 
         self.cfg = cfg
         self.instances = instances
@@ -623,110 +395,41 @@ class Agent:
             for s in sources
         ]
         self.queues = QueueWatch(instances, cfg, self.groups) if instances else None
-        self.host = HostSampler(instances)
-        self._host_cache: tuple[float, dict[SeriesKey, float]] = (0.0, {})
-        self._host_status = SourceStatus()
-        self._host_thread = threading.Thread(target=self._sample_host, name="host", daemon=True)
+        queues_latest = self.queues.latest if self.queues is not None else None
+        self.host = HostWatch(instances, cfg.host_interval_s, self.stop_event)
+        self.series = Series(
+            self.state,
+            host=self.host.latest,
+            queues=queues_latest,
+            queue_interval_s=cfg.queue_interval_s,
+            logs=self.logs,
+            domains=self.accounting.domains,
+        )
         self.common = {"node": cfg.node, "role": cfg.role}
         web = load_web_config(cfg.web_config_file)
-        collector = CatalogueCollector(self.state, self.live, self.common)
         host, _, port = cfg.listen.rpartition(":")
         try:
-            self.http = MetricsServer(
-                make_registry(collector), (host.strip("[]"), int(port)), web, self.common
-            )
+            self.http = WebServer((host.strip("[]"), int(port)), web, self.common)
         except OSError as e:
             raise StartupError(listen_problem("listen", cfg.listen, e)) from None
-        self._check_lock = threading.Lock()  # the agent-check threads share the depth history
+        serve_metrics(self.http, self.series, self.common)
+        self.agent_check = AgentCheck(cfg.agent_check, self.blocks, queues_latest)
         self.check: AgentCheckServer | None = None
         if cfg.agent_check.listen:
             try:
-                self.check = AgentCheckServer(cfg.agent_check.listen, self.agent_check_answer)
+                self.check = AgentCheckServer(cfg.agent_check.listen, self.agent_check.answer)
             except OSError as e:
                 self.http.httpd.server_close()  # never served: shutdown() would wait forever
                 raise StartupError(
                     listen_problem("agent_check.listen", cfg.agent_check.listen, e)
                 ) from None
 
-    # -- what a scrape sees -------------------------------------------------------------------
-    def _sample_host(self) -> None:
-        """In its own thread: a scrape never waits for psutil's walk over the processes."""
-        while True:
-            started = time.monotonic()
-            try:
-                sample = self.host.sample()
-                status = SourceStatus(True, time.time(), time.monotonic() - started)
-            except Exception:
-                log.exception("host sample failed")
-                sample = self._host_cache[1]
-                status = SourceStatus(False, self._host_status.last_ok, time.monotonic() - started)
-            self._host_cache, self._host_status = (time.monotonic(), sample), status
-            if self.stop_event.wait(self.cfg.host_interval_s):
-                return
-
-    def host_sample(self) -> dict[SeriesKey, float]:
-        return self._host_cache[1]
-
-    def live(self) -> dict[SeriesKey, float]:
-        out = dict(self.host_sample())
-        now = time.time()
-        statuses: list[tuple[str, str, SourceStatus]] = [("host", "", self._host_status)]
-        for p in self.logs:
-            statuses.append(("log", p.target, p.status))
-            for kind, n in p.errors.items():
-                out[("mailpulse_log_read_errors_total", (p.target, kind))] = n
-        if self.queues is not None:
-            for name, snap in self.queues.latest().items():
-                if snap is None:
-                    statuses.append(("queue", name, SourceStatus()))
-                    continue
-                out.update(queue_series(snap))
-                fresh = now - snap.taken_at < 3 * self.cfg.queue_interval_s + snap.duration_s
-                statuses.append(
-                    ("queue", name, SourceStatus(fresh, snap.taken_at, snap.duration_s))
-                )
-        for source, inst, st in statuses:
-            out[("mailpulse_source_up", (source, inst))] = 1.0 if st.up else 0.0
-            if st.last_ok:
-                out[("mailpulse_source_sample_age_seconds", (source, inst))] = now - st.last_ok
-            out[("mailpulse_source_scan_duration_seconds", (source, inst))] = st.duration_s
-        out[("mailpulse_domain_groups_promoted", ())] = len(self.accounting.domains.promoted)
-        out[("mailpulse_agent_info", (__version__,))] = 1.0
-        return out
-
-    def queue_depth(self) -> tuple[int, float]:
-        """Messages waiting (all instances) and their growth per minute over the last samples."""
-        if self.queues is None:
-            return 0, 0.0
-        snaps = [s for s in self.queues.latest().values() if s is not None]
-        depth = sum(s.queues[q].messages for s in snaps for q in ACTIVE_QUEUES if q in s.queues)
-        taken = max((s.taken_at for s in snaps), default=0.0)
-        hist = self.queues.depths
-        if snaps and (not hist or hist[-1][0] != taken):
-            hist.append((taken, depth))
-        while len(hist) > 1 and taken - hist[0][0] > 600:
-            hist.popleft()
-        growth = 0.0
-        if len(hist) > 1 and hist[-1][0] > hist[0][0]:
-            growth = (hist[-1][1] - hist[0][1]) / ((hist[-1][0] - hist[0][0]) / 60)
-        return depth, growth
-
-    def agent_check_answer(self) -> str:
-        if self.blocks.blocked():
-            return "drain"
-        with self._check_lock:
-            depth, growth = self.queue_depth()
-        load1 = os.getloadavg()[0]
-        weight = health_weight(self.cfg.agent_check, depth, growth, load1, os.cpu_count() or 1)
-        return f"up {weight}%"
-
-    # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
         for p in self.logs:
             p.start()
         if self.queues is not None:
             self.queues.start()
-        self._host_thread.start()
+        self.host.start()
         self.http.start()
         if self.check is not None:
             self.check.start()
@@ -784,7 +487,7 @@ def main(args: Any) -> int:
 
     from mailpulse.config import ConfigError, instances_to_watch, load_for
     from mailpulse.config import log_sources as find_log_sources
-    from mailpulse.exporters.prometheus import WebConfigError, load_web_config
+    from mailpulse.exporters.web import WebConfigError, load_web_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:

@@ -7,6 +7,7 @@ directories, and its maillog_file when it logs there rather than through syslog.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -25,23 +26,39 @@ class Instance:
     maillog_file: Path | None  # None: the instance logs through syslog
 
 
-def postconf(config_dir: Path | None, *names: str) -> dict[str, str]:
-    """main.cf parameters as Postfix resolves them: defaults included, $names expanded."""
-    argv = ["postconf", "-x"]
+def run_postconf(config_dir: Path | None, *args: str) -> str:
+    """postconf's output for these arguments, for this instance's configuration."""
+    argv = ["postconf", *(a for a in args if a.startswith("-"))]
     if config_dir is not None:
         argv += ["-c", str(config_dir)]
     try:
-        r = subprocess.run([*argv, *names], capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [*argv, *(a for a in args if not a.startswith("-"))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "LC_ALL": "C"},
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise PostconfError(f"{' '.join(argv)}: {e}") from e
     if r.returncode != 0:
         raise PostconfError(f"{' '.join(argv)}: {r.stderr.strip() or r.returncode}")
+    return r.stdout
+
+
+def postconf(config_dir: Path | None, *names: str) -> dict[str, str]:
+    """main.cf parameters as Postfix resolves them: defaults included, $names expanded."""
     values = {}
-    for line in r.stdout.splitlines():
+    for line in run_postconf(config_dir, "-x", *names).splitlines():
         name, sep, value = line.partition(" = ")
         if sep:
             values[name.strip()] = value.strip()
     return values
+
+
+def master_services(config_dir: Path | None) -> str:
+    """master.cf as `postconf -M` prints it: one service a line, continuation lines indented."""
+    return run_postconf(config_dir, "-M")
 
 
 def instance_at(config_dir: Path | None) -> Instance:

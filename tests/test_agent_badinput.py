@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 from lab.postfix import free_port
-from mailpulse.agent import Agent, stats_series
+from mailpulse.agent import Agent
 from mailpulse.config import instances_to_watch, parse_config
+from mailpulse.series import stats_series
 from tests.agent_support import scrape, wait_for
 from tests.conftest import require_programs
 

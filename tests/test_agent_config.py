@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mailpulse.collectors.host import parse_master_limits
 
-from mailpulse.agent import health_weight
+from mailpulse.agentcheck import health_weight
 from mailpulse.config import AgentCheckConfig, Config, ConfigError, load_config, parse_config
 from mailpulse.state import State
 
@@ -178,9 +178,10 @@ def test_host_sampler_sees_the_lab_postfix_processes_and_limits(lab) -> None:  #
     from mailpulse.collectors.host import HostSampler
 
     from mailpulse.config import instances_to_watch
+    from mailpulse.series import host_series
 
     cfg = Config(postfix_config_dirs=(lab.etc,))
-    sample = HostSampler(instances_to_watch(cfg)).sample()
+    sample = host_series(HostSampler(instances_to_watch(cfg)).sample())
     # The lab's master.cf: qmgr and pickup have 1 process each; smtp takes the default limit.
     assert sample[("mailpulse_postfix_processes", ("postfix", "qmgr"))] == 1
     assert sample[("mailpulse_postfix_processes", ("postfix", "pickup"))] == 1

@@ -23,9 +23,10 @@ import pytest
 from mailpulse.collectors.maillog import Correlator
 
 from lab.postfix import free_port
-from mailpulse.agent import Accounting, Agent
+from mailpulse.agent import Agent
 from mailpulse.config import instances_to_watch, parse_config
 from mailpulse.events import DeliveryEvent
+from mailpulse.series import Accounting
 from tests.agent_support import AgentProcess, scrape, wait_for
 from tests.conftest import require_programs, require_root
 

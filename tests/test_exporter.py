@@ -15,18 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mailpulse.exporters.prometheus import (
-    CatalogueCollector,
-    MetricsServer,
-    WebConfigError,
-    load_web_config,
-    make_registry,
-)
+from mailpulse.collectors.host import HostSample
+from mailpulse.exporters.prometheus import serve_metrics
+from mailpulse.exporters.web import WebConfigError, WebServer, load_web_config
 
 from mailpulse import catalogue
-from mailpulse.agent import Accounting, TopDomains
 from mailpulse.domains import PROVIDER_DOMAINS, DomainGroups
 from mailpulse.events import DeliveryEvent
+from mailpulse.series import Accounting, Series, SourceStatus, TopDomains
 from mailpulse.state import State
 from tests.conftest import require_programs
 
@@ -76,11 +72,10 @@ def state(tmp_path: Path) -> Iterator[State]:
     s.close()
 
 
-def serve(state: State, web_config: Path | None = None, live=None) -> MetricsServer:  # type: ignore[no-untyped-def]
-    collector = CatalogueCollector(state, live or (lambda: {}), COMMON)
-    return MetricsServer(
-        make_registry(collector), ("127.0.0.1", 0), load_web_config(web_config), COMMON
-    ).start()
+def serve(state: State, web_config: Path | None = None, series: Series | None = None) -> WebServer:
+    server = WebServer(("127.0.0.1", 0), load_web_config(web_config), COMMON)
+    serve_metrics(server, series or Series(state), COMMON)
+    return server.start()
 
 
 def get(url: str, auth: tuple[str, str] | None = None, ctx: ssl.SSLContext | None = None):  # type: ignore[no-untyped-def]
@@ -106,7 +101,8 @@ def test_metrics_follow_the_catalogue_and_promtool_accepts_them(state: State) ->
     state.commit()
     from mailpulse.collectors.host import HostSampler
 
-    server = serve(state, live=HostSampler([]).sample)
+    sample = HostSampler([]).sample()
+    server = serve(state, series=Series(state, host=lambda: (sample, SourceStatus(True))))
     try:
         status, body = get(f"http://127.0.0.1:{server.address[1]}/metrics")
     finally:
@@ -281,12 +277,12 @@ def test_100000_distinct_domains_stay_under_the_series_budget(state: State) -> N
 
 
 def test_a_failing_gauge_source_still_serves_the_counters(state: State) -> None:
-    def broken() -> dict[tuple[str, tuple[str, ...]], float]:
+    def broken() -> tuple[HostSample | None, SourceStatus]:
         raise OSError("spool unreadable")  # bad input: a source that fails at scrape time
 
     state.inc("mailpulse_log_lines_total", (), 42)
     state.commit()
-    server = serve(state, live=broken)
+    server = serve(state, series=Series(state, host=broken))
     try:
         status, body = get(f"http://127.0.0.1:{server.address[1]}/metrics")
     finally:
