@@ -1,29 +1,19 @@
 /* Postfix log lines -> the fields of their seven common shapes, a block of lines at a time.
  *
- * scan(block: bytes, max_line: int[, end: int]) -> list, one item per line of block[:end]
- * ("\n" between lines):
- *   (0, start, end)                   any other line: for the caller's general parser
- *   (1, start, end, prefix, qid, to, orig_to, relay, delay, delays, dsn, status, reply,
- *    domain, reply_code, logged_dsn)  delay a float (0.0 when not a number), delays a tuple
- *                                     of 4 floats or None, reply without its parentheses,
- *                                     domain lowercased; reply_code and dsn as event_of
- *                                     reads them, logged_dsn the dsn Postfix logged when
- *                                     the remote's own replaced it, else None
- *   (2, start, end, prefix, qid, sender, size, nrcpt)   qmgr from=<>, ... (queue active)
- *   (3, start, end, prefix, qid)                        qmgr removed
- *   (4, start, end, prefix, qid, message_id)            cleanup message-id=
- *   (5, start, end, prefix, qid, client_ip)             smtpd client=
- *   (6, start, end, prefix, qid)                        bounce "... notification: ..."
- *   (7, start, end, prefix, qid, sender)                qmgr from=<>, status=expired...
- * prefix is "Nov 28 17:33:59 host postfix/smtp[123]"; the caller checks the service. Shapes
- * are strict: a line with anything unusual (not ASCII, NUL, CR, over max_line bytes, a "," or
- * "<>" inside a field) is kind 0. The reference is the general parser (logparse.py): tests
- * hold the two equal.
+ * scan(block: bytes, max_line: int[, end: int]) -> list, one item per line of block[:end]:
+ * the same items as collectors/scanner.py, its pure-Python twin, whose docstring says what
+ * each kind carries. The kinds are exported as constants (OTHER, DELIVERY, ...) with the
+ * values of scanner.LineKind; tests hold the two scanners equal item for item, and both to
+ * the general parser (logparse.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
+enum kind { OTHER, DELIVERY, QUEUED, REMOVED, MESSAGE_ID, CLIENT, NOTIFICATION, EXPIRED };
+static const char *const kind_names[] = {"OTHER",      "DELIVERY", "QUEUED",       "REMOVED",
+                                         "MESSAGE_ID", "CLIENT",   "NOTIFICATION", "EXPIRED"};
 
 typedef const unsigned char *P;
 
@@ -181,7 +171,7 @@ static PyObject *to_float(P s, P e) {
     return f;
 }
 
-/* delay=: its float, 0.0 when it is empty or not a number (as maillog._float) */
+/* delay=: its float, 0.0 when it is empty or not a number (as logparse.delay_of) */
 static PyObject *delay_of(P s, P e) {
     PyObject *f = s < e ? to_float(s, e) : NULL;
     if (!f && s < e) {
@@ -191,7 +181,7 @@ static PyObject *delay_of(P s, P e) {
     return f ? f : PyFloat_FromDouble(0.0);
 }
 
-/* delays=a/b/c/d: a tuple of four floats, None when it is not that (as maillog._delays) */
+/* delays=a/b/c/d: a tuple of four floats, None when it is not that (as logparse.delays_of) */
 static PyObject *delays_of(P s, P e) {
     PyObject *t = PyTuple_New(4);
     if (!t) return NULL;
@@ -253,174 +243,179 @@ fail:
     return NULL;
 }
 
+/* The remote's codes, as logparse.delivery_codes reads them from the reply [rp, rp_e) and the
+ * logged dsn [dn, dn_e): out[0] the dsn, with Postfix's X.0.0 replaced by the remote's own
+ * enhanced code, out[1] the reply code, out[2] the logged dsn when it was replaced, else None */
+static void remote_codes(P rp, P rp_e, P dn, P dn_e, PyObject **out) {
+    P code, rdsn, rdsn_e;
+    reply_codes(rp, rp_e, &code, &rdsn, &rdsn_e);
+    Py_ssize_t rl_n = rp_e - rp, dl_n = dn_e - dn;
+    int usual = rl_n >= 4 && (*rp == '2' || *rp == '4' || *rp == '5') && is_digit(rp[1])
+                && is_digit(rp[2]) && (rp[3] == ' ' || rp[3] == '-');
+    int unsure = dl_n >= 4 && memcmp(dn_e - 4, ".0.0", 4) == 0
+                 && !(usual && rl_n >= 4 + dl_n && memcmp(rp + 4, dn, dl_n) == 0
+                      && !(rl_n > 4 + dl_n && is_digit(rp[4 + dl_n])));
+    out[1] = code ? recurring(9, code, code + 3, str) : str(rp, rp);
+    if (unsure && rdsn < rdsn_e && !(rdsn_e - rdsn == dl_n && memcmp(rdsn, dn, dl_n) == 0)) {
+        out[0] = recurring(5, rdsn, rdsn_e, str);
+        out[2] = recurring(5, dn, dn_e, str);
+    } else {
+        out[0] = recurring(5, dn, dn_e, str);
+        out[2] = Py_NewRef(Py_None);
+    }
+}
+
+/* "to=<...>, ..., status=... (reply)" at [r, e) -> DELIVERY with out[0..10] set (to, orig_to,
+ * relay, delay, delays, dsn, status, reply, domain, reply_code, logged_dsn), else OTHER */
+static int delivery(P r, P e, PyObject **out) {
+    P p = r + 4, x;
+    P to = p, to_e = field(p, e);
+    if (!starts(to_e, e, ">, ", 3)) return OTHER;
+    p = to_e + 3;
+    P ot = p, ot_e = p;
+    if (starts(p, e, "orig_to=", 8)) {
+        p += 8;
+        int bracket = p < e && *p == '<';
+        ot = p + bracket;
+        ot_e = field(ot, e);
+        if (bracket ? !starts(ot_e, e, ">, ", 3) : !starts(ot_e, e, ", ", 2)) return OTHER;
+        p = ot_e + 2 + bracket;
+    }
+    if (!starts(p, e, "relay=", 6)) return OTHER;
+    P rl = p + 6, rl_e = field(rl, e);
+    if (!starts(rl_e, e, ", ", 2)) return OTHER;
+    p = rl_e + 2;
+    if (starts(p, e, "conn_use=", 9)) {
+        x = digits(p + 9, e);
+        if (x == p + 9 || !starts(x, e, ", ", 2)) return OTHER;
+        p = x + 2;
+    }
+    if (!starts(p, e, "delay=", 6)) return OTHER;
+    P dl = p + 6, dl_e = field(dl, e);
+    if (!starts(dl_e, e, ", delays=", 9)) return OTHER;
+    P ds = dl_e + 9, ds_e = field(ds, e);
+    if (!starts(ds_e, e, ", dsn=", 6)) return OTHER;
+    P dn = ds_e + 6, dn_e = field(dn, e);
+    if (!starts(dn_e, e, ", status=", 9)) return OTHER;
+    P st = dn_e + 9, st_e = st;
+    while (st_e < e && *st_e != ' ') st_e++;
+    Py_ssize_t sl = st_e - st;
+    if (!((sl == 4 && memcmp(st, "sent", 4) == 0) || (sl == 8 && memcmp(st, "deferred", 8) == 0)
+          || (sl == 7 && memcmp(st, "bounced", 7) == 0)
+          || (sl == 7 && memcmp(st, "expired", 7) == 0)))
+        return OTHER;
+    P rp = st_e < e ? st_e + 1 : e, rp_e = e;
+    if (rp_e - rp >= 2 && *rp == '(' && rp_e[-1] == ')') rp++, rp_e--;
+    out[0] = str(to, to_e);
+    out[1] = str(ot, ot_e);
+    out[2] = recurring(2, rl, rl_e, str);
+    out[3] = recurring(3, dl, dl_e, delay_of);
+    out[4] = recurring(4, ds, ds_e, delays_of);
+    out[6] = recurring(6, st, st_e, str);
+    out[7] = str(rp, rp_e);
+    /* the recipient's domain (as scanner.py: rpartition("@"), lower) */
+    P at = to_e;
+    while (at > to && at[-1] != '@') at--;
+    out[8] = recurring(8, at, to_e, lower_str);
+    PyObject *codes[3];
+    remote_codes(rp, rp_e, dn, dn_e, codes);
+    out[5] = codes[0], out[9] = codes[1], out[10] = codes[2];
+    return DELIVERY;
+}
+
+/* "from=<...>, ..." at [r, e) -> QUEUED (out[0..2]: sender, size, nrcpt), EXPIRED (out[0]:
+ * sender) or OTHER */
+static int from(P r, P e, PyObject **out) {
+    P sd = r + 6, sd_e = sd;
+    while (sd_e < e && *sd_e != '<' && *sd_e != '>' && *sd_e != ',' && *sd_e != ' ') sd_e++;
+    if (starts(sd_e, e, ">, status=expired", 17)) {
+        out[0] = str(sd, sd_e);
+        return EXPIRED;
+    }
+    if (!starts(sd_e, e, ">, size=", 8)) return OTHER;
+    P sz = sd_e + 8, sz_e = digits(sz, e);
+    if (sz_e == sz || !starts(sz_e, e, ", nrcpt=", 8)) return OTHER;
+    P nr = sz_e + 8, nr_e = digits(nr, e);
+    if (nr_e == nr || e - nr_e != 15 || memcmp(nr_e, " (queue active)", 15) != 0) return OTHER;
+    out[1] = number(sz, sz_e);
+    out[2] = number(nr, nr_e);
+    if (!out[1] || !out[2]) { /* past 18 digits: no size (the general parser says None) */
+        Py_CLEAR(out[1]);
+        Py_CLEAR(out[2]);
+        return OTHER;
+    }
+    out[0] = str(sd, sd_e);
+    return QUEUED;
+}
+
+/* "client=host[ip]" at [r, e) -> CLIENT (out[0]: ip) or OTHER */
+static int client(P r, P e, PyObject **out) {
+    P c = r + 7;
+    while (c < e && *c != '[' && *c != ',' && !is_space(*c)) c++;
+    if (!(c < e && *c == '[')) return OTHER;
+    P ip = c + 1, ip_e = ip;
+    while (ip_e < e && *ip_e != ']' && *ip_e != ',') ip_e++;
+    /* a later "client_ip=" field is what the general parser would keep */
+    if (!(ip_e < e && *ip_e == ']' && !memmem(ip_e, e - ip_e, "client_ip=", 10))) return OTHER;
+    out[0] = recurring(7, ip, ip_e, str);
+    return CLIENT;
+}
+
+/* a notice from bounce: " notification: " anywhere in [r, e) */
+static int notification(P r, P e) {
+    static const char note[] = " notification: ";
+    for (P c = r; e - c >= 15; c++) {
+        c = memchr(c, ' ', e - c);
+        if (!c || e - c < 15) break;
+        if (memcmp(c, note, 15) == 0) return 1;
+    }
+    return 0;
+}
+
+/* fields after the prefix and queue id, per kind */
+static const int extra_fields[] = {0, 11, 3, 0, 1, 1, 0, 1};
+
 /* One line [s, e) of the block starting at base -> its item, or NULL with an error set. */
 static PyObject *line_item(P base, P s, P e, Py_ssize_t max_line, int plain) {
     Py_ssize_t a = s - base, b = e - base;
     PyObject *f[13] = {0};
-    if (e - s > max_line) return item(0, a, b, 0, f);
+    if (e - s > max_line) return item(OTHER, a, b, 0, f);
     if (!plain)
         for (P c = s; c < e; c++)
-            if (*c == 0 || *c == '\r' || *c >= 0x80) return item(0, a, b, 0, f);
+            if (*c == 0 || *c == '\r' || *c >= 0x80) return item(OTHER, a, b, 0, f);
     /* the header ends at the first "]", which must be followed by ": " */
     P pre = memchr(s, ']', e - s);
-    if (!pre || !starts(pre + 1, e, ": ", 2)) return item(0, a, b, 0, f);
+    if (!pre || !starts(pre + 1, e, ": ", 2)) return item(OTHER, a, b, 0, f);
     P q = pre + 3, qe = q;
     while (qe < e && is_hex(*qe) && qe - q < 25) qe++;
     if (!(qe - q >= 5 && qe - q <= 24 && starts(qe, e, ": ", 2))) {
         qe = q;
         while (qe < e && is_long_qid(*qe) && qe - q < 25) qe++;
-        if (!(qe - q >= 10 && qe - q <= 24 && starts(qe, e, ": ", 2))) return item(0, a, b, 0, f);
+        if (!(qe - q >= 10 && qe - q <= 24 && starts(qe, e, ": ", 2)))
+            return item(OTHER, a, b, 0, f);
     }
     P r = qe + 2;
-    int kind = 0;
+    int kind = OTHER;
     if (starts(r, e, "to=<", 4)) {
-        P p = r + 4, x;
-        P to = p, to_e = field(p, e);
-        if (!starts(to_e, e, ">, ", 3)) goto other;
-        p = to_e + 3;
-        P ot = p, ot_e = p;
-        if (starts(p, e, "orig_to=", 8)) {
-            p += 8;
-            if (p < e && *p == '<') {
-                ot = p + 1;
-                ot_e = field(ot, e);
-                if (!starts(ot_e, e, ">, ", 3)) goto other;
-                p = ot_e + 3;
-            } else {
-                ot = p;
-                ot_e = field(p, e);
-                if (!starts(ot_e, e, ", ", 2)) goto other;
-                p = ot_e + 2;
-            }
-        }
-        if (!starts(p, e, "relay=", 6)) goto other;
-        P rl = p + 6, rl_e = field(rl, e);
-        if (!starts(rl_e, e, ", ", 2)) goto other;
-        p = rl_e + 2;
-        if (starts(p, e, "conn_use=", 9)) {
-            x = digits(p + 9, e);
-            if (x == p + 9 || !starts(x, e, ", ", 2)) goto other;
-            p = x + 2;
-        }
-        if (!starts(p, e, "delay=", 6)) goto other;
-        P dl = p + 6, dl_e = field(dl, e);
-        if (!starts(dl_e, e, ", delays=", 9)) goto other;
-        P ds = dl_e + 9, ds_e = field(ds, e);
-        if (!starts(ds_e, e, ", dsn=", 6)) goto other;
-        P dn = ds_e + 6, dn_e = field(dn, e);
-        if (!starts(dn_e, e, ", status=", 9)) goto other;
-        P st = dn_e + 9, st_e = st;
-        while (st_e < e && *st_e != ' ') st_e++;
-        Py_ssize_t sl = st_e - st;
-        if (!((sl == 4 && memcmp(st, "sent", 4) == 0) || (sl == 8 && memcmp(st, "deferred", 8) == 0)
-              || (sl == 7 && memcmp(st, "bounced", 7) == 0)
-              || (sl == 7 && memcmp(st, "expired", 7) == 0)))
-            goto other;
-        P rp = st_e < e ? st_e + 1 : e, rp_e = e;
-        if (rp_e - rp >= 2 && *rp == '(' && rp_e[-1] == ')') rp++, rp_e--;
-        f[0] = recurring(0, s, pre + 1, str);
-        f[1] = recurring(1, q, qe, str);
-        f[2] = str(to, to_e);
-        f[3] = str(ot, ot_e);
-        f[4] = recurring(2, rl, rl_e, str);
-        f[5] = recurring(3, dl, dl_e, delay_of);
-        f[6] = recurring(4, ds, ds_e, delays_of);
-        f[7] = recurring(5, dn, dn_e, str);
-        f[8] = recurring(6, st, st_e, str);
-        f[9] = str(rp, rp_e);
-        /* the recipient's domain (maillog.event_of: rpartition("@"), lower) */
-        P at = to_e;
-        while (at > to && at[-1] != '@') at--;
-        f[10] = recurring(8, at, to_e, lower_str);
-        /* the remote's codes, as maillog.event_of reads them: the reply code, and the dsn
-         * with Postfix's X.0.0 replaced by the remote's own enhanced code (f[12] then the
-         * logged one, else None) */
-        P code, rdsn, rdsn_e;
-        reply_codes(rp, rp_e, &code, &rdsn, &rdsn_e);
-        Py_ssize_t rl_n = rp_e - rp, dl_n = dn_e - dn;
-        int usual = rl_n >= 4 && (*rp == '2' || *rp == '4' || *rp == '5') && is_digit(rp[1])
-                    && is_digit(rp[2]) && (rp[3] == ' ' || rp[3] == '-');
-        int unsure = dl_n >= 4 && memcmp(dn_e - 4, ".0.0", 4) == 0
-                     && !(usual && rl_n >= 4 + dl_n && memcmp(rp + 4, dn, dl_n) == 0
-                          && !(rl_n > 4 + dl_n && is_digit(rp[4 + dl_n])));
-        f[11] = code ? recurring(9, code, code + 3, str) : str(rp, rp);
-        if (unsure && rdsn < rdsn_e && !(rdsn_e - rdsn == dl_n && memcmp(rdsn, dn, dl_n) == 0)) {
-            f[12] = f[7];
-            f[7] = recurring(5, rdsn, rdsn_e, str);
-        } else {
-            f[12] = Py_NewRef(Py_None);
-        }
-        return item(1, a, b, 13, f);
-    }
-    if (starts(r, e, "from=<", 6)) {
-        P sd = r + 6, sd_e = sd;
-        while (sd_e < e && *sd_e != '<' && *sd_e != '>' && *sd_e != ',' && *sd_e != ' ') sd_e++;
-        if (starts(sd_e, e, ">, status=expired", 17)) {
-            f[0] = recurring(0, s, pre + 1, str);
-            f[1] = recurring(1, q, qe, str);
-            f[2] = str(sd, sd_e);
-            return item(7, a, b, 3, f);
-        }
-        if (!starts(sd_e, e, ">, size=", 8)) goto other;
-        P sz = sd_e + 8, sz_e = digits(sz, e);
-        if (sz_e == sz || !starts(sz_e, e, ", nrcpt=", 8)) goto other;
-        P nr = sz_e + 8, nr_e = digits(nr, e);
-        if (nr_e == nr || e - nr_e != 15 || memcmp(nr_e, " (queue active)", 15) != 0) goto other;
-        f[3] = number(sz, sz_e);
-        f[4] = number(nr, nr_e);
-        if (!f[3] || !f[4]) {
-            Py_XDECREF(f[3]);
-            Py_XDECREF(f[4]);
-            f[3] = f[4] = NULL;
-            goto other;
-        }
-        f[0] = recurring(0, s, pre + 1, str);
-        f[1] = recurring(1, q, qe, str);
-        f[2] = str(sd, sd_e);
-        return item(2, a, b, 5, f);
-    }
-    if (e - r == 7 && memcmp(r, "removed", 7) == 0) {
-        kind = 3;
+        kind = delivery(r, e, f + 2);
+    } else if (starts(r, e, "from=<", 6)) {
+        kind = from(r, e, f + 2);
+    } else if (e - r == 7 && memcmp(r, "removed", 7) == 0) {
+        kind = REMOVED;
     } else if (starts(r, e, "message-id=", 11)) {
-        f[0] = recurring(0, s, pre + 1, str);
-        f[1] = recurring(1, q, qe, str);
         P m = r + 11, m_e = e;
         /* the id without its angle brackets, as the general parser keeps it */
         if (m_e - m >= 2 && *m == '<' && m_e[-1] == '>') m++, m_e--;
         f[2] = str(m, m_e);
-        return item(4, a, b, 3, f);
+        kind = MESSAGE_ID;
     } else if (starts(r, e, "client=", 7)) {
-        P c = r + 7;
-        while (c < e && *c != '[' && *c != ',' && !is_space(*c)) c++;
-        if (c < e && *c == '[') {
-            P ip = c + 1, ip_e = ip;
-            while (ip_e < e && *ip_e != ']' && *ip_e != ',') ip_e++;
-            /* a later "client_ip=" field is what the general parser would keep */
-            if (ip_e < e && *ip_e == ']' && !memmem(ip_e, e - ip_e, "client_ip=", 10)) {
-                f[0] = recurring(0, s, pre + 1, str);
-                f[1] = recurring(1, q, qe, str);
-                f[2] = recurring(7, ip, ip_e, str);
-                return item(5, a, b, 3, f);
-            }
-        }
+        kind = client(r, e, f + 2);
     }
-other:
-    if (!kind) {
-        /* a notice from bounce: " notification: " anywhere after the queue id */
-        static const char note[] = " notification: ";
-        for (P c = r; e - c >= 15; c++) {
-            c = memchr(c, ' ', e - c);
-            if (!c || e - c < 15) break;
-            if (memcmp(c, note, 15) == 0) {
-                kind = 6;
-                break;
-            }
-        }
-    }
-    if (!kind) return item(0, a, b, 0, f);
+    if (!kind && notification(r, e)) kind = NOTIFICATION;
+    if (!kind) return item(OTHER, a, b, 0, f);
     f[0] = recurring(0, s, pre + 1, str);
     f[1] = recurring(1, q, qe, str);
-    return item(kind, a, b, 2, f);
+    return item(kind, a, b, 2 + extra_fields[kind], f);
 }
 
 static PyObject *scan(PyObject *self, PyObject *args) {
@@ -464,4 +459,9 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastlog", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fastlog(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastlog(void) {
+    PyObject *m = PyModule_Create(&module);
+    for (int k = OTHER; m && k <= EXPIRED; k++)
+        if (PyModule_AddIntConstant(m, kind_names[k], k) < 0) Py_CLEAR(m);
+    return m;
+}

@@ -1,5 +1,5 @@
-"""Follow a log file (or the journal) through rotation and restarts, with a checkpoint that
-survives kill -9.
+"""Log sources: a file followed through rotation and restarts, the journal, a stream (stdin);
+each hands over blocks of whole lines, the first two with a checkpoint that survives kill -9.
 
 A file is known by its inode and a fingerprint of its first bytes (of its decompressed text
 when it is a .gz). Rotation renames the file (maillog.1, maillog-20261128) and may compress it
@@ -22,7 +22,11 @@ import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast, runtime_checkable
+
+from mailpulse.collectors.logparse import MAX_LINE
+
+from mailpulse.files import atomic_write
 
 FINGERPRINT_BYTES = 256
 CHUNK = 1 << 20
@@ -41,6 +45,108 @@ _ROTATED = re.compile(r"(?:\.(\d{1,6})|-(\d[\d_-]*))(\.gz)?")
 
 class LogUnreadable(OSError):
     """The log is there but this process may not read it; str() is one line naming both."""
+
+
+@runtime_checkable
+class LogSource(Protocol):
+    """Where log lines come from: what the agent follows and `logs parse|report` read.
+
+    `stats` counts what the source met (rotations, lost files, bad entries...); `state` is
+    saved with the checkpoint in the same atomic write; `damage` says why a saved checkpoint
+    could not be used ("" when it could)."""
+
+    stats: dict[str, int]
+    state: dict[str, Any]
+    damage: str
+
+    def read_blocks(self, max_bytes: int | None = None) -> Iterator[bytes]:
+        """Blocks of whole lines, each ending with a newline (the last one of a stream may
+        lack it), since the last read or checkpoint; about max_bytes in all."""
+        ...
+
+    def save_checkpoint(self, state: dict[str, Any] | None = None) -> None: ...
+
+    def seek_end(self) -> str:
+        """Start after what the source holds now; says where."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _load_checkpoint(path: Path | None, stats: dict[str, int]) -> tuple[dict[str, Any] | None, str]:
+    """A saved checkpoint's data (None when there is none), or (None, why) when it cannot be
+    read."""
+    if not path or not path.exists():
+        return None, ""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        return data, ""
+    except (OSError, ValueError, TypeError) as e:
+        return None, _damaged(e, stats)
+
+
+def _damaged(e: Exception, stats: dict[str, int]) -> str:
+    """A checkpoint that cannot be used: counted, and why in one line."""
+    stats["bad_checkpoint"] += 1
+    return f"{type(e).__name__}: {e}"[:200]
+
+
+class StreamSource:
+    """Whole-line blocks of a binary stream (stdin, an opened file), read as they come: a
+    pipe's block is what it holds. No checkpoint: a stream is read once.
+
+    A line longer than MAX_LINE keeps only its first MAX_LINE + 1 bytes (the parser reads
+    MAX_LINE of them and flags it cut, as it does for the whole line); the rest is skipped up to
+    its newline without being held, so any line costs linear time and at most MAX_LINE + block
+    bytes. When reading fails part way, the lines before come first, then the error."""
+
+    def __init__(self, f: BinaryIO, block: int = 1 << 16) -> None:
+        self.f = f
+        self.block = block
+        self.stats: dict[str, int] = {}
+        self.state: dict[str, Any] = {}
+        self.damage = ""
+
+    def read_blocks(self, max_bytes: int | None = None) -> Iterator[bytes]:
+        read = getattr(self.f, "read1", self.f.read)
+        rest = b""  # the start of a line cut by the last block: at most MAX_LINE + 1 bytes
+        skipping = False  # rest is the head of an over-long line whose newline is still ahead
+        while True:
+            try:
+                chunk = read(self.block)
+            except Exception:
+                if rest:  # what was read before the damage: a last line cut where it stopped
+                    yield rest
+                raise
+            if not chunk:
+                break
+            if skipping:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    continue
+                skipping = False
+                chunk = chunk[nl:]
+            data = rest + chunk if rest else chunk
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield data[:cut]
+            rest = data[cut:]
+            if len(rest) > MAX_LINE:
+                rest = rest[: MAX_LINE + 1]
+                skipping = True
+        if rest:
+            yield rest
+
+    def save_checkpoint(self, state: dict[str, Any] | None = None) -> None:
+        pass
+
+    def seek_end(self) -> str:
+        return "the stream's next line"
+
+    def close(self) -> None:
+        pass
 
 
 def rotation_rank(base: str, name: str) -> tuple[int, int, int] | None:
@@ -101,10 +207,10 @@ class LogFollower:
 
     # -- checkpoint ----------------------------------------------------------------------
     def _load(self) -> None:
-        if not self.checkpoint_path or not self.checkpoint_path.exists():
+        data, self.damage = _load_checkpoint(self.checkpoint_path, self.stats)
+        if data is None:
             return
         try:
-            data = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
             self.inode = int(data["inode"])
             self.offset = int(data["offset"])
             self.fingerprint = bytes.fromhex(data["fingerprint"])
@@ -119,8 +225,7 @@ class LogFollower:
             self.inode, self.offset, self.fingerprint, self.state = None, 0, b"", {}
             self.size = self.mtime_ns = None
             self.skipping = False
-            self.stats["bad_checkpoint"] += 1
-            self.damage = f"{type(e).__name__}: {e}"[:200]
+            self.damage = _damaged(e, self.stats)
 
     def save_checkpoint(self, state: dict[str, Any] | None = None) -> None:
         if state is not None:
@@ -140,12 +245,7 @@ class LogFollower:
             data["mtime_ns"] = st.st_mtime_ns
             if not isinstance(self._f, gzip.GzipFile):  # a .gz's size is not its text's
                 data["size"] = st.st_size
-        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.checkpoint_path)
+        atomic_write(self.checkpoint_path, json.dumps(data).encode())
 
     def seek_end(self) -> str:
         """Start after the current file's last whole line (nothing before it is read); says
@@ -434,15 +534,13 @@ class JournalFollower:
         self.cursor = ""
         self.state: dict[str, Any] = {}
         self.stats: dict[str, int] = {"entries": 0, "bad_entries": 0, "bad_checkpoint": 0}
-        self.damage = ""  # why the checkpoint could not be used, when it could not
-        if self.checkpoint_path and self.checkpoint_path.exists():
-            try:
-                data = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
-                self.cursor = str(data.get("cursor", ""))
-                self.state = dict(data.get("state", {}))
-            except (OSError, ValueError, TypeError, AttributeError) as e:
-                self.stats["bad_checkpoint"] += 1
-                self.damage = f"{type(e).__name__}: {e}"[:200]
+        data, self.damage = _load_checkpoint(self.checkpoint_path, self.stats)
+        try:
+            self.cursor = str((data or {}).get("cursor", ""))
+            self.state = dict((data or {}).get("state", {}))
+        except (ValueError, TypeError) as e:
+            self.cursor, self.state = "", {}
+            self.damage = _damaged(e, self.stats)
 
     def seek_end(self) -> str:
         """Start after the journal's last entry (of the selected ones); says where."""
@@ -478,12 +576,30 @@ class JournalFollower:
             self.state = state
         if not self.checkpoint_path:
             return
-        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump({"cursor": self.cursor, "state": self.state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.checkpoint_path)
+        data = {"cursor": self.cursor, "state": self.state}
+        atomic_write(self.checkpoint_path, json.dumps(data).encode())
+
+    def read_blocks(self, max_bytes: int | None = None) -> Iterator[bytes]:
+        """read_lines a block at a time: the cursor is past a block's last entry when the
+        block is handed on, and no further."""
+        left = max_bytes  # None: no limit
+        lines: list[bytes] = []
+        size = 0
+        for line in self.read_lines():
+            lines.append(line)
+            size += len(line) + 1
+            if size >= BLOCK or (left is not None and size >= left):
+                yield b"\n".join(lines) + b"\n"
+                if left is not None:
+                    left -= size
+                    if left <= 0:
+                        return
+                lines, size = [], 0
+        if lines:
+            yield b"\n".join(lines) + b"\n"
+
+    def close(self) -> None:
+        pass  # each read runs journalctl to its end (or kills it)
 
 
 def _field(entry: dict[str, Any], name: str) -> str:
@@ -506,5 +622,7 @@ def journal_entry_line(raw: bytes) -> tuple[bytes, str] | None:
     pid = _field(entry, "SYSLOG_PID") or _field(entry, "_PID")
     tag = f"{ident}[{pid}]" if pid else ident
     host = _field(entry, "_HOSTNAME") or "localhost"
-    line = f"{stamp} {host} {tag}: {_field(entry, 'MESSAGE')}"
+    # a message of several lines stays one line, its newlines escaped as rsyslog does
+    message = _field(entry, "MESSAGE").replace("\n", "#012")
+    line = f"{stamp} {host} {tag}: {message}"
     return line.encode("utf-8", "replace"), cursor

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from mailpulse.events import DELIVERY_AGENTS, STATUSES
 
 # Longest line we look at: a longer one is cut there and flagged, not read into memory twice.
 MAX_LINE = 64 * 1024
@@ -64,9 +67,6 @@ SERVICES = frozenset(
         "script",
     ]
 )
-DELIVERY_SERVICES = frozenset(
-    ["smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard", "relay"]
-)
 LEVELS = ("warning", "fatal", "panic", "error", "info")
 
 _MONTHS = {
@@ -76,48 +76,27 @@ _MONTHS = {
     )
 }
 # Short ids are hex; long ids (enable_long_queue_ids) use a vowel-free base-52 alphabet.
-_QID = re.compile(r"([0-9A-F]{5,24}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,24}): ")
+QID_HEX = "0123456789ABCDEF"
+QID_LONG = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"
+_QID = re.compile(f"([{QID_HEX}]{{5,24}}|[{QID_LONG}]{{10,24}}): ")
 _REPLY = re.compile(r"([245]\d\d)(?:[ -]([245]\.\d{1,3}\.\d{1,3})\b)?")
 _IN_REPLY = re.compile(r" \(in reply to (.+?)(?: command)?\)$")
 _CLIENT = re.compile(r"(\S*?)\[([^\]]*)\](?::(\d+))?")
 
 
+@dataclass(slots=True, repr=False, eq=False)
 class LogRecord:
     """One parsed Postfix line. `fields` holds what its kind carries (see the handlers)."""
 
-    __slots__ = (
-        "time",
-        "node",
-        "instance",
-        "program",
-        "service",
-        "pid",
-        "kind",
-        "queue_id",
-        "fields",
-    )
-
-    def __init__(
-        self,
-        time: float,
-        node: str,
-        instance: str,
-        program: str,
-        service: str,
-        pid: str,
-        kind: str,
-        queue_id: str,
-        fields: dict[str, str],
-    ) -> None:
-        self.time = time
-        self.node = node
-        self.instance = instance
-        self.program = program
-        self.service = service
-        self.pid = pid
-        self.kind = kind
-        self.queue_id = queue_id
-        self.fields = fields
+    time: float
+    node: str
+    instance: str
+    program: str
+    service: str
+    pid: str
+    kind: str
+    queue_id: str
+    fields: dict[str, str]
 
     def get(self, name: str, default: str = "") -> str:
         v = getattr(self, name, None) if name in self.__slots__ else None
@@ -219,34 +198,63 @@ def _parse(line: bytes | str) -> LogRecord | None:
         s = s.rstrip("\r\n")
     # Fast path: the two usual timestamp layouts, then "host tag: " looked up in a cache
     # (a busy node logs from a few hundred processes: the same few hundred headers).
-    if s[9:10] == ":" and s[3:4] == " ":  # "Nov 28 17:33:59[.fff] host tag: msg"
-        j = s.find(" ", 15)
-        t = _classic_stamp(s[:j])
-    elif s[4:5] == "-" and s[10:11] == "T":  # RFC 3339
-        j = s.find(" ")
-        t = _iso_time(s[:j])
-    else:
+    t, j = _stamp(s)
+    i = -1 if t is None else s.find(": ", j)
+    if t is None or i < 0:
         return _parse_slow(s, cut)
-    i = s.find(": ", j)
-    if t is None or i < 0 or j < 0:
-        return _parse_slow(s, cut)
-    hdr = _HEADERS.get(s[j + 1 : i])
-    if hdr is None:
-        hdr = _header(s[j + 1 : i].split(None, 1))
-        if len(_HEADERS) > 4096:
-            _HEADERS.clear()
-        _HEADERS[s[j + 1 : i]] = hdr
+    return _record(t, _tag(s[j + 1 : i]), s[i + 2 :], cut)
+
+
+def _record(t: float, hdr: tuple[Any, ...], msg: str, cut: bool) -> LogRecord | None:
+    """The record of a line whose header is read: its handler reads the message."""
     if not hdr:
         return None
     node, instance, program, service, pid, handler = hdr
     rec = LogRecord(t, node, instance, program, service, pid, "unknown", "", {})
-    msg = s[i + 2 :]
     handler(rec, msg)
     if rec.kind == "unknown":
         rec.fields["message"] = msg[:500]
     if cut:
         rec.fields["cut"] = "1"
     return rec
+
+
+# What a line's syslog header says: time, node, instance, program, service, pid (LogRecord's).
+Header = tuple[float, str, str, str, str, str]
+
+
+def parse_header(prefix: str) -> Header | None:
+    """ "Nov 28 17:33:59 host postfix/smtp[123]" (a line up to the ": " after its tag) ->
+    its Header as the general parser reads it, or None when the general parser would read the
+    line another way or not at all (another time stamp layout, a program that is not
+    Postfix's). Never raises."""
+    t, j = _stamp(prefix)
+    if t is None or prefix.find(": ", j) >= 0:  # the line's first ": " must end the tag
+        return None
+    hdr = _tag(prefix[j + 1 :])
+    return (t, *hdr[:5]) if hdr else None
+
+
+def _stamp(s: str) -> tuple[float | None, int]:
+    """The time of a line in one of the two usual layouts and where its stamp ends."""
+    if s[9:10] == ":" and s[3:4] == " ":  # "Nov 28 17:33:59[.fff] host tag: msg"
+        j = s.find(" ", 15)
+        return (_classic_stamp(s[:j]) if j > 0 else None), j
+    if s[4:5] == "-" and s[10:11] == "T":  # RFC 3339
+        j = s.find(" ")
+        return (_iso_time(s[:j]) if j > 0 else None), j
+    return None, -1
+
+
+def _tag(text: str) -> tuple[Any, ...]:
+    """ "host postfix/smtp[123]", remembered: see _header."""
+    hdr = _HEADERS.get(text)
+    if hdr is None:
+        hdr = _header(text.split(None, 1))
+        if len(_HEADERS) > 4096:
+            _HEADERS.clear()
+        _HEADERS[text] = hdr
+    return hdr
 
 
 _HEADERS: dict[str, tuple[Any, ...]] = {}
@@ -288,48 +296,41 @@ def _header(parts: list[str]) -> tuple[Any, ...]:
 
 def _parse_slow(s: str, cut: bool) -> LogRecord | None:
     """Other layouts: a year before or after the date, and anything odd."""
-    if s[:1].isdigit():
-        if s[4:5] == "-":  # RFC 3339
-            parts = s.split(None, 3)
-            if len(parts) < 4:
-                return None
-            stamp, node, tag, msg = parts
-            t = _iso_time(stamp)
-        else:  # "2026 Nov 28 17:33:59 host tag: msg" (a template with the year first)
-            parts = s.split(None, 6)
-            if len(parts) < 7:
-                return None
-            year, mon, day, clock, node, tag, msg = parts
-            t = _classic_time(mon, day, clock, year)
-    else:
-        parts = s.split(None, 5)
-        if len(parts) < 6:
+    year_first = s[:1].isdigit()
+    if year_first:  # RFC 3339, or "2026 Nov 28 17:33:59 host tag: msg" (a template)
+        n = 4 if s[4:5] == "-" else 7
+    else:  # "Nov 28 17:33:59 host tag: msg", or "Nov 28 2026 17:33:59 host tag: msg"
+        words = s.split(None, 5)
+        if len(words) < 6:
             return None
+        n = 6 if ":" in words[2] else 7
+    parts = s.split(None, n - 1)
+    if len(parts) < n:
+        return None
+    if n == 4:
+        stamp, node, tag, msg = parts
+        t = _iso_time(stamp)
+    elif n == 6:
         mon, day, clock, node, tag, msg = parts
-        if ":" not in clock:  # "Nov 28 2026 17:33:59 host tag: msg"
-            parts = s.split(None, 6)
-            if len(parts) < 7:
-                return None
-            mon, day, year, clock, node, tag, msg = parts
-            t = _classic_time(mon, day, clock, year)
+        t = _classic_time(mon, day, clock)
+    else:
+        if year_first:
+            year, mon, day, clock, node, tag, msg = parts
         else:
-            t = _classic_time(mon, day, clock)
+            mon, day, year, clock, node, tag, msg = parts
+        t = _classic_time(mon, day, clock, year)
     if t is None or tag[-1:] != ":":
         return None
-    hdr = _header([node, tag[:-1]])
-    if not hdr:
-        return None
-    node, instance, program, service, pid, handler = hdr
-    rec = LogRecord(t, node, instance, program, service, pid, "unknown", "", {})
-    handler(rec, msg)
-    if rec.kind == "unknown":
-        rec.fields["message"] = msg[:500]
-    if cut:
-        rec.fields["cut"] = "1"
-    return rec
+    return _record(t, _header([node, tag[:-1]]), msg, cut)
 
 
 # -- pieces shared by the handlers -----------------------------------------------------------
+def _ignore(rec: LogRecord, why: str) -> None:
+    """A line understood that carries no delivery fact: counted, not read."""
+    rec.kind = "ignored"
+    rec.fields["reason"] = why
+
+
 def _level(rec: LogRecord, msg: str) -> bool:
     """`warning: ...` and friends: kind is the level, fields message."""
     colon = msg.find(": ")
@@ -346,16 +347,13 @@ def _level(rec: LogRecord, msg: str) -> bool:
     return False
 
 
-_HEX = "0123456789ABCDEF"
-
-
 def _queue_id(rec: LogRecord, msg: str) -> str | None:
     """Strip a leading queue id (or NOQUEUE) and return the rest, or None if there is none."""
     k = msg.find(": ", 5, 26)
     if k > 0:
         qid = msg[:k]
         # str.strip is a cheap test for "only hex digits"; long ids go through the regex
-        if not qid.strip(_HEX) or (k >= 10 and _QID.match(msg)):
+        if not qid.strip(QID_HEX) or (k >= 10 and _QID.match(msg)):
             rec.queue_id = qid
             return msg[k + 2 :]
     if msg.startswith("NOQUEUE: "):
@@ -409,6 +407,46 @@ def reply_codes(text: str) -> tuple[str, str]:
     return m.group(1), m.group(2) or ""
 
 
+def delay_of(text: str) -> float:
+    """delay=: its float, 0.0 when it is empty or not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
+def delays_of(text: str) -> tuple[float, float, float, float] | None:
+    """delays=a/b/c/d: a tuple of four floats, None when it is not that."""
+    try:
+        a, b, c, d = map(float, text.split("/"))
+    except ValueError:
+        return None
+    return (a, b, c, d)
+
+
+def delivery_codes(logged_dsn: str, reply: str) -> tuple[str, str, str | None]:
+    """A delivery line's (dsn, reply code, logged dsn): the remote's own codes where Postfix
+    logged X.0.0 for them, with the dsn it logged then (else None)."""
+    c0 = reply[:1]
+    if c0 and c0 in "245" and reply[1:3].isdecimal() and reply[3:4] in (" ", "-"):
+        code, remote = reply[:3], ""  # the usual "250 2.0.0 ...": no regex needed
+        # When the reply starts with the logged code itself (not followed by a digit) they
+        # agree; else the remote's enhanced code is read below.
+        n = len(logged_dsn)
+        agree = reply.startswith(logged_dsn, 4) and not reply[4 + n : 5 + n].isdecimal()
+        if logged_dsn.endswith(".0.0") and not agree:
+            remote = reply_codes(reply)[1]
+    else:
+        code, remote = reply_codes(reply)
+        if not logged_dsn.endswith(".0.0"):
+            remote = ""
+    # Postfix logs X.0.0 when the remote's enhanced code disagrees with its reply code's
+    # class (or is missing); the remote's own codes are what the analysis must see.
+    if remote and remote != logged_dsn:
+        return remote, code, logged_dsn
+    return logged_dsn, code, None
+
+
 def _keyvalues(fields: dict[str, str], text: str, sep: str) -> None:
     for item in text.split(sep):
         k, eq, v = item.partition("=")
@@ -446,12 +484,9 @@ def _delivery(rec: LogRecord, msg: str) -> None:
                 _relay(f, relay)
             f["status"] = status
             f["reply"] = reply
-            rec.kind = "delivery" if status in _FINAL else "verify"
+            rec.kind = "delivery" if status in STATUSES else "verify"
             return
     _smtp_trouble(rec, rest)
-
-
-_FINAL = frozenset(("sent", "deferred", "bounced", "expired"))
 
 
 _TROUBLE_HEADS = (("lost connection with ", "lost_connection"), ("conversation with ", "timeout"))
@@ -498,13 +533,9 @@ def _smtp_trouble(rec: LogRecord, rest: str) -> None:
         f["reply_code"], f["dsn"] = reply_codes(text)
         return
     if rest.startswith("enabling PIX workarounds"):
-        rec.kind = "ignored"
-        f["reason"] = "PIX workaround notice"
-        return
+        return _ignore(rec, "PIX workaround notice")
     if rest.startswith(("Cannot start TLS", "TLS is required", "Server certificate not")):
-        rec.kind = "ignored"
-        f["reason"] = "TLS session detail"
-        return
+        return _ignore(rec, "TLS session detail")
     rec.kind = "unknown"
 
 
@@ -528,9 +559,7 @@ def _smtp_other(rec: LogRecord, msg: str) -> None:
             "TLS ",
         )
     ):
-        rec.kind = "ignored"
-        f["reason"] = "TLS session detail"
-        return
+        return _ignore(rec, "TLS session detail")
     rec.kind = "unknown"
 
 
@@ -560,9 +589,7 @@ def _qmgr(rec: LogRecord, msg: str) -> None:
         rec.kind = "removed"
         return
     if rest.startswith("skipped"):
-        rec.kind = "ignored"
-        f["reason"] = "message still being delivered"
-        return
+        return _ignore(rec, "message still being delivered")
     if not _level(rec, rest):
         rec.kind = "unknown"
 
@@ -605,13 +632,9 @@ def _cleanup(rec: LogRecord, msg: str) -> None:
             _keyvalues(f, "from=" + kv.partition(": ")[0], " ")
         return
     if rest.startswith(("milter-", "prepend: ", "replace: ", "redirect: ", "filter: ")):
-        rec.kind = "ignored"
-        f["reason"] = "header or body check action"
-        return
+        return _ignore(rec, "header or body check action")
     if rest.startswith("resent-message-id="):
-        rec.kind = "ignored"
-        f["reason"] = "resent message id"
-        return
+        return _ignore(rec, "resent message id")
     rec.kind = "unknown"
 
 
@@ -721,9 +744,7 @@ def _smtpd(rec: LogRecord, msg: str) -> None:
         or msg.startswith(("setting up TLS connection", "TLS SNI"))
         or msg.startswith(("Anonymous TLS", "Untrusted TLS", "Trusted TLS", "Verified TLS"))
     ):
-        rec.kind = "ignored"
-        f["reason"] = "session detail"
-        return
+        return _ignore(rec, "session detail")
     rec.kind = "unknown"
 
 
@@ -793,9 +814,7 @@ def _postscreen(rec: LogRecord, msg: str) -> None:
                     f["stage"] = a.group(1).rstrip(":")
             return
     if msg.startswith("cache "):
-        rec.kind = "ignored"
-        f["reason"] = "cache cleanup statistics"
-        return
+        return _ignore(rec, "cache cleanup statistics")
     rec.kind = "unknown"
 
 
@@ -888,7 +907,7 @@ def _generic(rec: LogRecord, msg: str) -> None:
     rec.kind = "unknown"
 
 
-_HANDLERS = {s: _delivery for s in DELIVERY_SERVICES}
+_HANDLERS = {s: _delivery for s in DELIVERY_AGENTS}
 _HANDLERS.update(
     qmgr=_qmgr,
     nqmgr=_qmgr,

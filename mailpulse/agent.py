@@ -23,13 +23,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailpulse.agentcheck import AgentCheck, AgentCheckServer, BlockWatch
 from mailpulse.collectors.host import HostSample, HostSampler
 from mailpulse.config import Config
 from mailpulse.domains import DomainGroups
 from mailpulse.events import QueueSnapshot
+from mailpulse.files import atomic_write
 from mailpulse.postfix import Instance
 from mailpulse.series import (
     PROMOTED_META,
@@ -41,6 +42,10 @@ from mailpulse.series import (
     stats_series,
 )
 from mailpulse.state import State
+
+if TYPE_CHECKING:
+    from mailpulse.collectors.follower import LogSource
+    from mailpulse.collectors.maillog import Correlator
 
 log = logging.getLogger("mailpulse.agent")
 
@@ -98,18 +103,16 @@ class LogPipeline(threading.Thread):
             data = base64.b64decode(saved, validate=True)
         except ValueError as e:  # binascii.Error is one
             return f"not base64: {e}"
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.checkpoint_path)
+        atomic_write(self.checkpoint_path, data)
         return ""
 
-    def _open(self) -> tuple[Any, Any]:
+    def _open(self) -> tuple[LogSource, Correlator]:
         """A follower at the last committed checkpoint and a fresh correlator, as at start."""
-        from mailpulse.collectors.follower import JournalFollower
-        from mailpulse.collectors.maillog import Correlator, LogFollower
+        from mailpulse.collectors.follower import JournalFollower, LogFollower
+        from mailpulse.collectors.maillog import Correlator
 
         damage = self._restore_checkpoint()
-        follower: Any = (
+        follower: LogSource = (
             LogFollower(self.source, self.checkpoint_path)
             if self.source
             else JournalFollower(
@@ -140,15 +143,15 @@ class LogPipeline(threading.Thread):
     def run(self) -> None:
         from mailpulse.collectors.follower import LogUnreadable
 
-        follower: Any = None
-        correlator: Any = None
+        follower: LogSource | None = None
+        correlator: Correlator | None = None
         while not self.stop_event.is_set():
             started = time.monotonic()
             n = 0
             try:
                 with self.batch_lock:
                     try:
-                        if follower is None:
+                        if follower is None or correlator is None:
                             follower, correlator = self._open()
                         n = self._batch(follower, correlator)
                     except BaseException:
@@ -178,22 +181,17 @@ class LogPipeline(threading.Thread):
             log.error("log source %s: %s; nothing counted, retrying", self.target, why)
             self._failing = why
 
-    def _batch(self, follower: Any, correlator: Any) -> int:
+    def _batch(self, follower: LogSource, correlator: Correlator) -> int:
         before = correlator.lines
-        limit = self.cfg.log_read_bytes if self.source else self.cfg.log_read_bytes // 200
-        if self.source:  # a file: whole-line blocks through the block scanner
-            for block in follower.read_blocks(limit):
-                for ev in correlator.feed_block(block):
-                    self.accounting.apply(ev)
-        else:  # the journal hands over one entry at a time
-            for ev in correlator.feed_lines(follower.read_lines(limit)):
+        for block in follower.read_blocks(self.cfg.log_read_bytes):
+            for ev in correlator.feed_block(block):
                 self.accounting.apply(ev)
         n: int = correlator.lines - before
         if n or follower.stats != self.follow_seen:
             self._commit(follower, correlator)
         return n
 
-    def _commit(self, follower: Any, correlator: Any) -> None:
+    def _commit(self, follower: LogSource, correlator: Correlator) -> None:
         """This batch's counters, the follower's own counts and the checkpoint after them, in
         one transaction."""
         for k, v in correlator.stats.items():

@@ -14,7 +14,7 @@ import sys
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from os import EX_DATAERR, EX_NOINPUT
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -116,28 +116,42 @@ def event_json(ev: DeliveryEvent) -> dict[str, Any]:
     return d
 
 
-def run_parse(args: argparse.Namespace) -> int:
-    c, _groups = settings(args)  # a wrong config file is said by the command line
-    out = sys.stdout
-    write = out.write
+Consumer = Callable[[argparse.Namespace, Iterator[DeliveryEvent], Correlator, DomainGroups], None]
+
+
+def _run(args: argparse.Namespace, consume: Consumer) -> int:
+    """The inputs' events through `consume`. Exit code: 1 when reading or
+    writing fails, else the worst of the files' (see input_events)."""
+    c, groups = settings(args)  # a wrong config file is said by the command line
     failures: list[int] = []
     try:
-        for ev in input_events(c, args.files, failures):
-            if args.json:
-                write(json.dumps(event_json(ev)) + "\n")
-            else:
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.time))
-                write(
-                    f"{stamp} {ev.node} {ev.instance}/{ev.program} {ev.queue_id} "
-                    f"{ev.recipient} {ev.status} {ev.dsn} {ev.reason}\n"
-                )
+        consume(args, input_events(c, args.files, failures), c, groups)
     except BrokenPipeError:  # `| head`: the reader has all it wants
         return 0
     except OSError as e:
-        print(f"mailpulse: {e}", file=sys.stderr)
+        _say(str(e))
         return 1
-    _print_unparsed(c)
     return max(failures, default=0)
+
+
+def run_parse(args: argparse.Namespace) -> int:
+    return _run(args, _print_events)
+
+
+def _print_events(
+    args: argparse.Namespace, events: Iterator[DeliveryEvent], c: Correlator, _g: DomainGroups
+) -> None:
+    write = sys.stdout.write
+    for ev in events:
+        if args.json:
+            write(json.dumps(event_json(ev)) + "\n")
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.time))
+            write(
+                f"{stamp} {ev.node} {ev.instance}/{ev.program} {ev.queue_id} "
+                f"{ev.recipient} {ev.status} {ev.dsn} {ev.reason}\n"
+            )
+    _print_unparsed(c)
 
 
 def _print_unparsed(c: Correlator) -> None:
@@ -254,15 +268,15 @@ def render_text(data: dict[str, Any]) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    c, groups = settings(args)  # a wrong config file is said by the command line
+    return _run(args, _print_report)
+
+
+def _print_report(
+    args: argparse.Namespace, events: Iterator[DeliveryEvent], c: Correlator, groups: DomainGroups
+) -> None:
     rep = Report(groups)
-    failures: list[int] = []
-    try:
-        for ev in input_events(c, args.files, failures):
-            rep.add(ev)
-    except OSError as e:
-        print(f"mailpulse: {e}", file=sys.stderr)
-        return 1
+    for ev in events:
+        rep.add(ev)
     data = rep.to_json(c)
     # hour keys print in order in both outputs
     data["hour"] = dict(sorted(data["hour"].items()))
@@ -271,4 +285,3 @@ def run_report(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_text(data))
-    return max(failures, default=0)

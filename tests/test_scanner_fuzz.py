@@ -1,7 +1,8 @@
-"""Differential fuzzing of the log roads: the C block scanner (Correlator.feed_block), the
-pure-Python fast road (Correlator.feed_lines) and the general parser (Correlator.feed_line)
-must give the same events, with the same type for every field, and the same stats, for
-realistic Postfix lines and for the same lines damaged.
+"""Differential fuzzing of the log roads: the C block scanner and its pure-Python twin must
+give the same items for every line, and the block road (Correlator.feed_block, with either
+scanner), the line road (Correlator.feed_lines) and the general parser (Correlator.feed_line)
+the same events, with the same type for every field, and the same stats, for realistic
+Postfix lines and for the same lines damaged.
 
 The lines are generated from a seed, so a failure is reproduced by running the test again.
 Field values are drawn from one pool shared by every field (a delay of 250 next to a reply
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mailpulse.collectors import maillog
+from mailpulse.collectors import maillog, scanner
+from mailpulse.collectors.logparse import MAX_LINE
 from mailpulse.collectors.maillog import Correlator
 
 from mailpulse.events import DeliveryEvent
@@ -361,9 +363,8 @@ def test_corpus_holds_the_collisions_and_damage_it_is_meant_to() -> None:
 def test_c_scanner_python_road_and_general_parser_agree_on_fuzzed_lines() -> None:
     # Bad input: realistic lines whose fields take each other's values, then damaged (bytes
     # changed, cut, separators doubled or lost, NULs, non-ASCII, fields of 97 B to 70 KB).
-    if maillog._scan is None:
-        pytest.skip("the C block scanner is not built (pip install -e . builds it with gcc)")
-    found = differences(corpus(), {"C scanner": block_road, "Python fast road": fast_road})
+    c_scan()
+    found = differences(corpus(), {"C scanner": block_road, "line road": fast_road})
     assert not found, "\n".join(found)
 
 
@@ -371,9 +372,95 @@ def test_python_block_road_agrees_where_the_scanner_is_not_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Bad input: as above, through feed_block when the C scanner is missing.
-    monkeypatch.setattr(maillog, "_scan", None)
+    monkeypatch.setattr(maillog, "scan", scanner.scan)
     found = differences(corpus(n=LINES // 4), {"Python block road": block_road})
     assert not found, "\n".join(found)
+
+
+def c_scan() -> Callable[..., list[tuple[Any, ...]]]:
+    try:
+        from mailpulse.collectors._fastlog import scan
+    except ImportError:
+        pytest.skip("the C block scanner is not built (pip install -e . builds it with gcc)")
+    return scan
+
+
+def item_differences(c: Callable[..., Any], batches: Iterable[list[bytes]]) -> list[str]:
+    """Where the two scanners' items differ, line by line, for a batch as one block: cut at
+    various ends (in a line, after it, past the block) and with various longest lines."""
+    found = []
+    rng = random.Random(SEED)
+    for batch in batches:
+        data = b"\n".join(batch) + b"\n"
+        for end, max_line in ((len(data) - 1, MAX_LINE), (-1, MAX_LINE),
+                              (rng.randrange(len(data)), rng.choice([0, 40, 120, MAX_LINE])),
+                              (len(data) + 5, 200)):  # fmt: skip
+            want, got = c(data, max_line, end), scanner.scan(data, max_line, end)
+            if typed(got) != typed(want):  # types too, and NaN equal to NaN
+                pairs = enumerate(zip(got, want, strict=False))
+                i = next((i for i, (g, w) in pairs if typed(g) != typed(w)), len(want))
+                line = data[want[i][1] : want[i][2]] if i < len(want) else b"(past the end)"
+                shown = [(it[:1] + it[3:]) if it else None for it in (got[i:i + 1] or [()]) +
+                         (want[i:i + 1] or [()])]  # fmt: skip
+                found.append(f"end {end}, max_line {max_line}: line {line!r}\n"
+                             f"  Python {shown[0]}\n  C      {shown[1]}")  # fmt: skip
+        if len(found) >= 3:
+            break
+    return found
+
+
+# Lines at the edge of each shape: one character either side of what the scanners take.
+EDGES = [
+    *(f"{q}: removed" for q in ("1234", "12345", "1" * 24, "1" * 25, "bcdfghjkl", "bcdfghjklm",
+                                "b" * 24, "b" * 25, "ABCDE", "abcde12345", "12345:x")),
+    *(f"1A2B3C4D5E: to=<a@x>, relay=r, delay=1, delays=1/0/0/0, dsn=2.0.0, status={st}"
+      for st in ("sent", "sent ", "sentx", "sent(250 ok)", "sent  (250 ok)", "sent ()",
+                 "sent (", "sent (250 ok", "expired (x)", "verify (x)")),
+    *(f"1A2B3C4D5E: to=<a@x>, {ot}relay=r, {cu}delay=1, delays=1/0/0/0, dsn=2.0.0, status=sent"
+      for ot in ("", "orig_to=<>, ", "orig_to=b, ", "orig_to=<b, c>, ", "orig_to=<b>,", "orig_to=")
+      for cu in ("", "conn_use=2, ", "conn_use=, ", "conn_use=x, ", "conn_use=2,")),
+    *(f"1A2B3C4D5E: from=<a@x>, size={n}, nrcpt={r} (queue active){t}"
+      for n in ("1" * 18, "1" * 19, "", "1 ") for r in ("1", "1" * 19) for t in ("", " ")),
+    *(f"1A2B3C4D5E: from=<{a}>, status=expired{t}"
+      for a in ("", "a b", "a,b", "a@x") for t in ("", ", returned to sender")),
+    *(f"1A2B3C4D5E: client={c}"
+      for c in ("a[1.2.3.4]", "a,b[1.2.3.4]", "a b[1.2.3.4]", "a\x1cb[1.2.3.4]", "[1,2]",
+                "a[1.2.3.4], client_ip=9", "a[1.2.3.4]x client_ip=", "a[1.2.3.4", "a", "")),
+    *(f"1A2B3C4D5E: message-id={m}" for m in ("<>", "<", ">", "", "<a@b>", "a@b>", "<<a>>")),
+    "1A2B3C4D5E: removedx", "1A2B3C4D5E:  removed", "1A2B3C4D5E: sender notification: x",
+    "1A2B3C4D5E: to=<a@x>, relay=r, sender non-delivery notification: x",
+    "1A2B3C4D5E: notification: x", "1A2B3C4D5E:  notification: ", "1A2B3C4D5E: notification:",
+]  # fmt: skip
+
+
+def test_python_scanner_gives_the_c_scanners_items_on_fuzzed_lines() -> None:
+    # Bad input: the fuzz corpus (fields taking each other's values, bytes changed, cut,
+    # separators doubled or lost, NULs, non-ASCII, huge fields), cut at odd ends and read with
+    # small longest lines; lines one character either side of each shape; an empty block and
+    # blocks of newlines only.
+    c = c_scan()
+    edges = [
+        f"Nov 28 17:34:00 mx1 postfix/{s}[3]: {e}".encode() for e in EDGES for s in ("smtp", "qmgr")
+    ] + [
+        b"x]: 1A2B3C4D5E: removed",
+        b"x] 1A2B3C4D5E: removed",
+        b"x]:1A2B3C4D5E: removed",
+        b"]: 1A2B3C4D5E: removed",
+    ]
+    found = item_differences(c, [edges, *corpus()])  # fmt: skip
+    assert not found, "\n".join(found)
+    for data in (b"", b"\n", b"\n\n\n", b"\r\n", b"\x00"):
+        assert typed(scanner.scan(data, MAX_LINE)) == typed(c(data, MAX_LINE)), data
+
+
+def test_line_kinds_are_the_c_scanners_constants() -> None:
+    # Bad input: none; the two producers must name the kinds alike, value for value.
+    from mailpulse.collectors import _fastlog
+
+    names = {n: getattr(_fastlog, n) for n in dir(_fastlog) if n.isupper()}
+    assert names == {k.name: k.value for k in scanner.LineKind}
+    # the values themselves: what the C source's comment and the tests above read as numbers
+    assert [k.value for k in scanner.LineKind] == list(range(8))
 
 
 def main(path: str, lines: int = LINES) -> int:
@@ -382,8 +469,9 @@ def main(path: str, lines: int = LINES) -> int:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    maillog._scan = module.scan
+    maillog.scan = module.scan
     found = differences(corpus(n=lines), {"C scanner": block_road})
+    found += item_differences(module.scan, corpus(n=lines))
     print("\n".join(found) or f"{lines} lines, no difference")
     return 1 if found else 0
 
