@@ -130,6 +130,16 @@ def run_in_pty(
     return rc, out.decode("utf-8", "replace").replace("\r\n", "\n")
 
 
+class _UnderRoot:
+    """A path under the lab's root, read as an attribute (lab.spool, lab.maillog, ...)."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, lab: Lab, owner: type | None = None) -> Path:
+        return lab.root.joinpath(*self.parts)
+
+
 @dataclass
 class Lab:
     """One lab node: a private Postfix instance plus the remote MX it talks to."""
@@ -147,34 +157,13 @@ class Lab:
         self.root = Path(self.root).resolve()
 
     # -- paths ---------------------------------------------------------------
-    @property
-    def etc(self) -> Path:
-        return self.root / "etc"
-
-    @property
-    def spool(self) -> Path:
-        return self.root / "spool"
-
-    @property
-    def maillog(self) -> Path:
-        return self.root / "log" / "maillog"
-
-    @property
-    def maildir(self) -> Path:
-        """Where Postfix delivers the DSNs sent to bounce-<uid>@<bounce_domain>."""
-        return self.root / "mail" / "bounce"
-
-    @property
-    def mx_control(self) -> Path:
-        return self.root / "mx" / "control.json"
-
-    @property
-    def mx_answers(self) -> Path:
-        return self.root / "mx" / "answers.jsonl"
-
-    @property
-    def mx_pidfile(self) -> Path:
-        return self.root / "mx" / "remote_mx.pid"
+    etc = _UnderRoot("etc")
+    spool = _UnderRoot("spool")
+    maillog = _UnderRoot("log", "maillog")
+    maildir = _UnderRoot("mail", "bounce")  # the DSNs sent to bounce-<uid>@<bounce_domain>
+    mx_control = _UnderRoot("mx", "control.json")
+    mx_answers = _UnderRoot("mx", "answers.jsonl")
+    mx_pidfile = _UnderRoot("mx", "remote_mx.pid")
 
     def mx_addresses(self) -> list[str]:
         return [self.mx_address(d) for d in DOMAINS]
