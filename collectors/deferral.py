@@ -57,15 +57,14 @@ def deferral(status: str, text: str) -> Deferral:
     """The reason and class of one deferral: status as Postfix keeps it ("4.7.1", or ""), text
     the reply or Postfix's own words."""
     # Imported on first use: a sample that reads no reason never loads the log parser.
-    from mailpulse.collectors.logparse import reply_codes
-    from mailpulse.collectors.maillog import event_of
+    from mailpulse.collectors.logparse import delivery_codes, reply_codes
+    from mailpulse.collectors.maillog import reply_verdict
 
     # showq and old defer logs keep no status: the remote's own enhanced code is what Postfix
     # would have logged for its reply.
     status = status or reply_codes(text)[1]
-    reason = event_of(
-        0.0, "", "", "smtp", "", "", "", "deferred", status, text, 0.0, None, "", None
-    ).reason
+    dsn, code, _logged = delivery_codes(status, text)
+    reason = reply_verdict(dsn, code, text).reason
     for reasons, words, klass in _CLASS_TABLE:
         if (reasons is None or reason in reasons) and (words is None or words.search(text)):
             return Deferral(reason, klass)

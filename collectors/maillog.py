@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from mailpulse.bounce.classify import classify
+from mailpulse.bounce.classify import Verdict, classify
 from mailpulse.collectors.follower import BLOCK, JournalFollower, LogFollower, StreamSource
 from mailpulse.collectors.logparse import (
     MAX_LINE,
@@ -126,6 +126,13 @@ def delivery_fields(f: dict[str, str]) -> DeliveryFields:
             domain, code, logged)  # fmt: skip
 
 
+def reply_verdict(dsn: str, code: str, reply: str) -> Verdict:
+    """How a delivery reply is classified, on every road and for the queue's deferrals."""
+    # A 2.x.x outcome is "delivered" whatever the text ("queued as 3F2A1..." is unique per
+    # message and would only fill the classifier's cache).
+    return classify(dsn, code, "" if dsn[:1] == "2" else _classify_text(reply))
+
+
 def delivery_event(
     time: float,
     node: str,
@@ -138,9 +145,7 @@ def delivery_event(
     """One delivery status line (and what its message's other lines said) -> DeliveryEvent:
     the one place every road builds one."""
     rcpt, orig_to, relay, delay, delays, dsn, status, reply, domain, code, logged = fields
-    # A 2.x.x outcome is "delivered" whatever the text ("queued as 3F2A1..." is unique per
-    # message and would only fill the classifier's cache).
-    verdict = classify(dsn, code, "" if dsn[:1] == "2" else _classify_text(reply))
+    verdict = reply_verdict(dsn, code, reply)
     return DeliveryEvent(  # positional: once per delivery line
         time,
         node,
