@@ -10,8 +10,9 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from lab.postfix import Lab, free_port, wait_until
 
@@ -171,3 +172,62 @@ def wait_for(
             seen = f"; last seen: {show()}" if show else ""
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{seen}")
         time.sleep(0.25)
+
+
+def mailpulse(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The command line as a user runs it, with no terminal on stdin."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailpulse", *argv],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,  # a command that hangs fails here instead of holding the suite
+    )
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess[str], code: int, says: str) -> None:
+    """A refusal as an operator should see it: one line on stderr, no traceback, the exit code."""
+    assert r.returncode == code, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert says in r.stderr, r.stderr
+
+
+def spoolless_postfix(where: Path) -> Path:
+    """A Postfix config whose spool does not exist: the agent's queue source is down, and
+    nothing of a system Postfix is touched."""
+    etc = where / "etc"
+    etc.mkdir(exist_ok=True)
+    (etc / "main.cf").write_text(f"queue_directory = {where / 'no-spool'}\n")
+    return etc
+
+
+def in_process_agent(where: Path, logs: dict[str, Any], queue_interval: float = 5) -> Any:
+    """The agent started in this process over the given `logs:` settings and a spoolless
+    Postfix; the caller stops it."""
+    from mailpulse.agent import Agent
+    from mailpulse.config import instances_to_watch, parse_config
+
+    cfg = parse_config(
+        {
+            "listen": f"127.0.0.1:{free_port()}",
+            "state_dir": str(where / "state"),
+            "postfix": {"config_dirs": [str(spoolless_postfix(where))]},
+            "logs": {"poll_interval": 0.1, **logs},
+            "queue": {"interval": queue_interval},
+        }
+    )
+    files = [Path(f) for f in logs.get("files", [])] or None
+    agent = Agent(cfg, instances_to_watch(cfg), files)
+    agent.start()
+    return agent
+
+
+@contextlib.contextmanager
+def agent_over_log(where: Path, log: Path, queue_interval: float = 5) -> Iterator[Any]:
+    """The agent in this process following one log file; stopped on the way out."""
+    agent = in_process_agent(where, {"files": [str(log)]}, queue_interval)
+    try:
+        yield agent
+    finally:
+        if not agent.stop_event.is_set():
+            agent.stop()

@@ -6,11 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lab.postfix import free_port
-from mailpulse.agent import Agent
-from mailpulse.config import instances_to_watch, parse_config
 from mailpulse.series import stats_series
-from tests.agent_support import scrape, wait_for
+from tests.agent_support import in_process_agent, scrape, wait_for
 from tests.conftest import require_programs
 
 DELIVERY = (
@@ -35,23 +32,10 @@ JUNK = [
 
 def test_bad_lines_are_counted_and_a_missing_spool_shows_down(tmp_path: Path) -> None:
     require_programs("postconf")
-    etc = tmp_path / "etc"
-    etc.mkdir()
     # Bad input: a Postfix instance whose queue directory does not exist (a spool not mounted).
-    (etc / "main.cf").write_text(f"queue_directory = {tmp_path / 'no-spool'}\n")
     log = tmp_path / "mail.log"
     log.write_bytes(b"")
-    cfg = parse_config(
-        {
-            "listen": f"127.0.0.1:{free_port()}",
-            "state_dir": str(tmp_path / "state"),
-            "postfix": {"config_dirs": [str(etc)]},
-            "logs": {"files": [str(log)], "poll_interval": 0.1},
-            "queue": {"interval": 0.5},
-        }
-    )
-    agent = Agent(cfg, instances_to_watch(cfg), [log])
-    agent.start()
+    agent = in_process_agent(tmp_path, {"files": [str(log)]}, queue_interval=0.5)
     port = agent.http.address[1]
     try:
         with log.open("ab") as f:

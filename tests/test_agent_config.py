@@ -13,6 +13,7 @@ from mailpulse.collectors.host import parse_master_limits
 from mailpulse.agentcheck import health_weight
 from mailpulse.config import AgentCheckConfig, Config, ConfigError, load_config, parse_config
 from mailpulse.state import State
+from tests.agent_support import assert_one_line_error, mailpulse
 
 
 def test_no_file_means_defaults_for_a_stock_node() -> None:
@@ -208,16 +209,6 @@ def test_check_config_refuses_a_bad_web_config(tmp_path: Path) -> None:
     assert f"{web}: basic_auth_users.prom: expected a bcrypt hash" in r.stderr
 
 
-def mailpulse(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mailpulse", *argv],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
-
-
 # Every command that reads the config file, with an input it accepts when the file is good.
 CONFIG_COMMANDS = [
     ("agent", "--check-config"),
@@ -235,9 +226,7 @@ def test_a_config_file_not_in_utf8_is_one_line_naming_file_and_line(
     # Bad input: a file saved in Latin-1 by an editor: the é of "café" is the one byte 0xe9.
     f.write_bytes("role: bulk\nnode: café\n".encode("latin-1"))
     r = mailpulse(*argv[:2], "--config", str(f), *argv[2:])
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-    assert f"{f}: line 2: not UTF-8 (byte 0xe9 after 'node: caf')" in r.stderr
+    assert_one_line_error(r, 2, f"{f}: line 2: not UTF-8 (byte 0xe9 after 'node: caf')")
 
 
 @pytest.mark.parametrize("argv", CONFIG_COMMANDS, ids=lambda a: " ".join(a[:2]))
@@ -256,9 +245,7 @@ def test_a_section_of_the_wrong_type_is_refused_by_every_command(
     f = tmp_path / "mailpulse.yaml"
     f.write_text(text)
     r = mailpulse(*argv[:2], "--config", str(f), *argv[2:])
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-    assert f"{f}: {key}: expected a map of settings" in r.stderr
+    assert_one_line_error(r, 2, f"{f}: {key}: expected a map of settings")
 
 
 def test_bounce_parse_refuses_a_verp_key_that_is_not_a_string(tmp_path: Path) -> None:
@@ -373,9 +360,7 @@ def test_every_command_reads_the_file_through_one_loader(
     f = tmp_path / "mailpulse.yaml"
     f.write_text("redis:\n  ulr: redis://x\n")  # bad input: a misspelt key of a reserved section
     r = mailpulse(*argv[:2], "--config", str(f), "--state-dir", str(tmp_path), *argv[2:])
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-    assert f"{f}: redis.ulr: unknown setting; did you mean url?" in r.stderr
+    assert_one_line_error(r, 2, f"{f}: redis.ulr: unknown setting; did you mean url?")
 
 
 def test_the_command_line_state_dir_wins_over_the_file(tmp_path: Path) -> None:

@@ -24,10 +24,9 @@ from mailpulse.collectors.maillog import Correlator
 
 from lab.postfix import free_port
 from mailpulse.agent import Agent
-from mailpulse.config import instances_to_watch, parse_config
 from mailpulse.events import DeliveryEvent
 from mailpulse.series import Accounting
-from tests.agent_support import AgentProcess, scrape, wait_for
+from tests.agent_support import AgentProcess, in_process_agent, scrape, spoolless_postfix, wait_for
 from tests.conftest import require_programs, require_root
 
 DELIVERY = (
@@ -60,34 +59,14 @@ def log_series(port: int) -> dict[Any, float]:
     }
 
 
-def postfix_etc(where: Path) -> Path:
-    """A Postfix config whose spool does not exist: the agent's queue source is down, and
-    nothing of a system Postfix is touched."""
-    etc = where / "etc"
-    etc.mkdir()
-    (etc / "main.cf").write_text(f"queue_directory = {where / 'no-spool'}\n")
-    return etc
-
-
 @pytest.fixture
 def agent_at(tmp_path: Path) -> Iterator[Any]:
     """Start the agent in this process over one log file; stopped at the end."""
     require_programs("postconf")
-    etc = postfix_etc(tmp_path)
     started: list[Agent] = []
 
     def start(log: Path) -> tuple[Agent, int]:
-        cfg = parse_config(
-            {
-                "listen": f"127.0.0.1:{free_port()}",
-                "state_dir": str(tmp_path / "state"),
-                "postfix": {"config_dirs": [str(etc)]},
-                "logs": {"files": [str(log)], "poll_interval": 0.1},
-                "queue": {"interval": 5},
-            }
-        )
-        agent = Agent(cfg, instances_to_watch(cfg), [log])
-        agent.start()
+        agent = in_process_agent(tmp_path, {"files": [str(log)]})
         started.append(agent)
         return agent, agent.http.address[1]
 
@@ -122,7 +101,8 @@ def test_a_log_the_agent_may_not_read_is_said_once_shown_down_and_read_when_allo
         port = free_port()
         config = work / "mailpulse.yml"
         config.write_text(
-            f"node: mx1\nlisten: 127.0.0.1:{port}\npostfix:\n  config_dirs: [{postfix_etc(work)}]\n"
+            f"node: mx1\nlisten: 127.0.0.1:{port}\n"
+            f"postfix:\n  config_dirs: [{spoolless_postfix(work)}]\n"
             f"logs:\n  files: [{log}]\n  poll_interval: 0.1\nqueue:\n  interval: 5\n"
         )
         agent = AgentProcess(config, state, port, work / "agent.log")

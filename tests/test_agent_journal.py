@@ -7,10 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from lab.postfix import free_port
-from mailpulse.agent import Agent
-from mailpulse.config import instances_to_watch, parse_config
-from tests.agent_support import scrape, wait_for
+from tests.agent_support import in_process_agent, scrape, wait_for
 from tests.conftest import require_programs
 
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
@@ -43,17 +40,7 @@ def test_journal_source_counts_each_entry_once_across_a_restart(tmp_path: Path) 
     journal = tmp_path / "journal"
     journal.mkdir()
     write_journal(journal / "a.journal", 0, 30)
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "main.cf").write_text(f"queue_directory = {tmp_path / 'spool'}\n")
-    cfg = parse_config(
-        {
-            "listen": f"127.0.0.1:{free_port()}",
-            "state_dir": str(tmp_path / "state"),
-            "postfix": {"config_dirs": [str(etc)]},
-            "logs": {"journal_args": ["--directory", str(journal)], "poll_interval": 0.1},
-        }
-    )
+    journal_logs = {"journal_args": ["--directory", str(journal)]}
 
     def totals(port: int) -> tuple[float, float]:
         samples = scrape(port)
@@ -65,8 +52,7 @@ def test_journal_source_counts_each_entry_once_across_a_restart(tmp_path: Path) 
         )
         return lines, sent
 
-    agent = Agent(cfg, instances_to_watch(cfg), None)
-    agent.start()
+    agent = in_process_agent(tmp_path, journal_logs)
     try:
         port = agent.http.address[1]
         wait_for(lambda: totals(port) == (30, 30), 30, "the first 30 entries")
@@ -74,8 +60,7 @@ def test_journal_source_counts_each_entry_once_across_a_restart(tmp_path: Path) 
         agent.stop()
 
     write_journal(journal / "b.journal", 30, 12)  # logged while the agent was down
-    again = Agent(cfg, instances_to_watch(cfg), None)
-    again.start()
+    again = in_process_agent(tmp_path, journal_logs)
     try:
         port = again.http.address[1]
         wait_for(lambda: totals(port) == (42, 42), 30, "the 12 new entries, and only those")

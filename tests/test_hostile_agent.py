@@ -9,10 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lab.postfix import free_port
-from mailpulse.agent import Agent
-from mailpulse.config import instances_to_watch, parse_config
-from tests.agent_support import parse_exposition, wait_for
+from tests.agent_support import agent_over_log, parse_exposition, wait_for
 from tests.conftest import require_programs
 
 LINE = (
@@ -24,24 +21,8 @@ LINE = (
 @contextmanager
 def agent_on(tmp_path: Path, log: Path) -> Iterator[int]:
     require_programs("postconf")
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "main.cf").write_text(f"queue_directory = {tmp_path / 'no-spool'}\n")
-    cfg = parse_config(
-        {
-            "listen": f"127.0.0.1:{free_port()}",
-            "state_dir": str(tmp_path / "state"),
-            "postfix": {"config_dirs": [str(etc)]},
-            "logs": {"files": [str(log)], "poll_interval": 0.1},
-            "queue": {"interval": 5},
-        }
-    )
-    agent = Agent(cfg, instances_to_watch(cfg), [log])
-    agent.start()
-    try:
+    with agent_over_log(tmp_path, log) as agent:
         yield agent.http.address[1]
-    finally:
-        agent.stop()
 
 
 def metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
