@@ -17,16 +17,17 @@ from pathlib import Path
 import pytest
 
 from lab.postfix import free_port
-from tests.agent_support import AgentProcess, scrape, wait_for
+from tests.agent_support import AgentProcess, scrape, spoolless_postfix, wait_for
 from tests.conftest import require_programs, require_root
-from tests.test_agent_follow import deliveries, log_series, postfix_etc, total
+from tests.test_agent_follow import deliveries, log_series, total
 
 
 def agent_for(work: Path, log: Path) -> AgentProcess:
     port = free_port()
     config = work / "mailpulse.yml"
     config.write_text(
-        f"node: mx1\nlisten: 127.0.0.1:{port}\npostfix:\n  config_dirs: [{postfix_etc(work)}]\n"
+        f"node: mx1\nlisten: 127.0.0.1:{port}\n"
+        f"postfix:\n  config_dirs: [{spoolless_postfix(work)}]\n"
         f"logs:\n  files: [{log}]\n  poll_interval: 0.1\nqueue:\n  interval: 5\n"
     )
     return AgentProcess(config, work / "state", port, work / "agent.log")
