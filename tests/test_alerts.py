@@ -12,6 +12,8 @@ import smtplib
 import subprocess
 import sys
 import threading
+import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -350,11 +352,68 @@ def started(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait(30)
 
 
+def api(port: int, path: str) -> Any:
+    """The data of a Prometheus HTTP API answer, which must be a success."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/{path}", timeout=10) as r:
+        answer = json.loads(r.read())
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
 def submit(lab: Any, recipients: list[str]) -> None:
     with smtplib.SMTP("127.0.0.1", lab.smtp_port, timeout=60) as s:
         for i, rcpt in enumerate(recipients):
             msg = f"Subject: confirm your address {i}\r\n\r\nhello\r\n"
             s.sendmail(f"bounce-{100 + i}@{lab.bounce_domain}", [rcpt], msg)
+
+
+def test_a_dead_agent_silences_the_other_alerts_of_its_node_only(tmp_path: Path) -> None:
+    """The example's inhibition in a real Alertmanager, given alerts as Prometheus sends them."""
+    require_programs("prometheus-alertmanager")
+    webhook = Webhook()
+    port = free_port()
+    argv = [
+        "prometheus-alertmanager",
+        f"--config.file={short_alertmanager(tmp_path, webhook)}",
+        f"--storage.path={tmp_path / 'am-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    url = f"http://127.0.0.1:{port}/api/v2/alerts"
+
+    def alert(name: str, node: str, **labels: str) -> dict[str, Any]:
+        return {"labels": {"alertname": name, "node": node, "role": "bulk", **labels}}
+
+    sent = [
+        alert("MailpulseAgentDown", "bulk1", job="mailpulse"),
+        alert("MailpulseDeferredQueueDeep", "bulk1", queue="deferred"),
+        alert("MailpulseDeferredQueueDeep", "bulk2", queue="deferred"),
+        alert("MailpulseHighLoad", "bulk1"),
+    ]
+
+    def states() -> dict[tuple[str, str], str]:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return {
+                (a["labels"]["alertname"], a["labels"]["node"]): a["status"]["state"]
+                for a in json.loads(r.read())
+            }
+
+    try:
+        with started(argv, tmp_path / "alertmanager.log"):
+            wait_for(lambda: states() == {}, 60, "Alertmanager to answer")
+            post = urllib.request.Request(
+                url, json.dumps(sent).encode(), {"Content-Type": "application/json"}
+            )
+            urllib.request.urlopen(post, timeout=5).close()
+            expected = {
+                ("MailpulseAgentDown", "bulk1"): "active",
+                ("MailpulseDeferredQueueDeep", "bulk1"): "suppressed",
+                ("MailpulseHighLoad", "bulk1"): "suppressed",
+                ("MailpulseDeferredQueueDeep", "bulk2"): "active",
+            }
+            wait_for(lambda: states() == expected, 30, "the inhibition", states)
+    finally:
+        webhook.close()
 
 
 @pytest.mark.lab
@@ -446,6 +505,25 @@ def test_remote_mx_down_pages_transactional_tickets_bulk_and_resolves(
                 firing["tx1"][1]["queue"] == "deferred"
                 and firing["tx1"][1]["instance"] == lab.instance
             )
+
+            # The real Prometheus evaluated every shipped rule without an error, and every
+            # dashboard query parses and finds the agents' series where the lab has them.
+            groups = api(prom_port, "rules")["groups"]
+            assert sum(len(g["rules"]) for g in groups) == sum(
+                len(g["rules"]) for f in RULE_FILES for g in load_groups(f)
+            )
+            broken = [
+                (r["name"], r["lastError"])
+                for g in groups
+                for r in g["rules"]
+                if r["health"] != "ok"
+            ]
+            assert broken == []
+            for expr in dashboard_exprs():
+                query = expr.replace("$node", ".*").replace("$role", ".*")
+                result = api(prom_port, "query?" + urllib.parse.urlencode({"query": query}))
+                if "mailpulse_queue_messages" in expr or "mailpulse_host_load_average" in expr:
+                    assert {s["metric"]["node"] for s in result["result"]} == {"tx1", "bulk1"}, expr
 
             lab.mx_up()
             lab.flush()
