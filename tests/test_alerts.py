@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -495,9 +496,7 @@ def test_remote_mx_down_pages_transactional_tickets_bulk_and_resolves(
             submit(lab, [f"ok-u{i}@gmail.com" for i in range(3)] + ["ok-u9@yahoo.com"])
             wait_until(lambda: lab.queue_files("deferred") == 4, 60, "4 messages deferred")
             for receiver, node in (("pager", "tx1"), ("tickets", "bulk1")):
-                wait_for(
-                    lambda r=receiver, n=node: notified(r, "firing", n), 90, f"{node} firing", seen
-                )
+                wait_for(partial(notified, receiver, "firing", node), 90, f"{node} firing", seen)
             firing = {labels["node"]: (rcv, labels) for rcv, st, labels in webhook.alerts(deferred)}
             assert firing["tx1"][0] == "pager" and firing["tx1"][1]["severity"] == "page"
             assert firing["bulk1"][0] == "tickets" and firing["bulk1"][1]["severity"] == "ticket"
@@ -530,10 +529,7 @@ def test_remote_mx_down_pages_transactional_tickets_bulk_and_resolves(
             wait_until(lambda: lab.queue_files("deferred") == 0, 120, "the deferred mail delivered")
             for receiver, node in (("pager", "tx1"), ("tickets", "bulk1")):
                 wait_for(
-                    lambda r=receiver, n=node: notified(r, "resolved", n),
-                    90,
-                    f"{node} resolved",
-                    seen,
+                    partial(notified, receiver, "resolved", node), 90, f"{node} resolved", seen
                 )
     finally:
         for agent in agents.values():
