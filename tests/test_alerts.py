@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import smtplib
 import subprocess
 import sys
@@ -250,16 +251,12 @@ def test_grafana_dashboard_has_a_datasource_input_and_node_role_variables() -> N
 
 
 def test_the_rules_ship_in_the_wheel(tmp_path: Path) -> None:
+    # Built from a copy: setuptools leaves build/ beside the sources it builds.
+    source = tmp_path / "src"
+    skip = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "*.so")
+    shutil.copytree(REPO, source, ignore=skip)
     r = run(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "-q",
-        "-w",
-        str(tmp_path),
-        str(REPO),
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)
     )
     assert r.returncode == 0, r.stderr
     (wheel,) = tmp_path.glob("mailpulse-*.whl")
