@@ -528,6 +528,17 @@ def test_remote_mx_down_pages_transactional_tickets_bulk_and_resolves(
                 wait_for(
                     partial(notified, receiver, "resolved", node), 90, f"{node} resolved", seen
                 )
+
+            # The transactional agent dies: `up` carries the node and role of the scrape
+            # config, so its death pages.
+            agents["tx1"].kill9()
+
+            def agent_down() -> list[tuple[str, str, dict[str, str]]]:
+                return webhook.alerts("MailpulseAgentDown")
+
+            wait_for(lambda: bool(agent_down()), 90, "the agent-down page", agent_down)
+            seen_down = {(r, st, x["node"], x["role"], x["severity"]) for r, st, x in agent_down()}
+            assert seen_down == {("pager", "firing", "tx1", "transactional", "page")}
     finally:
         for agent in agents.values():
             agent.stop()
