@@ -208,8 +208,10 @@ class Correlator:
     @property
     def stats(self) -> Counter[str]:
         """Every counter under one name: lines, not_postfix, records.<kind>, events.<status>,
-        unparsed.<program>, rejects.<action>, evictions, content_filter_relays, cut_lines (lines
-        over MAX_LINE, read up to it), and what the caller adds (damaged or unreadable files)."""
+        unparsed.<program>, left_out.<reason> (the unparsed lines that look like a delivery:
+        to=<...> and status=), rejects.<action>, evictions, content_filter_relays, cut_lines
+        (lines over MAX_LINE, read up to it), and what the caller adds (damaged or unreadable
+        files)."""
         out = Counter(self.counts)
         out["lines"] = self.lines
         out["not_postfix"] = self.not_postfix
@@ -295,6 +297,9 @@ class Correlator:
             kept = self.samples.setdefault(prog, [])
             if len(kept) < SAMPLES_PER_PROGRAM:
                 kept.append(f.get("message", ""))
+            left_out = f.get("left_out")
+            if left_out:
+                self.counts["left_out." + left_out] += 1
         elif kind == "reject":
             self.counts["rejects." + f.get("action", "reject")] += 1
         return []
