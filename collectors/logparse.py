@@ -219,7 +219,8 @@ def _record(t: float, hdr: tuple[Any, ...], msg: str, cut: bool) -> LogRecord | 
     handler(rec, msg)
     if rec.kind == "unknown":
         rec.fields["message"] = msg[:500]
-        if "to=<" in msg and "status=" in msg:  # a delivery line never vanishes unnamed
+        if "to=<" in msg and ("status=" in msg or "relay=" in msg):
+            # a delivery line never vanishes unnamed
             rec.fields["left_out"] = _left_out(rec, msg)
     if cut:
         rec.fields["cut"] = "1"
@@ -339,6 +340,18 @@ def _parse_slow(s: str, cut: bool) -> LogRecord | None:
     if t is None or i < 0:
         return None
     return _record(t, _tag(rest[:i]), rest[i + 2 :], cut)
+
+
+_STAMP = re.compile(
+    rb"(?:[A-Z][a-z]{2} [ 0-9]?[0-9] |[0-9]{4} [A-Z][a-z]{2} |[0-9]{4}-[0-9]{2}-[0-9]{2}T)"
+)
+
+
+def has_stamp(line: bytes | str) -> bool:
+    """Whether a line starts with a syslog time stamp (else it may be the rest of the line
+    before it, as loggers that split long lines write it)."""
+    head = line[:16] if isinstance(line, bytes) else line[:16].encode("utf-8", "replace")
+    return _STAMP.match(head) is not None
 
 
 # -- pieces shared by the handlers -----------------------------------------------------------

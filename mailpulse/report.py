@@ -76,6 +76,7 @@ def input_events(
     for p in list(files) or [Path("-")]:
         if str(p) == "-":
             yield from c.feed_stream(sys.stdin.buffer)
+            yield from c.flush()  # a delivery line cut short at the end: read as it is
             continue
         try:
             f = _open(p)
@@ -97,6 +98,7 @@ def input_events(
                 )
                 c.counts["damaged_files"] += 1
                 fails.append(EX_DATAERR)
+            yield from c.flush()
 
 
 def _say(text: str) -> None:
