@@ -349,6 +349,7 @@ def test_report_fails_on_input_with_no_postfix_line(tmp_path: Path) -> None:
 
 
 def test_the_agent_exports_left_out_delivery_lines_per_reason() -> None:
+    from mailpulse.catalogue import CATALOGUE
     from mailpulse.series import stats_series
 
     assert stats_series("left_out.no_queue_id", set()) == (
@@ -356,3 +357,51 @@ def test_the_agent_exports_left_out_delivery_lines_per_reason() -> None:
         ("no_queue_id",),
     )
     assert stats_series("unparsed.smtp", set()) == ("mailpulse_log_parse_errors_total", ("smtp",))
+    metric = {m.name: m for m in CATALOGUE}["mailpulse_log_unread_delivery_lines_total"]
+    assert metric.labels == ("reason",)
+
+
+# -- every Postfix line of the grok corpus, in every header shape --------------------------------
+HEADER_SHAPES = [
+    "Mar  7 04:05:06 mx1 postfix/{service}[4242]: {message}",
+    "Mar 7 04:05:06 postfix/{service}[4242]: {message}",
+    "Mar  7 04:05:06  postfix/{service}[4242]: {message}\r",
+    "2026-03-07T04:05:06.123-03:30 mx1 postfix/{service}[4242]: {message}",
+    "Mar  7 04:05:06 mx1 [postfix/{service}]: {message}",
+    "Mar  7 04:05:06 mx1 postfix/amavis/{service}[4242]: {message}",
+    "Mar  7 04:05:06 mx1 postfix/{service}[4242]: [ID 197553 mail.info] {message}",
+]
+
+
+@pytest.mark.usefixtures("scan_road")
+def test_grok_corpus_lines_read_alike_in_every_header_shape(shared_corpus: Path) -> None:
+    import yaml
+
+    from tests.test_maillog import _case_line
+
+    cases = []
+    for path in sorted((shared_corpus / "postfix-lines" / "grok-tests").glob("*.yaml")):
+        data = str(yaml.safe_load(path.read_text())["data"])
+        if path.stem.startswith("tls_features") and not data[:1].isdigit():
+            continue  # a fragment of a line, not a line
+        cases.append(_case_line(path.stem, data))
+    assert len(cases) > 150
+    kinds = []
+    for shape in HEADER_SHAPES:
+        lines = [shape.format(service=s, message=m) for s, m in cases]
+        # a case holding "\r\n" is two lines for every road alike
+        data = "\n".join(lines).encode().split(b"\n")
+        all_roads(data)
+        c = Correlator()
+        evs = list(c.feed_lines(data)) + c.flush()
+        s = c.stats
+        kinds.append(
+            (
+                sorted((e.queue_id, e.recipient, e.status, e.dsn, e.reason) for e in evs),
+                dict(s),
+            )
+        )
+        assert not [k for k in s if k.startswith(("unparsed.", "left_out."))], (shape, s)
+    assert len(kinds[0][0]) > 10
+    assert kinds[0][1]["not_postfix"] == 11  # the lines after a newline inside two cases
+    assert all(k == kinds[0] for k in kinds), "a header shape changed what the lines say"
