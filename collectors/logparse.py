@@ -379,7 +379,28 @@ def _level(rec: LogRecord, msg: str) -> bool:
 
 # What follows a queue id on the lines of a message: where a line reads "ID: to=<...", any
 # alphanumeric ID is its queue id (logs anonymised before sharing rewrite them), never a level.
-_RECORD_HEADS = ("to=<", "from=<", "message-id=", "client=", "removed", "uid=", "orig_to=<")
+_RECORD_HEADS = (
+    "to=<",
+    "from=<",
+    "message-id=",
+    "resent-message-id=",
+    "client=",
+    "removed",
+    "uid=",
+    "orig_to=<",
+    "sender non-delivery notification: ",
+    "sender delay notification: ",
+    "sender delivery status notification: ",
+    "postmaster non-delivery notification: ",
+    "reject: ",
+    "milter-reject: ",
+    "discard: ",
+    "hold: ",
+    "skipped, still being delivered",
+    "requeued",
+    "placed on hold",
+    "released from hold",
+)
 
 
 def _queue_id(rec: LogRecord, msg: str) -> str | None:

@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mailpulse.collectors import maillog, scanner
 from mailpulse.collectors.maillog import Correlator
 
+from mailpulse.catalogue import CATALOGUE
+from mailpulse.series import stats_series
+from tests.test_maillog import _case_line
 from tests.test_scanner_fuzz import all_roads
 
 EX_DATAERR = 65  # as the README's exit codes say
@@ -235,12 +239,22 @@ def test_anonymised_queue_ids_are_read_where_the_line_shape_says_so() -> None:
         f"Mar  7 04:05:06 mx1 postfix/smtp[311]: QUEUEID01: {SENT}",
         "Mar  7 04:05:06 mx1 postfix/smtp[311]: warning: 9BECF3F19D: TLS is required, "
         "but was not offered by host mx.example.org[192.0.2.7]",
+        "Mar  7 04:05:07 mx1 postfix/bounce[9]: 9BECF3F19Dxq: sender non-delivery "
+        "notification: 2C0FFEE0zz",
         "Mar  7 04:05:07 mx1 postfix/qmgr[8]: 9BECF3F19Dxq: removed",
     )
     assert [(e["queue_id"], e["sender"]) for e in evs] == [
         ("9BECF3F19Dxq", "bounce-7@news.example"),
         ("QUEUEID01", ""),
     ]
+    s = stats(
+        "Mar  7 04:05:07 mx1 postfix/bounce[9]: 9BECF3F19Dxq: sender non-delivery "
+        "notification: 2C0FFEE0zz",
+        "Mar  7 04:05:07 mx1 postfix/cleanup[9]: 9BECF3F19Dxq: message-id=<a@b>",
+        "Mar  7 04:05:07 mx1 postfix/qmgr[8]: 9BECF3F19Dxq: removed",
+    )
+    kinds = ("records.notification", "records.message_id", "records.removed")
+    assert [s[k] for k in kinds] == [1, 1, 1]
     s = stats(
         "Mar  7 04:05:06 mx1 postfix/smtp[311]: warning: 9BECF3F19D: TLS is required, but "
         "was not offered by host mx.example.org[192.0.2.7]",
@@ -349,9 +363,6 @@ def test_report_fails_on_input_with_no_postfix_line(tmp_path: Path) -> None:
 
 
 def test_the_agent_exports_left_out_delivery_lines_per_reason() -> None:
-    from mailpulse.catalogue import CATALOGUE
-    from mailpulse.series import stats_series
-
     assert stats_series("left_out.no_queue_id", set()) == (
         "mailpulse_log_unread_delivery_lines_total",
         ("no_queue_id",),
@@ -375,10 +386,6 @@ HEADER_SHAPES = [
 
 @pytest.mark.usefixtures("scan_road")
 def test_grok_corpus_lines_read_alike_in_every_header_shape(shared_corpus: Path) -> None:
-    import yaml
-
-    from tests.test_maillog import _case_line
-
     cases = []
     for path in sorted((shared_corpus / "postfix-lines" / "grok-tests").glob("*.yaml")):
         data = str(yaml.safe_load(path.read_text())["data"])
