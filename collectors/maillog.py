@@ -213,7 +213,8 @@ class Correlator:
     def stats(self) -> Counter[str]:
         """Every counter under one name: lines, not_postfix, records.<kind>, events.<status>,
         unparsed.<program>, left_out.<reason> (the unparsed lines that look like a delivery:
-        to=<...> and status=), rejects.<action>, evictions, content_filter_relays, cut_lines
+        to=<...> and status=), joined_lines (the rest of a delivery line split over two),
+        rejects.<action>, evictions, content_filter_relays, cut_lines
         (lines over MAX_LINE, read up to it), and what the caller adds (damaged or unreadable
         files)."""
         out = Counter(self.counts)
