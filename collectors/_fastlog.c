@@ -252,13 +252,15 @@ static void remote_codes(P rp, P rp_e, P dn, P dn_e, PyObject **out) {
     Py_ssize_t rl_n = rp_e - rp, dl_n = dn_e - dn;
     int usual = rl_n >= 4 && (*rp == '2' || *rp == '4' || *rp == '5') && is_digit(rp[1])
                 && is_digit(rp[2]) && (rp[3] == ' ' || rp[3] == '-');
-    int unsure = dl_n >= 4 && memcmp(dn_e - 4, ".0.0", 4) == 0
-                 && !(usual && rl_n >= 4 + dl_n && memcmp(rp + 4, dn, dl_n) == 0
-                      && !(rl_n > 4 + dl_n && is_digit(rp[4 + dl_n])));
+    /* no dsn= at all (Postfix before 2.3) is as unsure as X.0.0 */
+    int unsure = dl_n == 0
+                 || (dl_n >= 4 && memcmp(dn_e - 4, ".0.0", 4) == 0
+                     && !(usual && rl_n >= 4 + dl_n && memcmp(rp + 4, dn, dl_n) == 0
+                          && !(rl_n > 4 + dl_n && is_digit(rp[4 + dl_n]))));
     out[1] = code ? recurring(9, code, code + 3, str) : str(rp, rp);
     if (unsure && rdsn < rdsn_e && !(rdsn_e - rdsn == dl_n && memcmp(rdsn, dn, dl_n) == 0)) {
         out[0] = recurring(5, rdsn, rdsn_e, str);
-        out[2] = recurring(5, dn, dn_e, str);
+        out[2] = dl_n ? recurring(5, dn, dn_e, str) : Py_NewRef(Py_None);
     } else {
         out[0] = recurring(5, dn, dn_e, str);
         out[2] = Py_NewRef(Py_None);

@@ -65,8 +65,11 @@ SERVICES = frozenset(
         "postconf",
         "postmulti",
         "script",
+        "postfix",  # a bare "postfix[123]"
     ]
 )
+# Sendmail's own programs: their lines ("stat=Sent") are counted apart, never read as Postfix's.
+OTHER_MTAS = frozenset({"sendmail", "sm-mta", "sm-msp-queue"})
 LEVELS = ("warning", "fatal", "panic", "error", "info")
 
 _MONTHS = {
@@ -194,7 +197,7 @@ def _parse(line: bytes | str) -> LogRecord | None:
         s = line[:MAX_LINE] if cut else line
     if "\x00" in s:
         s = s.replace("\x00", "")
-    if s[-1:] == "\n":
+    if s[-1:] == "\n" or s[-1:] == "\r":  # CRLF endings too
         s = s.rstrip("\r\n")
     # Fast path: the two usual timestamp layouts, then "host tag: " looked up in a cache
     # (a busy node logs from a few hundred processes: the same few hundred headers).
@@ -210,10 +213,15 @@ def _record(t: float, hdr: tuple[Any, ...], msg: str, cut: bool) -> LogRecord | 
     if not hdr:
         return None
     node, instance, program, service, pid, handler = hdr
+    if msg[:4] == "[ID " and "] " in msg:  # Solaris: "[ID 197553 mail.info] C589E3780: ..."
+        msg = msg[msg.find("] ") + 2 :]
     rec = LogRecord(t, node, instance, program, service, pid, "unknown", "", {})
     handler(rec, msg)
     if rec.kind == "unknown":
         rec.fields["message"] = msg[:500]
+        if "to=<" in msg and ("status=" in msg or "relay=" in msg):
+            # a delivery line never vanishes unnamed
+            rec.fields["left_out"] = _left_out(rec, msg)
     if cut:
         rec.fields["cut"] = "1"
     return rec
@@ -275,12 +283,18 @@ def _classic_stamp(stamp: str) -> float | None:
 
 def _header(parts: list[str]) -> tuple[Any, ...]:
     """ "host postfix/smtp[123]" -> (node, instance, program, service, pid, handler), or ()
-    when the program is not Postfix's."""
+    when the program is not Postfix's. The host may be missing ("postfix/smtp[123]"), the
+    name bracketed without pid ("[postfix/smtpd]"); Sendmail's own programs get a handler
+    that counts their lines apart."""
+    if len(parts) == 1:
+        parts = ["", parts[0]]
     if len(parts) != 2:
         return ()
     node, name = parts
     if " " in name:
         return ()
+    if name[:1] == "[" and name[-1:] == "]":
+        name = name[1:-1]
     pid = ""
     if name[-1:] == "]":
         b = name.rfind("[")
@@ -289,6 +303,8 @@ def _header(parts: list[str]) -> tuple[Any, ...]:
         pid, name = name[b + 1 : -1], name[:b]
     instance, slash, program = name.partition("/")
     service = program.rpartition("/")[2] if slash else instance
+    if not slash and service in OTHER_MTAS:
+        return (node, instance, instance, service, pid, _other_mta)
     if service not in SERVICES and not (slash and instance.startswith("postfix")):
         return ()
     return (node, instance, program or instance, service, pid, _HANDLERS.get(service, _generic))
@@ -304,24 +320,38 @@ def _parse_slow(s: str, cut: bool) -> LogRecord | None:
         if len(words) < 6:
             return None
         n = 6 if ":" in words[2] else 7
-    parts = s.split(None, n - 1)
-    if len(parts) < n:
+    # the stamp's words, then "host tag: msg" (the host may be missing)
+    parts = s.split(None, n - 3)
+    if len(parts) < n - 2:
         return None
     if n == 4:
-        stamp, node, tag, msg = parts
-        t = _iso_time(stamp)
+        t = _iso_time(parts[0])
     elif n == 6:
-        mon, day, clock, node, tag, msg = parts
+        mon, day, clock = parts[:3]
         t = _classic_time(mon, day, clock)
     else:
         if year_first:
-            year, mon, day, clock, node, tag, msg = parts
+            year, mon, day, clock = parts[:4]
         else:
-            mon, day, year, clock, node, tag, msg = parts
+            mon, day, year, clock = parts[:4]
         t = _classic_time(mon, day, clock, year)
-    if t is None or tag[-1:] != ":":
+    rest = parts[-1]
+    i = rest.find(": ")
+    if t is None or i < 0:
         return None
-    return _record(t, _header([node, tag[:-1]]), msg, cut)
+    return _record(t, _tag(rest[:i]), rest[i + 2 :], cut)
+
+
+_STAMP = re.compile(
+    rb"(?:[A-Z][a-z]{2} [ 0-9]?[0-9] |[0-9]{4} [A-Z][a-z]{2} |[0-9]{4}-[0-9]{2}-[0-9]{2}T)"
+)
+
+
+def has_stamp(line: bytes | str) -> bool:
+    """Whether a line starts with a syslog time stamp (else it may be the rest of the line
+    before it, as loggers that split long lines write it)."""
+    head = line[:16] if isinstance(line, bytes) else line[:16].encode("utf-8", "replace")
+    return _STAMP.match(head) is not None
 
 
 # -- pieces shared by the handlers -----------------------------------------------------------
@@ -347,13 +377,48 @@ def _level(rec: LogRecord, msg: str) -> bool:
     return False
 
 
+# What follows a queue id on the lines of a message: where a line reads "ID: to=<...", any
+# alphanumeric ID is its queue id (logs anonymised before sharing rewrite them), never a level.
+_RECORD_HEADS = (
+    "to=<",
+    "from=<",
+    "message-id=",
+    "resent-message-id=",
+    "client=",
+    "removed",
+    "uid=",
+    "orig_to=<",
+    "sender non-delivery notification: ",
+    "sender delay notification: ",
+    "sender delivery status notification: ",
+    "postmaster non-delivery notification: ",
+    "reject: ",
+    "milter-reject: ",
+    "discard: ",
+    "hold: ",
+    "skipped, still being delivered",
+    "requeued",
+    "placed on hold",
+    "released from hold",
+)
+
+
 def _queue_id(rec: LogRecord, msg: str) -> str | None:
     """Strip a leading queue id (or NOQUEUE) and return the rest, or None if there is none."""
     k = msg.find(": ", 5, 26)
     if k > 0:
         qid = msg[:k]
         # str.strip is a cheap test for "only hex digits"; long ids go through the regex
-        if not qid.strip(QID_HEX) or (k >= 10 and _QID.match(msg)):
+        if (
+            not qid.strip(QID_HEX)
+            or (k >= 10 and _QID.match(msg))
+            or (
+                qid.isascii()
+                and qid.isalnum()
+                and qid not in LEVELS
+                and msg.startswith(_RECORD_HEADS, k + 2)
+            )
+        ):
             rec.queue_id = qid
             return msg[k + 2 :]
     if msg.startswith("NOQUEUE: "):
@@ -433,17 +498,18 @@ def delivery_codes(logged_dsn: str, reply: str) -> tuple[str, str, str | None]:
         # When the reply starts with the logged code itself (not followed by a digit) they
         # agree; else the remote's enhanced code is read below.
         n = len(logged_dsn)
-        agree = reply.startswith(logged_dsn, 4) and not reply[4 + n : 5 + n].isdecimal()
-        if logged_dsn.endswith(".0.0") and not agree:
+        agree = n and reply.startswith(logged_dsn, 4) and not reply[4 + n : 5 + n].isdecimal()
+        if (not n or logged_dsn.endswith(".0.0")) and not agree:
             remote = reply_codes(reply)[1]
     else:
         code, remote = reply_codes(reply)
-        if not logged_dsn.endswith(".0.0"):
+        if logged_dsn and not logged_dsn.endswith(".0.0"):
             remote = ""
     # Postfix logs X.0.0 when the remote's enhanced code disagrees with its reply code's
-    # class (or is missing); the remote's own codes are what the analysis must see.
+    # class (or is missing), and before 2.3 no dsn= at all; the remote's own codes are what
+    # the analysis must see.
     if remote and remote != logged_dsn:
-        return remote, code, logged_dsn
+        return remote, code, logged_dsn or None
     return logged_dsn, code, None
 
 
@@ -484,7 +550,11 @@ def _delivery(rec: LogRecord, msg: str) -> None:
                 _relay(f, relay)
             f["status"] = status
             f["reply"] = reply
-            rec.kind = "delivery" if status in STATUSES else "verify"
+            if status in STATUSES:
+                rec.kind = "delivery"
+            elif status.startswith(("deliverable", "undeliverable")):  # verify(8) probes
+                # ("undeliverable-but-not-cached" too)
+                rec.kind = "verify"
             return
     _smtp_trouble(rec, rest)
 
@@ -893,6 +963,11 @@ _IGNORED = {
 def _generic(rec: LogRecord, msg: str) -> None:
     if _level(rec, msg):
         return
+    rest = _queue_id(rec, msg)
+    if rest is not None and rest.startswith("to=<") and ", status=" in rest:
+        # a delivery agent under a name of its own (syslog_name=postfix/slow, bare postfix)
+        _delivery(rec, msg)
+        return
     why = _IGNORED.get(rec.service)
     if why:
         rec.kind = "ignored"
@@ -901,10 +976,26 @@ def _generic(rec: LogRecord, msg: str) -> None:
             rec.kind = "master"
             rec.fields["action"] = msg
         return
-    rest = _queue_id(rec, msg)
     if rest is not None and _level(rec, rest):
         return
     rec.kind = "unknown"
+
+
+def _other_mta(rec: LogRecord, msg: str) -> None:
+    """Sendmail's lines in a Postfix log: not ours, counted apart (never as unread)."""
+    rec.kind = "other_mta"
+
+
+def _left_out(rec: LogRecord, msg: str) -> str:
+    """Why a line with to=<...> and status= gave no delivery: its named reason."""
+    if not rec.queue_id:
+        return "no_queue_id"
+    if ", status=" not in msg:
+        return "no_status"
+    status = msg.partition(", status=")[2].partition(" ")[0]
+    if status not in STATUSES:
+        return "unknown_status"
+    return "unread_shape"
 
 
 _HANDLERS = {s: _delivery for s in DELIVERY_AGENTS}

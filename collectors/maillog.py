@@ -26,6 +26,7 @@ from mailpulse.collectors.logparse import (
     delay_of,
     delays_of,
     delivery_codes,
+    has_stamp,
     parse_header,
     parse_line,
     reply_codes,
@@ -204,12 +205,18 @@ class Correlator:
         self.not_postfix = 0
         self.samples: dict[str, list[str]] = {}
         self._filter_relays: dict[str, bool] = {}  # relay -> is a content filter
+        # a delivery line cut short (its reply not closed, or no status= yet), waiting for the
+        # rest of it on the next line: the line and its record
+        self._held: tuple[bytes | str, LogRecord] | None = None
 
     @property
     def stats(self) -> Counter[str]:
         """Every counter under one name: lines, not_postfix, records.<kind>, events.<status>,
-        unparsed.<program>, rejects.<action>, evictions, content_filter_relays, cut_lines (lines
-        over MAX_LINE, read up to it), and what the caller adds (damaged or unreadable files)."""
+        unparsed.<program>, left_out.<reason> (the unparsed lines that look like a delivery:
+        to=<...> and status=), joined_lines (the rest of a delivery line split over two),
+        rejects.<action>, evictions, content_filter_relays, cut_lines
+        (lines over MAX_LINE, read up to it), and what the caller adds (damaged or unreadable
+        files)."""
         out = Counter(self.counts)
         out["lines"] = self.lines
         out["not_postfix"] = self.not_postfix
@@ -242,14 +249,47 @@ class Correlator:
 
     # -- input ---------------------------------------------------------------------------
     def feed_line(self, line: bytes | str) -> list[DeliveryEvent]:
-        """One line (the general road: parse_line, then feed)."""
+        """One line (the general road: parse_line, then feed). A delivery line cut short is
+        held until the next line says whether it is the rest of it (a line without a syslog
+        stamp: a logger that splits long lines) or not (then it is read as it is)."""
         self.lines += 1
         rec = parse_line(line)
+        out: list[DeliveryEvent] = []
+        if self._held is not None:
+            if rec is None and line and len(line) < MAX_LINE and not has_stamp(line):
+                return self._continued(line)
+            out = self.flush()
         if rec is None:
             self.not_postfix += 1
             if len(line) > MAX_LINE:  # Postfix's lines count it in feed, from the record
                 self.counts["cut_lines"] += 1
+            return out
+        if _cut_short(rec) and len(line) < MAX_LINE:
+            self._held = (line, rec)
+            return out
+        return out + self.feed(rec) if out else self.feed(rec)
+
+    def _continued(self, rest: bytes | str) -> list[DeliveryEvent]:
+        """The held line and the rest of it, read as one line."""
+        assert self._held is not None
+        first = self._held[0]
+        self._held = None
+        self.counts["joined_lines"] += 1
+        if type(first) is not type(rest):
+            first, rest = _text(first), _text(rest)
+        joined = first + rest  # type: ignore[operator]
+        rec = parse_line(joined)
+        if rec is not None and _cut_short(rec) and len(joined) < MAX_LINE:
+            self._held = (joined, rec)
             return []
+        return self.feed(rec) if rec is not None else []
+
+    def flush(self) -> list[DeliveryEvent]:
+        """The held line, read as it is: at the end of the input, or before another line."""
+        if self._held is None:
+            return []
+        rec = self._held[1]
+        self._held = None
         return self.feed(rec)
 
     def feed(self, record: LogRecord) -> list[DeliveryEvent]:
@@ -295,6 +335,9 @@ class Correlator:
             kept = self.samples.setdefault(prog, [])
             if len(kept) < SAMPLES_PER_PROGRAM:
                 kept.append(f.get("message", ""))
+            left_out = f.get("left_out")
+            if left_out:
+                self.counts["left_out." + left_out] += 1
         elif kind == "reject":
             self.counts["rejects." + f.get("action", "reject")] += 1
         return []
@@ -394,12 +437,16 @@ class Correlator:
         outcomes = dict.fromkeys(STATUSES, 0)
         messages, filters = self.messages, self.content_filters
         heads = _HEADS
+        held = self._held is not None
         for it in items:
             kind = it[0]
             head = (heads.get(it[3]) or _header(it[3])) if kind else _NO_HEAD
             t, node, instance, program, taken = head
-            if not taken >> kind & 1:
+            # the general road also takes the lines after a held one, and a delivery line cut
+            # short in its reply (its rest may come on the next line)
+            if not taken >> kind & 1 or held or (kind == DELIVERY and it[12][:1] == "("):
                 out += self._general(data[it[1] : it[2]])
+                held = self._held is not None
                 continue
             seen[kind] += 1
             key = (it[4], node, instance)
@@ -436,6 +483,17 @@ class Correlator:
     def _general(self, line: bytes | str) -> list[DeliveryEvent]:
         self.lines -= 1  # feed_line counts it again
         return self.feed_line(line)
+
+
+def _text(line: bytes | str) -> str:
+    return line if isinstance(line, str) else line.decode("utf-8", "replace")
+
+
+def _cut_short(rec: LogRecord) -> bool:
+    """A delivery line whose reply is not closed, or that stops before its status=."""
+    if rec.kind == "delivery":
+        return rec.fields["reply"][:1] == "("
+    return rec.kind == "unknown" and rec.fields.get("left_out") == "no_status"
 
 
 def _header(prefix: str) -> tuple[Any, ...]:

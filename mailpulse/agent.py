@@ -186,6 +186,8 @@ class LogPipeline(threading.Thread):
         for block in follower.read_blocks(self.cfg.log_read_bytes):
             for ev in correlator.feed_block(block):
                 self.accounting.apply(ev)
+        for ev in correlator.flush():  # nothing held past the checkpoint
+            self.accounting.apply(ev)
         n: int = correlator.lines - before
         if n or follower.stats != self.follow_seen:
             self._commit(follower, correlator)

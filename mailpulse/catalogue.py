@@ -87,6 +87,13 @@ CATALOGUE: tuple[Metric, ...] = (
         snmp_column=3,
     ),
     Metric(
+        "mailpulse_log_unread_delivery_lines_total",
+        COUNTER,
+        "Lines that look like a delivery (to=<...>, status=) but gave none, by reason (no_queue_id,"
+        " no_status, unknown_status, unread_shape); also counted in the parse errors.",
+        ("reason",),
+    ),
+    Metric(
         "mailpulse_log_evicted_queue_ids_total",
         COUNTER,
         "Queue ids dropped from the bounded correlation table before their message ended.",

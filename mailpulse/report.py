@@ -38,7 +38,8 @@ def normalise_reply(text: str) -> str:
 
 
 # Exit codes (sysexits, as bounce parse): a file damaged part way (what came before it is
-# counted), a file that cannot be opened. Both still print what the other input gave.
+# counted), a file that cannot be opened; EX_DATAERR too when lines that look like a delivery
+# were left out, or when no line of the input is Postfix's. All still print what was read.
 
 
 def _open(path: Path) -> BinaryIO:
@@ -75,6 +76,7 @@ def input_events(
     for p in list(files) or [Path("-")]:
         if str(p) == "-":
             yield from c.feed_stream(sys.stdin.buffer)
+            yield from c.flush()  # a delivery line cut short at the end: read as it is
             continue
         try:
             f = _open(p)
@@ -96,6 +98,7 @@ def input_events(
                 )
                 c.counts["damaged_files"] += 1
                 fails.append(EX_DATAERR)
+            yield from c.flush()
 
 
 def _say(text: str) -> None:
@@ -131,7 +134,27 @@ def _run(args: argparse.Namespace, consume: Consumer) -> int:
     except OSError as e:
         _say(str(e))
         return 1
+    failures.append(input_verdict(c))
     return max(failures, default=0)
+
+
+def input_verdict(c: Correlator) -> int:
+    """EX_DATAERR, said on stderr, when the input cannot be summed up truly: delivery lines
+    were left out, or it holds lines and none of them is Postfix's (not a mail log)."""
+    stats = c.stats
+    left_out = {k[9:]: n for k, n in stats.items() if k.startswith("left_out.") and n}
+    if left_out:
+        _say(f"delivery lines left out, per reason: {left_out}")
+        return EX_DATAERR
+    if stats["lines"] and not postfix_lines(stats):
+        _say(f"no Postfix line in {stats['lines']} lines read: not a Postfix mail log?")
+        return EX_DATAERR
+    return 0
+
+
+def postfix_lines(stats: Counter[str]) -> int:
+    """Lines written by Postfix: not another program's, nor Sendmail's in the same file."""
+    return stats["lines"] - stats["not_postfix"] - stats["records.other_mta"]
 
 
 def run_parse(args: argparse.Namespace) -> int:
@@ -216,6 +239,16 @@ class Report:
             "not_postfix": stats.get("not_postfix", 0),
             "unparsed": {k[9:]: v for k, v in stats.items() if k.startswith("unparsed.")},
             "unparsed_samples": c.samples,
+            # what could not be read, per program, with one line of it to look at
+            "not_read": {
+                k[9:]: {"count": v, "sample": (c.samples.get(k[9:]) or [""])[0]}
+                for k, v in stats.items()
+                if k.startswith("unparsed.")
+            },
+            "left_out": {k[9:]: v for k, v in stats.items() if k.startswith("left_out.")},
+            "postfix_lines": postfix_lines(Counter(stats)),
+            "other_mta_lines": stats.get("records.other_mta", 0),
+            "verify_probes": stats.get("records.verify", 0),
             "evictions": stats.get("evictions", 0),
             "cut_lines": stats.get("cut_lines", 0),
             "damaged_files": stats.get("damaged_files", 0),
@@ -246,6 +279,15 @@ def render_text(data: dict[str, Any]) -> str:
         *(f"  {'rejects ' + k:<24}{n:>10}" for k, n in sorted(data["rejects"].items())),
         *(f"  {k + 's':<24}{n:>10}" for k, n in data["warnings"].items() if n),
         f"  {'lines read':<24}{data['lines']:>10}",
+        f"  {'postfix lines':<24}{data['postfix_lines']:>10}",
+        *(
+            f"  {label:<24}{data[k]:>10}"
+            for k, label in (
+                ("other_mta_lines", "sendmail lines"),
+                ("verify_probes", "verify probes"),
+            )
+            if data[k]
+        ),
         *(
             f"  {k.replace('_', ' '):<24}{data[k]:>10}"
             for k in ("cut_lines", "damaged_files", "unreadable_files")
@@ -261,9 +303,14 @@ def render_text(data: dict[str, Any]) -> str:
     for s in ("deferred", "bounced"):
         lines.append(f"\nTop {s} replies")
         lines += [f"  {r['count']:>8}  {r['reply']}" for r in data["top_replies"][s]]
-    if data["unparsed"]:
-        lines.append("\nLines not understood, per program")
-        lines += [f"  {k:<24}{n:>10}" for k, n in data["unparsed"].items()]
+    if data["not_read"]:
+        lines.append("\nNot read, per program (count, a sample)")
+        lines += [
+            f"  {k:<24}{v['count']:>10}  {v['sample'][:200]}" for k, v in data["not_read"].items()
+        ]
+    if data["left_out"]:
+        lines.append("\nDelivery lines left out, per reason")
+        lines += [f"  {k:<24}{n:>10}" for k, n in data["left_out"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -148,6 +148,8 @@ def stats_series(name: str, programs: set[str]) -> SeriesKey | None:
             tail = "other"
         programs.add(tail)
         return ("mailpulse_log_parse_errors_total", (tail,))
+    if head == "left_out":
+        return ("mailpulse_log_unread_delivery_lines_total", (tail,))
     if head == "events":
         return None
     if head == "records":

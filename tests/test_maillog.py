@@ -546,10 +546,13 @@ VARIANTS = [
 # What VARIANTS hold, read off the lines (by index), not from the parser: deliveries 3, 9, 14
 # (its NUL dropped) and 15 deferred, 5 and 6 sent, 4 bounced, 7 to a content filter; 8 a
 # verify probe; the expiry 13 names no deferred recipient (those were on mx2): one event;
-# 12 and 16 Postfix's but not understood; 17 and 18 not Postfix's.
+# 12 and 16 Postfix's but not understood, 16 a delivery line cut short before its status
+# (left out, named), which takes 17 (no time stamp) for its rest; 18 not Postfix's.
 VARIANT_STATS = {
     "lines": 19,
-    "not_postfix": 2,
+    "not_postfix": 1,
+    "joined_lines": 1,
+    "left_out.no_status": 1,
     "events.deferred": 4,
     "events.sent": 2,
     "events.bounced": 1,

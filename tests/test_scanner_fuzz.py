@@ -45,11 +45,11 @@ POOL = [
 ]  # fmt: skip
 STAMPS = ["Dec 01 06:59:15", "Nov 28 17:34:00", "Nov  3 01:02:03", "2026-11-28T17:34:01+01:00",
           "2026-11-28T17:34:01.000123Z", "Dec 01 06:59:15.250"]  # fmt: skip
-NODES = ["node1", "mx1", "250", "5.1.1"]
+NODES = ["node1", "mx1", "250", "5.1.1", ""]  # "": a line without its host
 # A few processes, as on a node: the block road reads a line itself only once its header
 # ("node postfix/smtp[pid]") is known, so a new pid on every line would test the general road
 PIDS = [42, 1100, 12364, 45475]
-INSTANCES = ["postfix", "postfix-bulk1"]
+INSTANCES = ["postfix", "postfix-bulk1", "postfix/amavis", "postfix/10025"]
 AGENTS = ["smtp", "smtp", "smtp", "lmtp", "virtual", "local", "error", "relay", "qmgr", "pipe"]
 DOMAINS = ["gmail.com", "web.de", "Outlook.COM", "x.example", "mail.ru"]
 REPLIES = [
@@ -83,7 +83,9 @@ def pick(rng: random.Random, usual: str, p: float = 0.12) -> str:
 def qid(rng: random.Random, ids: list[str]) -> str:
     if ids and rng.random() < 0.8:
         return rng.choice(ids)
-    if rng.random() < 0.25:  # a long queue id (enable_long_queue_ids)
+    if rng.random() < 0.05:  # an id rewritten before the log was shared
+        new = "".join(rng.choice("0123456789ABCDEF") for _ in range(8)) + "xq"
+    elif rng.random() < 0.25:  # a long queue id (enable_long_queue_ids)
         alphabet = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"
         new = "".join(rng.choice(alphabet) for _ in range(rng.randint(10, 16)))
     else:
@@ -112,6 +114,8 @@ def realistic(rng: random.Random, ids: list[str]) -> str:
         delay = pick(rng, rng.choice(["0.16", "0.04", "1.5", "12", "250", "550", "0"]), 0.3)
         delays = pick(rng, rng.choice(["0.01/0.09/0/0.06", "0.1/0/0/1", "250/0/0/0"]))
         status = pick(rng, rng.choice(["sent", "deferred", "bounced", "expired"]), 0.05)
+        if rng.random() < 0.03:  # an address verification probe
+            status = "deliverable"
         reply = rng.choice(REPLIES).format(relay=relay, rcpt=rcpt, code=code, dsn=dsn)
         parts = [f"to=<{rcpt}>"]
         if rng.random() < 0.15:
@@ -123,7 +127,10 @@ def realistic(rng: random.Random, ids: list[str]) -> str:
         if rng.random() < 0.05:
             parts.append("tls=dane")
         parts += [f"dsn={dsn}", f"status={status} ({reply})"]
-        return head.format(rng.choice(AGENTS)) + ", ".join(parts)
+        if rng.random() < 0.05:  # Postfix before 2.3: no delays= nor dsn=
+            parts = [p for p in parts if not p.startswith(("delays=", "dsn="))]
+        end = "\r" if rng.random() < 0.03 else ""  # CRLF line endings
+        return head.format(rng.choice(AGENTS)) + ", ".join(parts) + end
     if shape < 0.6:
         sender = pick(rng, f"bounce-{rng.randint(1, 9999999)}@bounces.lab.test")
         size, nrcpt = pick(rng, str(rng.randint(300, 90000))), pick(rng, "1")
