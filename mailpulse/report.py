@@ -15,7 +15,6 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from os import EX_DATAERR, EX_NOINPUT
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,6 +22,7 @@ from mailpulse.collectors.maillog import Correlator
 from mailpulse.config import load_for
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import STATUSES, DeliveryEvent
+from mailpulse.exits import DATAERR, FAILURE, OK, path_code, path_problem
 
 TOP = 10
 # Parts of a reply that name one recipient or host; without them equal replies group together.
@@ -37,8 +37,8 @@ def normalise_reply(text: str) -> str:
     return _ADDRESS.sub("<...>", text)[:200]
 
 
-# Exit codes (sysexits, as bounce parse): a file damaged part way (what came before it is
-# counted), a file that cannot be opened. Both still print what the other input gave.
+# Exit codes (mailpulse.exits, as every command): a file damaged part way (what came before it
+# is counted), a file that cannot be opened. Both still print what the other input gave.
 
 
 def _open(path: Path) -> BinaryIO:
@@ -79,9 +79,9 @@ def input_events(
         try:
             f = _open(p)
         except OSError as e:
-            _say(f"{p}: cannot read: {e.strerror or e}")
+            _say(f"{p}: {path_problem(e)}")
             c.counts["unreadable_files"] += 1
-            fails.append(EX_NOINPUT)
+            fails.append(path_code(e))
             continue
         with f:
             counted = _Counted(f)
@@ -95,7 +95,7 @@ def input_events(
                     f" {e}; what came before is counted"
                 )
                 c.counts["damaged_files"] += 1
-                fails.append(EX_DATAERR)
+                fails.append(DATAERR)
 
 
 def _say(text: str) -> None:
@@ -120,18 +120,18 @@ Consumer = Callable[[argparse.Namespace, Iterator[DeliveryEvent], Correlator, Do
 
 
 def _run(args: argparse.Namespace, consume: Consumer) -> int:
-    """The inputs' events through `consume`. Exit code: 1 when reading or
-    writing fails, else the worst of the files' (see input_events)."""
+    """The inputs' events through `consume`. Exit code: FAILURE when writing fails, else the
+    first file's problem (see input_events)."""
     c, groups = settings(args)  # a wrong config file is said by the command line
     failures: list[int] = []
     try:
         consume(args, input_events(c, args.files, failures), c, groups)
     except BrokenPipeError:  # `| head`: the reader has all it wants
-        return 0
+        return OK
     except OSError as e:
-        _say(str(e))
-        return 1
-    return max(failures, default=0)
+        _say(path_problem(e))
+        return FAILURE
+    return failures[0] if failures else OK
 
 
 def run_parse(args: argparse.Namespace) -> int:

@@ -18,7 +18,6 @@ import pytest
 from mailpulse.bounce import dsn
 from mailpulse.bounce.intake import (
     EX_OK,
-    EX_PARTIAL,
     EX_TEMPFAIL,
     MailItem,
     VerpSettings,
@@ -27,6 +26,8 @@ from mailpulse.bounce.intake import (
     read_paths,
 )
 from mailpulse.bounce.verp import make_address
+
+from mailpulse.exits import PARTIAL as EX_PARTIAL
 
 KEY = b"k"
 
