@@ -28,6 +28,14 @@ def verp_settings(args: argparse.Namespace) -> VerpSettings:
     )
 
 
+# The text output's columns, said once before the first recipient.
+HEADER = (
+    "# file\tuser_id\trecipient\tstatus\treply_code\treason\thard/soft\tkind\n"
+    "# user_id?: named by the VERP address, but its signature did not verify (no key or a"
+    " wrong one): never blacklists alone"
+)
+
+
 def _line(r: dict[str, Any]) -> str:
     uid = r["user_id"] or "-"
     mark = "" if r["verp_verified"] or uid == "-" else "?"
@@ -41,6 +49,7 @@ def run_parse(args: argparse.Namespace) -> int:
     envelope = os.environ.get("MAILPULSE_ENVELOPE_RECIPIENT", "")
     errors: list[int] = []
     partial = False
+    header = not args.json
 
     def unreadable(path: Path, e: OSError) -> None:
         print(f"mailpulse: {path}: {path_problem(e)}", file=sys.stderr)
@@ -53,6 +62,9 @@ def run_parse(args: argparse.Namespace) -> int:
             print(f"mailpulse: {item.source}: skipped: {e}", file=sys.stderr)
             errors.append(DATAERR)
             continue
+        if records and header:
+            print(HEADER)
+            header = False
         for r in records:
             print(json.dumps(r, ensure_ascii=False) if args.json else _line(r))
         omitted = records[0]["recipients_omitted"] if records else 0
