@@ -20,7 +20,7 @@ APT_PACKAGES := postfix libsnmp-dev librrd-dev rrdtool snmpd snmp smitools \
 	debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-setuptools \
 	python3-psutil python3-prometheus-client python3-yaml python3-bcrypt adduser
 
-.PHONY: deps venv demo test lint lab-up lab-down clean deb
+.PHONY: deps venv demo test lint lab-up lab-down clean deb stop-exporter-service
 
 # Idempotent: only calls apt-get when a package is missing.
 deps:
@@ -30,6 +30,18 @@ deps:
 		echo "installing Debian packages:" $$missing; \
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		case " $$missing " in *" prometheus-postfix-exporter "*) $(MAKE) -s stop-exporter-service;; esac; \
+	fi
+
+# Debian's prometheus-postfix-exporter starts as a service on 9154, the agent's port; the
+# benchmarks run it as their own process. Installed here, its service is stopped and disabled
+# (an exporter the operator installed is left alone: see the README on running both).
+stop-exporter-service:
+	-if [ -d /run/systemd/system ]; then \
+		systemctl disable --now prometheus-postfix-exporter.service >/dev/null 2>&1; \
+	elif [ -x /etc/init.d/prometheus-postfix-exporter ]; then \
+		/etc/init.d/prometheus-postfix-exporter stop >/dev/null 2>&1; \
+		update-rc.d prometheus-postfix-exporter disable >/dev/null 2>&1; \
 	fi
 
 $(VENV)/.installed: pyproject.toml
