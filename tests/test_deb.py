@@ -9,6 +9,8 @@ import os
 import pwd
 import re
 import subprocess
+import sys
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -171,3 +173,24 @@ def test_the_shipped_config_names_every_setting_at_its_default() -> None:
     # A section whose only key is an example (postfix:) is left empty by uncommenting.
     got = parse_config({k: v for k, v in data.items() if v is not None})
     assert replace(got, source=None, other={}) == Config()
+
+
+def test_pip_builds_without_a_warning_from_setuptools(tmp_path: Path) -> None:
+    """`pip install` as the README says: no warning about the unit's folder not being a
+    package, nor about an experimental ext-modules table, on every install."""
+
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = r.stdout + r.stderr
+    (wheel,) = tmp_path.glob("mailpulse-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("mailpulse/collectors/_fastlog.") for n in names)  # the C scanner
+    assert "mailpulse/systemd/mailpulse-agent.service" in names
+    for warning in ("SetuptoolsWarning", "SetuptoolsDeprecationWarning", "experimental"):
+        assert warning not in said
+    assert "absent from the `packages`" not in said
