@@ -1,5 +1,6 @@
-"""`make demo` with its port taken (as prometheus-postfix-exporter takes 9154): one line naming
-the process that holds it, at once, before the lab starts; and what its counts mean."""
+"""The agent's port taken by another program (as Debian's prometheus-postfix-exporter takes
+9154): the agent and `make demo` each say in one line which address and which process, and stop
+at once (the demo before it starts the lab); and what the demo's counts mean."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from lab.demo import counted_note
 from lab.postfix import free_port, port_free
+from tests.agent_support import assert_one_line_error, mailpulse, spoolless_postfix
+from tests.conftest import require_programs
 
 HOLDER = (
     "import socket, sys, time\n"
@@ -19,18 +22,45 @@ HOLDER = (
 )
 
 
+def hold(port: int) -> subprocess.Popen[str]:
+    """Another program listening on the port."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(port)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+    assert not port_free("127.0.0.1", port)
+    return holder
+
+
+def test_the_agent_names_the_program_holding_its_port_and_stops(tmp_path: Path) -> None:
+    require_programs("postconf")
+    port = free_port()
+    config = tmp_path / "mailpulse.yml"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\npostfix:\n  config_dirs: [{spoolless_postfix(tmp_path)}]\n"
+        f"logs:\n  files: [{tmp_path / 'mail.log'}]\n"
+    )
+    (tmp_path / "mail.log").touch()
+    holder = hold(port)
+    try:
+        for check in (["--check-config"], []):
+            r = mailpulse(
+                "agent", "--config", str(config), "--state-dir", str(tmp_path / "s"), *check
+            )
+            assert_one_line_error(
+                r, 1, f"listen 127.0.0.1:{port}: address already in use by pid {holder.pid} ("
+            )
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_demo_refuses_a_taken_port_naming_its_holder_before_starting_anything(
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = hold(port)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
-        assert not port_free("127.0.0.1", port)
         started = time.monotonic()
         r = subprocess.run(
             [sys.executable, "-m", "lab.demo", "--root", str(tmp_path / "lab")]
