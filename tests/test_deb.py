@@ -8,6 +8,7 @@ import grp
 import os
 import pwd
 import re
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from lab.postfix import Lab, free_port
+from tests.agent_support import scrape, wait_for
 from tests.conftest import REPO, require_programs, require_root
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -45,6 +47,19 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run("make", "-s", "-C", str(REPO), "deb", f"DEB_DIR={out}")
     (package,) = out.glob("mailpulse_*.deb")
     return package
+
+
+def sources(port: int) -> dict[tuple[str, ...], float]:
+    return {
+        tuple(sorted(dict(labels).values())): v
+        for (name, labels), v in scrape(port).items()
+        if name == "mailpulse_source_up"
+    }
+
+
+def all_sources_up(port: int) -> bool:
+    up = sources(port)
+    return len(up) >= 3 and all(v == 1 for v in up.values())  # host, log, queue
 
 
 def unit_settings() -> dict[str, str]:
@@ -115,12 +130,32 @@ def test_the_package_installs_runs_upgrades_and_purges_clean(deb: Path, lab: Lab
         r = run(*as_the_unit(*spool, with_capabilities=False))
         assert "unreadable" in r.stdout
 
+        # The unit's own command, as the unit runs it, reading the log as Debian keeps
+        # /var/log/mail.log (root:adm 0640) and the spool with its one capability.
+        os.chown(lab.maillog, 0, grp.getgrnam("adm").gr_gid)
+        os.chmod(lab.maillog, 0o640)
+        agent = subprocess.Popen(
+            as_the_unit(*shlex.split(unit["ExecStart"])),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd="/",
+        )
+        try:
+            wait_for(lambda: all_sources_up(port), 60, "every source up", lambda: sources(port))
+            lines = [v for (n, _), v in scrape(port).items() if n == "mailpulse_log_lines_total"]
+            assert lines and lines[0] > 0  # the lab Postfix's own log lines, read
+        finally:
+            agent.terminate()
+            _, err = agent.communicate(timeout=60)
+        assert agent.returncode == 0, err
+        assert b"Traceback" not in err
+
         # Upgrade (the same package again): the edited config and the state stay.
-        (STATE / "state.sqlite").write_bytes(b"counters")
+        state = (STATE / "state.sqlite").read_bytes()
         edited = CONFIG.read_text()
         run("dpkg", "-i", "--force-confold", str(deb))
         assert CONFIG.read_text() == edited
-        assert (STATE / "state.sqlite").read_bytes() == b"counters"
+        assert (STATE / "state.sqlite").read_bytes() == state
 
         # Remove keeps the config, the state and the user (purge is for that).
         run("dpkg", "-r", "mailpulse")
