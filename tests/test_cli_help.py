@@ -66,3 +66,13 @@ def test_blacklist_ingest_of_a_bounce_on_stdin_asks_postfix_to_try_again() -> No
     for reserved in (("blacklist", "list"), ("snmp", "oids"), ("graph",)):
         r = run(*reserved)
         assert r.returncode == 1 and b"not part of this version yet" in r.stderr, reserved
+
+
+def test_the_log_records_help_names_the_delivery_kind_it_counts() -> None:
+    from mailpulse.catalogue import BY_NAME
+    from mailpulse.series import stats_series
+
+    key = stats_series("records.delivery", set())
+    assert key == ("mailpulse_log_records_total", ("delivery",))  # deliveries are a kind
+    help_text = BY_NAME["mailpulse_log_records_total"].help
+    assert "delivery" in help_text and "other than deliveries" not in help_text
