@@ -49,6 +49,28 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return package
 
 
+@pytest.fixture(scope="module")
+def newer_deb(deb: Path) -> Path:
+    """The same package one version on, built from make deb's copy of the tree, for a real
+    upgrade."""
+    tree = deb.parent / "mailpulse"
+    changelog = tree / "debian" / "changelog"
+    first, rest = changelog.read_text().split("\n", 1)
+    version = re.search(r"\((.*?)\)", first).group(1)  # type: ignore[union-attr]
+    changelog.write_text(first.replace(f"({version})", f"({version}+upgrade1)") + "\n" + rest)
+    env = {**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    subprocess.run(
+        ["dpkg-buildpackage", "--build=binary", "--no-sign"],
+        cwd=tree,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    (package,) = deb.parent.glob("mailpulse_*+upgrade1_*.deb")
+    return package
+
+
 def sources(port: int) -> dict[tuple[str, ...], float]:
     return {
         tuple(sorted(dict(labels).values())): v
@@ -85,7 +107,9 @@ def as_the_unit(*argv: str, with_capabilities: bool = True) -> list[str]:
     return [*cmd, "--no-new-privs", "--", *argv]
 
 
-def test_the_package_installs_runs_upgrades_and_purges_clean(deb: Path, lab: Lab) -> None:
+def test_the_package_installs_runs_upgrades_and_purges_clean(
+    deb: Path, newer_deb: Path, lab: Lab
+) -> None:
     run("dpkg", "-i", "--force-confold", str(deb))
     try:
         listed = run("dpkg-query", "-L", "mailpulse").stdout.split("\n")
@@ -150,12 +174,15 @@ def test_the_package_installs_runs_upgrades_and_purges_clean(deb: Path, lab: Lab
         assert agent.returncode == 0, err
         assert b"Traceback" not in err
 
-        # Upgrade (the same package again): the edited config and the state stay.
+        # Upgrade to the next version: the edited config and the state stay.
         state = (STATE / "state.sqlite").read_bytes()
         edited = CONFIG.read_text()
-        run("dpkg", "-i", "--force-confold", str(deb))
+        run("dpkg", "-i", "--force-confold", str(newer_deb))
+        assert "+upgrade1" in run("dpkg-query", "-W", "-f=${Version}", "mailpulse").stdout
         assert CONFIG.read_text() == edited
         assert (STATE / "state.sqlite").read_bytes() == state
+        st = CONFIG.stat()
+        assert (st.st_gid, st.st_mode & 0o777) == (user.pw_gid, 0o640)
 
         # Remove keeps the config, the state and the user (purge is for that).
         run("dpkg", "-r", "mailpulse")
