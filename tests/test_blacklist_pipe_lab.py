@@ -5,10 +5,12 @@ real bounce: until the blacklist records bounces its exit code must make Postfix
 from __future__ import annotations
 
 import re
+import shutil
 import smtplib
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -18,6 +20,13 @@ from lab.postfix import Lab, run_in_pty, wait_until
 from tests.conftest import REPO, require_programs
 
 PIPE_DOMAIN = "pipe.lab.test"
+
+
+@pytest.fixture
+def readable_copy() -> Iterator[Path]:
+    target = install_readable_copy()
+    yield target
+    shutil.rmtree(target, ignore_errors=True)
 
 
 def install_readable_copy() -> Path:
@@ -36,9 +45,9 @@ def install_readable_copy() -> Path:
 
 
 @pytest.mark.lab
-def test_pipe_delivery_of_a_bounce_is_deferred_not_bounced(lab: Lab) -> None:
+def test_pipe_delivery_of_a_bounce_is_deferred_not_bounced(lab: Lab, readable_copy: Path) -> None:
     require_programs("/usr/bin/python3")
-    target = install_readable_copy()
+    target = readable_copy
     # The README's master.cf service, with this copy's interpreter and path.
     argv = (
         f"/usr/bin/env PYTHONPATH={target} MAILPULSE_ENVELOPE_RECIPIENT=${{recipient}}"
