@@ -10,13 +10,17 @@ LAB := $(PY) -m lab --root $(LAB_DIR)
 # Real parts the lab, the tests and the benchmarks run: Postfix (with qshape, smtp-sink),
 # net-snmp, rrdtool, Prometheus and Alertmanager, Redis, HAProxy, and the tools operators use
 # today that the benchmarks compare against. The -dev packages build easysnmp and rrdtool;
-# libasan8 and libubsan1 run the log scanner's sanitizer test; logrotate the rotation tests.
+# libasan8 and libubsan1 run the log scanner's sanitizer test; logrotate the rotation tests;
+# debhelper, dh-python and pybuild's pyproject plugin build the .deb, whose dependencies are
+# Debian's own python3-* packages.
 APT_PACKAGES := postfix libsnmp-dev librrd-dev rrdtool snmpd snmp smitools \
 	prometheus prometheus-alertmanager prometheus-postfix-exporter mtail pflogsumm \
 	redis-server haproxy python3-venv python3-dev gcc libasan8 libubsan1 make procps \
-	time systemd-journal-remote openssl logrotate
+	time systemd-journal-remote openssl logrotate \
+	debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-setuptools \
+	python3-psutil python3-prometheus-client python3-yaml python3-bcrypt adduser
 
-.PHONY: deps venv demo test lint lab-up lab-down clean
+.PHONY: deps venv demo test lint lab-up lab-down clean deb stop-exporter-service
 
 # Idempotent: only calls apt-get when a package is missing.
 deps:
@@ -26,6 +30,18 @@ deps:
 		echo "installing Debian packages:" $$missing; \
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		case " $$missing " in *" prometheus-postfix-exporter "*) $(MAKE) -s stop-exporter-service;; esac; \
+	fi
+
+# Debian's prometheus-postfix-exporter starts as a service on 9154, the agent's port; the
+# benchmarks run it as their own process. Installed here, its service is stopped and disabled
+# (an exporter the operator installed is left alone: see the README on running both).
+stop-exporter-service:
+	-if [ -d /run/systemd/system ]; then \
+		systemctl disable --now prometheus-postfix-exporter.service >/dev/null 2>&1; \
+	elif [ -x /etc/init.d/prometheus-postfix-exporter ]; then \
+		/etc/init.d/prometheus-postfix-exporter stop >/dev/null 2>&1; \
+		update-rc.d prometheus-postfix-exporter disable >/dev/null 2>&1; \
 	fi
 
 $(VENV)/.installed: pyproject.toml
@@ -48,9 +64,22 @@ demo: deps venv
 test: deps venv
 	$(PY) -m pytest -q -rs
 
+# The .deb, built with Debian's tooling (dh + pybuild, Debian's setuptools) from a copy of the
+# tree, so nothing of the venv or an earlier build goes in; it lands in $(DEB_DIR).
+DEB_DIR ?= build/deb
+deb: deps
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/mailpulse
+	tar -cf - --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
+		--exclude='*.so' --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache \
+		--exclude=.pytest_cache . | tar -xf - -C $(DEB_DIR)/mailpulse
+	# Debian's python3, not one earlier on PATH (pyenv, a venv).
+	cd $(DEB_DIR)/mailpulse && env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+		dpkg-buildpackage --build=binary --no-sign
+	@ls $(DEB_DIR)/*.deb
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy mailpulse collectors exporters bounce lab
 
 clean: lab-down
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info build

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
-from os import EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_OK, EX_TEMPFAIL
 from pathlib import Path
 from typing import Any
 
 from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, MAX_RECIPIENTS, BounceParseError
-from mailpulse.bounce.intake import EX_PARTIAL, VerpSettings, analyse, read_paths
+from mailpulse.bounce.intake import VerpSettings, analyse, read_paths
 
 from mailpulse.config import load_for
+from mailpulse.exits import DATAERR, OK, PARTIAL, path_code, path_problem
 
 
 def verp_settings(args: argparse.Namespace) -> VerpSettings:
@@ -29,6 +28,14 @@ def verp_settings(args: argparse.Namespace) -> VerpSettings:
     )
 
 
+# The text output's columns, said once before the first recipient.
+HEADER = (
+    "# file\tuser_id\trecipient\tstatus\treply_code\treason\thard/soft\tkind\n"
+    "# user_id?: named by the VERP address, but its signature did not verify (no key or a"
+    " wrong one): never blacklists alone"
+)
+
+
 def _line(r: dict[str, Any]) -> str:
     uid = r["user_id"] or "-"
     mark = "" if r["verp_verified"] or uid == "-" else "?"
@@ -37,38 +44,27 @@ def _line(r: dict[str, Any]) -> str:
     return "\t".join(fields)
 
 
-def _why(e: OSError) -> str:
-    """What is wrong with a path, in words (a link loop is not a missing file)."""
-    if e.errno == errno.ELOOP:
-        return "symbolic link loop"
-    return (e.strerror or str(e)).lower()
-
-
-def _code(e: OSError) -> int:
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return EX_NOPERM
-    if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENAMETOOLONG):
-        return EX_NOINPUT
-    return EX_TEMPFAIL
-
-
 def run_parse(args: argparse.Namespace) -> int:
     verp = verp_settings(args)  # a wrong config file is said by the command line
     envelope = os.environ.get("MAILPULSE_ENVELOPE_RECIPIENT", "")
     errors: list[int] = []
     partial = False
+    header = not args.json
 
     def unreadable(path: Path, e: OSError) -> None:
-        print(f"mailpulse: {path}: {_why(e)}", file=sys.stderr)
-        errors.append(_code(e))
+        print(f"mailpulse: {path}: {path_problem(e)}", file=sys.stderr)
+        errors.append(path_code(e))
 
     for item in read_paths(args.paths, on_error=unreadable):
         try:
             records = analyse(item, verp, envelope if item.source == "-" else "")
         except BounceParseError as e:
             print(f"mailpulse: {item.source}: skipped: {e}", file=sys.stderr)
-            errors.append(EX_DATAERR)
+            errors.append(DATAERR)
             continue
+        if records and header:
+            print(HEADER)
+            header = False
         for r in records:
             print(json.dumps(r, ensure_ascii=False) if args.json else _line(r))
         omitted = records[0]["recipients_omitted"] if records else 0
@@ -88,5 +84,5 @@ def run_parse(args: argparse.Namespace) -> int:
                 f"mailpulse: {item.source}: larger than {mib} MiB; only its first {mib} MiB read",
                 file=sys.stderr,
             )
-    # The first error says the exit code; a cut output alone exits EX_PARTIAL.
-    return errors[0] if errors else EX_PARTIAL if partial else EX_OK
+    # The first error says the exit code; a cut output alone exits PARTIAL.
+    return errors[0] if errors else PARTIAL if partial else OK

@@ -30,8 +30,6 @@ from mailpulse.bounce.verp import VerpId, VerpSettings, find_user
 
 from mailpulse.events import Outcome, outcome_of_bounce
 
-EX_PARTIAL = 3  # not a sysexits code: output given, but a message was larger than the limits
-
 PROCESSED_DIR = ".processed"
 UNREADABLE_DIR = ".unreadable"  # messages the parser refused: kept for a person to look at
 

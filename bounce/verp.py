@@ -128,12 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m mailpulse.bounce.verp")
-    p.add_argument("user_id")
-    p.add_argument("domain")
-    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p = argparse.ArgumentParser(
+        prog="python -m mailpulse.bounce.verp",
+        description="Print the VERP envelope sender for one user, signed with the key in "
+        "MAILPULSE_VERP_KEY.",
+    )
+    p.add_argument("user_id", help="the user's id (letters, digits, _ and .)")
+    p.add_argument("domain", help="the bounce domain, e.g. bounces.example.com")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="the local part's prefix (bounce)")
     args = p.parse_args(argv)
     key = os.environ.get("MAILPULSE_VERP_KEY", "").encode() or None
+    if key is None:
+        print(
+            "mailpulse: MAILPULSE_VERP_KEY is not set: the address is unsigned; bounces to it"
+            " name the user but are unverified and never blacklist anyone on their own",
+            file=sys.stderr,
+        )
     try:
         address = make_address(args.user_id, args.domain, key, args.prefix)
     except ValueError as e:

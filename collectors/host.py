@@ -18,7 +18,9 @@ from mailpulse.postfix import Instance, PostconfError, master_services, postconf
 
 
 def parse_master_limits(postconf_m: str, default_limit: int) -> dict[str, int]:
-    """service -> process limit from `postconf -M` output; "-" means default_process_limit."""
+    """service -> process limit from `postconf -M` output; "-" means default_process_limit.
+    A limit of 0 is no limit (master(8)): such a service is left out, as a 0 would read as
+    "no process allowed" and make processes/limit infinite."""
     limits = {}
     for line in postconf_m.splitlines():
         fields = line.split()
@@ -29,7 +31,7 @@ def parse_master_limits(postconf_m: str, default_limit: int) -> dict[str, int]:
             limits[service] = default_limit
         elif maxproc.rstrip("?").isdigit():
             limits[service] = int(maxproc.rstrip("?"))
-    return limits
+    return {service: limit for service, limit in limits.items() if limit > 0}
 
 
 def service_of(cmdline: list[str]) -> str:

@@ -11,6 +11,7 @@ from mailpulse.collectors.queue import QueueSampler
 from mailpulse.config import ConfigError, instances_to_watch, load_for
 from mailpulse.domains import DomainGroups
 from mailpulse.events import QUEUE_NAMES, QueueSnapshot, QueueStats
+from mailpulse.exits import NOINPUT, OK, USAGE, path_code
 from mailpulse.postfix import PostconfError, discover_instances
 
 
@@ -117,12 +118,12 @@ def main(args: argparse.Namespace) -> int:
             instances = discover_instances(args.postfix_config)
     except ConfigError as e:
         print(f"mailpulse queue: {e}", file=sys.stderr)
-        return 2
+        return USAGE
     except PostconfError as e:
         print(f"mailpulse queue: cannot read Postfix's configuration: {e}", file=sys.stderr)
-        return 1
+        return NOINPUT
     groups = DomainGroups(cfg.domain_groups)
-    status = 0
+    status = OK
     for inst in instances:
         sampler = QueueSampler(
             inst.config_dir, inst.name, groups=groups, queue_dir=inst.queue_dir, source=args.source
@@ -131,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
             snap = sample_every_reason(sampler)
         except OSError as e:
             print(f"mailpulse queue: {inst.name}: {e}", file=sys.stderr)
-            status = 1
+            status = status or path_code(e)
             continue
         if args.json:
             print(json.dumps(snapshot_to_json(snap), sort_keys=True))

@@ -38,7 +38,7 @@ class LabError(RuntimeError):
     """The lab cannot do what was asked; the message says why and what to do."""
 
 
-def _port_owner(host: str, port: int) -> str:
+def port_owner(host: str, port: int) -> str:
     with contextlib.suppress(psutil.Error):
         for conn in psutil.net_connections("inet"):
             laddr = conn.laddr
@@ -46,7 +46,8 @@ def _port_owner(host: str, port: int) -> str:
                 continue
             if laddr.port == port and laddr.ip in (host, "0.0.0.0"):  # noqa: S104
                 with contextlib.suppress(psutil.Error):
-                    cmdline = " ".join(psutil.Process(conn.pid).cmdline())[:80]
+                    # One line, whatever the arguments hold.
+                    cmdline = " ".join(" ".join(psutil.Process(conn.pid).cmdline()).split())[:80]
                     return f"pid {conn.pid} ({cmdline})"
                 return f"pid {conn.pid}"
     return "another process"
@@ -305,7 +306,7 @@ class Lab:
             return
         self._reap_orphans()
         if not port_free_soon("127.0.0.1", self.smtp_port):
-            owner = _port_owner("127.0.0.1", self.smtp_port)
+            owner = port_owner("127.0.0.1", self.smtp_port)
             raise LabError(
                 f"cannot start the lab's Postfix: 127.0.0.1:{self.smtp_port} is in use by {owner};"
                 " stop it or pick another smtp port"
@@ -376,7 +377,7 @@ class Lab:
             if not port_free_soon(h, self.mx_port):
                 raise LabError(
                     f"cannot start the remote MX: {h}:{self.mx_port} is in use by"
-                    f" {_port_owner(h, self.mx_port)}; stop it or pick another mx port"
+                    f" {port_owner(h, self.mx_port)}; stop it or pick another mx port"
                 )
         self.root.joinpath("mx").mkdir(parents=True, exist_ok=True)
         log = (self.root / "mx" / "remote_mx.log").open("ab")

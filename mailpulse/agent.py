@@ -33,6 +33,7 @@ from mailpulse.events import QueueSnapshot
 from mailpulse.files import atomic_write
 from mailpulse.postfix import Instance
 from mailpulse.series import (
+    BORN_META,
     PROMOTED_META,
     Accounting,
     Series,
@@ -363,6 +364,16 @@ def startup_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def domains_meta(state: State, key: str) -> list[str]:
+    """A list of domains the state keeps (the promoted ones); damaged, it is said and started
+    afresh: the domains are promoted again."""
+    try:
+        return [str(d) for d in json.loads(state.meta(key) or "[]")]
+    except (ValueError, TypeError) as e:
+        log.warning("state %s: %s unreadable (%s)", state.path, key, e)
+        return []
+
+
 class Agent:
     def __init__(self, cfg: Config, instances: list[Instance], log_sources: list[Path] | None):
         from mailpulse.exporters.prometheus import serve_metrics
@@ -377,15 +388,11 @@ class Agent:
         except (OSError, sqlite3.Error) as e:
             raise StartupError(f"state_dir {cfg.state_dir}: {e}") from None
         self.groups = DomainGroups(cfg.domain_groups)
-        try:
-            promoted = [str(d) for d in json.loads(self.state.meta(PROMOTED_META) or "[]")]
-        except (ValueError, TypeError) as e:  # damaged: the domains are promoted again
-            log.warning("state %s: %s unreadable (%s)", self.state.path, PROMOTED_META, e)
-            promoted = []
+        promoted, born = (domains_meta(self.state, key) for key in (PROMOTED_META, BORN_META))
         self.blocks = BlockWatch(cfg.agent_check)
         self.accounting = Accounting(
             self.state,
-            TopDomains(self.groups, cfg.top_k, cfg.top_k_min_count, promoted),
+            TopDomains(self.groups, cfg.top_k, cfg.top_k_min_count, promoted, born),
             self.blocks,
         )
         sources: list[Path | None] = list(log_sources) if log_sources is not None else [None]

@@ -76,7 +76,8 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(
         "mailpulse_log_records_total",
         COUNTER,
-        "Log records other than deliveries, by kind (smtpd rejects, warnings, relays, ...).",
+        "Log records read, by kind (delivery, queued, removed, smtpd rejects, warnings, ...);"
+        " what became of each recipient is in mailpulse_deliveries_total.",
         ("kind",),
     ),
     Metric(
@@ -233,7 +234,8 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(
         "mailpulse_postfix_process_limit",
         GAUGE,
-        "Process limit of a master.cf service (default_process_limit when master.cf says -).",
+        "Process limit of a master.cf service (default_process_limit when master.cf says -);"
+        " no series for a service without a limit (maxproc 0).",
         ("instance", "service"),
     ),
     # -- the agent itself --------------------------------------------------------------------

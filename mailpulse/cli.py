@@ -10,21 +10,51 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mailpulse import __version__
+from mailpulse.exits import FAILURE, MEANINGS, TEMPFAIL, USAGE
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="YAML config file")
-    p.add_argument("--state-dir", type=Path, help="where SQLite, checkpoints and snapshots live")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the YAML config file (default /etc/mailpulse/mailpulse.yml when it exists, "
+        "else every setting at its default)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="where SQLite, checkpoints and snapshots live (default: the config's state_dir, "
+        "/var/lib/mailpulse)",
+    )
+
+
+def _json(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"one JSON object per {what}")
 
 
 def _not_built(what: str) -> Handler:
     def run(_args: argparse.Namespace) -> int:
         print(f"mailpulse: {what} is not part of this version yet", file=sys.stderr)
-        return 2
+        return FAILURE
 
     return run
+
+
+def _blacklist(args: argparse.Namespace) -> int:
+    if args.action == "ingest":
+        # Postfix's pipe(8) runs this for every bounce: 75 keeps the mail queued until the
+        # blacklist can record it, where any other failure would bounce the bounce for good.
+        print(
+            "mailpulse blacklist: not part of this version yet; exit 75 so the mail is kept "
+            "and tried again",
+            file=sys.stderr,
+        )
+        return TEMPFAIL
+    return _not_built("blacklist")(args)
 
 
 def _bounce_parse(args: argparse.Namespace) -> int:
@@ -54,62 +84,148 @@ def _queue(args: argparse.Namespace) -> int:
     return queue_main(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mailpulse", description="Watch Postfix mass-mailing nodes.")
-    p.add_argument("--version", action="version", version=f"mailpulse {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+RESERVED = "not part of this version yet: says so and exits 1"
 
-    agent = sub.add_parser("agent", help="the node agent")
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mailpulse",
+        description="Watch Postfix mass-mailing nodes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes:\n"
+        + "\n".join(f"  {code:>2}  {meaning}" for code, meaning in MEANINGS.items()),
+    )
+    p.add_argument("--version", action="version", version=f"mailpulse {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    agent = sub.add_parser(
+        "agent",
+        help="the node agent: log, queue and host -> /metrics",
+        description="Follow the mail log, sample the queue and the host, serve /metrics.",
+    )
     _common(agent)
-    agent.add_argument("--check-config", action="store_true")
-    agent.add_argument("--web.config.file", dest="web_config_file", type=Path)
-    agent.add_argument("--web.listen-address", dest="listen", metavar="HOST:PORT")
+    agent.add_argument(
+        "--check-config",
+        action="store_true",
+        help="say what would be watched (instances, queues, logs) and whether it can start "
+        "(ports free, state directory writable), then exit without starting",
+    )
+    agent.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        type=Path,
+        metavar="FILE",
+        help="TLS and basic auth for /metrics (exporter-toolkit format); overrides the "
+        "config's web_config_file",
+    )
+    agent.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        metavar="HOST:PORT",
+        help="where /metrics listens; overrides the config's listen (127.0.0.1:9154)",
+    )
     agent.set_defaults(run=_agent)
 
     logs = sub.add_parser("logs", help="parse and summarise Postfix logs")
-    logs_sub = logs.add_subparsers(dest="logs_command", required=True)
-    for name in ("parse", "report"):
-        lp = logs_sub.add_parser(name)
+    logs_sub = logs.add_subparsers(dest="logs_command", required=True, metavar="ACTION")
+    for name, what in (
+        ("parse", "one line per event of the log"),
+        ("report", "a pflogsumm-style summary: status, reason, domain group, node"),
+    ):
+        lp = logs_sub.add_parser(name, help=what, description=what)
         _common(lp)
-        lp.add_argument("files", nargs="*", type=Path)
-        lp.add_argument("--json", action="store_true")
+        lp.add_argument(
+            "files",
+            nargs="*",
+            type=Path,
+            metavar="FILE",
+            help="log files, plain or .gz, in order (none or -: standard input)",
+        )
+        _json(lp, "event" if name == "parse" else "report")
         lp.set_defaults(run=_logs(name))
 
-    queue = sub.add_parser("queue", help="qshape-style view of the queue")
+    queue = sub.add_parser(
+        "queue",
+        help="qshape-style view of the queue",
+        description="Messages by domain and age per queue, depth, bytes and why deferred "
+        "mail waits, for every instance the config watches.",
+    )
     _common(queue)
-    queue.add_argument("--json", action="store_true")
-    queue.add_argument("-c", "--postfix-config", type=Path, help="Postfix config directory")
-    queue.add_argument("--source", choices=["auto", "spool", "showq"], default="auto")
+    _json(queue, "instance")
+    queue.add_argument(
+        "-c",
+        "--postfix-config",
+        type=Path,
+        metavar="DIR",
+        help="one Postfix config directory (as postfix -c) instead of the config's instances",
+    )
+    queue.add_argument(
+        "--source",
+        choices=["auto", "spool", "showq"],
+        default="auto",
+        help="read queue files from the spool, ask Postfix's showq, or auto: the spool when "
+        "this user may read it (default)",
+    )
     queue.add_argument("--sender", action="store_true", help="sender domains, as qshape -s")
     queue.set_defaults(run=_queue)
 
     bounce = sub.add_parser("bounce", help="read bounce emails")
-    bounce_sub = bounce.add_subparsers(dest="bounce_command", required=True)
-    bp = bounce_sub.add_parser("parse")
+    bounce_sub = bounce.add_subparsers(dest="bounce_command", required=True, metavar="ACTION")
+    what = "one line per failed recipient of bounce mails: reason, scope, hard, VERP user"
+    bp = bounce_sub.add_parser("parse", help=what, description=what)
     _common(bp)
-    bp.add_argument("paths", nargs="+", type=Path)
-    bp.add_argument("--json", action="store_true")
+    bp.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help=".eml files, directories, Maildirs, mbox files, - for one message on stdin",
+    )
+    _json(bp, "recipient")
     bp.set_defaults(run=_bounce_parse)
 
-    bl = sub.add_parser("blacklist", help="the self-expiring blacklist")
+    bl = sub.add_parser(
+        "blacklist",
+        help="the self-expiring blacklist (not part of this version yet; ingest exits 75)",
+        description=f"The self-expiring blacklist: {RESERVED}; `ingest` exits 75 "
+        "(EX_TEMPFAIL) so that Postfix's pipe(8) keeps the mail queued.",
+    )
     _common(bl)
     bl.add_argument(
         "action",
         choices=["ingest", "list", "add", "remove", "lift", "quarantine", "export", "publish"],
+        help="what to do with the blacklist",
     )
-    bl.add_argument("args", nargs="*")
-    bl.add_argument("--json", action="store_true")
-    bl.set_defaults(run=_not_built("blacklist"))
+    bl.add_argument("args", nargs="*", metavar="ADDRESS", help="addresses the action names")
+    bl.add_argument(
+        "--log", nargs="+", type=Path, metavar="FILE", help="ingest: Postfix log files to read"
+    )
+    bl.add_argument(
+        "--dsn",
+        nargs="+",
+        metavar="PATH",
+        help="ingest: bounce mails (- for one on stdin, as Postfix's pipe(8) gives it)",
+    )
+    _json(bl, "entry")
+    bl.set_defaults(run=_blacklist)
 
-    snmp = sub.add_parser("snmp", help="net-snmp extend and pass_persist")
+    snmp = sub.add_parser(
+        "snmp",
+        help=f"net-snmp extend and pass_persist ({RESERVED})",
+        description=f"net-snmp extend and pass_persist: {RESERVED}.",
+    )
     _common(snmp)
-    snmp.add_argument("mode", choices=["extend", "pass-persist", "oids"])
-    snmp.add_argument("name", nargs="?")
+    snmp.add_argument(
+        "mode", choices=["extend", "pass-persist", "oids"], help="how snmpd asks for values"
+    )
+    snmp.add_argument("name", nargs="?", help="extend: the value to print")
     snmp.set_defaults(run=_not_built("snmp"))
 
-    graph = sub.add_parser("graph", help="RRD graphs")
+    graph = sub.add_parser(
+        "graph", help=f"RRD graphs ({RESERVED})", description=f"RRD graphs: {RESERVED}."
+    )
     _common(graph)
-    graph.add_argument("--out", type=Path)
+    graph.add_argument("--out", type=Path, metavar="DIR", help="where the PNG graphs go")
     graph.set_defaults(run=_not_built("graph"))
     return p
 
@@ -135,4 +251,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(e, ConfigError):
             raise
         print(f"mailpulse: {e}", file=sys.stderr)  # one line naming the file and the key
-        return 2
+        return USAGE

@@ -27,7 +27,7 @@ import yaml
 from mailpulse.bounce.verp import DEFAULT_DELIMITERS, DEFAULT_PREFIX
 from mailpulse.postfix import Instance, PostconfError, discover_instances, instance_at
 
-DEFAULT_CONFIG_FILE = Path("/etc/mailpulse/mailpulse.yaml")
+DEFAULT_CONFIG_FILE = Path("/etc/mailpulse/mailpulse.yml")
 DEFAULT_STATE_DIR = Path("/var/lib/mailpulse")
 DEFAULT_POSTFIX_CONFIG_DIR = Path("/etc/postfix")
 SYSLOG_MAIL_LOG = Path("/var/log/mail.log")

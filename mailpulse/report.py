@@ -15,7 +15,6 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from os import EX_DATAERR, EX_NOINPUT
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,6 +22,7 @@ from mailpulse.collectors.maillog import Correlator
 from mailpulse.config import load_for
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import STATUSES, DeliveryEvent
+from mailpulse.exits import DATAERR, FAILURE, OK, path_code, path_problem
 
 TOP = 10
 # Parts of a reply that name one recipient or host; without them equal replies group together.
@@ -37,8 +37,8 @@ def normalise_reply(text: str) -> str:
     return _ADDRESS.sub("<...>", text)[:200]
 
 
-# Exit codes (sysexits, as bounce parse): a file damaged part way (what came before it is
-# counted), a file that cannot be opened; EX_DATAERR too when lines that look like a delivery
+# Exit codes (mailpulse.exits, as every command): a file damaged part way (what came before it
+# is counted), a file that cannot be opened; DATAERR too when lines that look like a delivery
 # were left out, or when no line of the input is Postfix's. All still print what was read.
 
 
@@ -81,9 +81,9 @@ def input_events(
         try:
             f = _open(p)
         except OSError as e:
-            _say(f"{p}: cannot read: {e.strerror or e}")
+            _say(f"{p}: {path_problem(e)}")
             c.counts["unreadable_files"] += 1
-            fails.append(EX_NOINPUT)
+            fails.append(path_code(e))
             continue
         with f:
             counted = _Counted(f)
@@ -97,7 +97,7 @@ def input_events(
                     f" {e}; what came before is counted"
                 )
                 c.counts["damaged_files"] += 1
-                fails.append(EX_DATAERR)
+                fails.append(DATAERR)
             yield from c.flush()
 
 
@@ -123,33 +123,35 @@ Consumer = Callable[[argparse.Namespace, Iterator[DeliveryEvent], Correlator, Do
 
 
 def _run(args: argparse.Namespace, consume: Consumer) -> int:
-    """The inputs' events through `consume`. Exit code: 1 when reading or
-    writing fails, else the worst of the files' (see input_events)."""
+    """The inputs' events through `consume`. Exit code: FAILURE when writing fails, else the
+    first file's problem (see input_events)."""
     c, groups = settings(args)  # a wrong config file is said by the command line
     failures: list[int] = []
     try:
         consume(args, input_events(c, args.files, failures), c, groups)
     except BrokenPipeError:  # `| head`: the reader has all it wants
-        return 0
+        return OK
     except OSError as e:
-        _say(str(e))
-        return 1
-    failures.append(input_verdict(c))
-    return max(failures, default=0)
+        _say(path_problem(e))
+        return FAILURE
+    verdict = input_verdict(c)
+    if verdict:
+        failures.append(verdict)
+    return failures[0] if failures else OK
 
 
 def input_verdict(c: Correlator) -> int:
-    """EX_DATAERR, said on stderr, when the input cannot be summed up truly: delivery lines
+    """DATAERR (65), said on stderr, when the input cannot be summed up truly: delivery lines
     were left out, or it holds lines and none of them is Postfix's (not a mail log)."""
     stats = c.stats
     left_out = {k[9:]: n for k, n in stats.items() if k.startswith("left_out.") and n}
     if left_out:
         _say(f"delivery lines left out, per reason: {left_out}")
-        return EX_DATAERR
+        return DATAERR
     if stats["lines"] and not postfix_lines(stats):
         _say(f"no Postfix line in {stats['lines']} lines read: not a Postfix mail log?")
-        return EX_DATAERR
-    return 0
+        return DATAERR
+    return OK
 
 
 def postfix_lines(stats: Counter[str]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # Statuses after which a recipient's trip is over: the ones its delays and size are recorded on.
 PROMOTED_META = "promoted_domains"
+BORN_META = "promoted_domains_unread"  # promoted, but their series at 0 not read by an output
+DELIVERIES = "mailpulse_deliveries_total"
+GROUP_AT = catalogue.BY_NAME[DELIVERIES].labels.index("domain_group")
 MAX_PROGRAM_LABELS = 64  # programs named in parse errors; the rest count as "other"
 
 # What a read gives: counters and gauges as numbers, histograms as their buckets.
@@ -37,37 +41,72 @@ class TopDomains:
     """Domain group labels within a budget: the shipped/configured groups, plus up to K busy
     destinations of our own promoted to their own label, plus `other`.
 
-    A promotion is permanent (persisted with the counters), so a series never vanishes and no
-    counter ever goes backwards; what a domain counted before its promotion stays in `other`.
+    A promotion never breaks a series: it is permanent (persisted with the counters), so a
+    series never vanishes and no counter ever goes backwards, and what a domain counted before
+    stays in `other`. A promoted domain is first only *born*: its series are made at 0 while its
+    deliveries still count in `other`, until an output has read those zeros (`seen`); only then
+    do they count under its own name. So rate() over domain_group shows the traffic move from
+    `other` to the domain, never a drop in one without the same rise in the other.
     """
 
-    def __init__(self, groups: DomainGroups, k: int, min_count: int, promoted: Iterable[str] = ()):
+    def __init__(
+        self,
+        groups: DomainGroups,
+        k: int,
+        min_count: int,
+        promoted: Iterable[str] = (),
+        born: Iterable[str] = (),
+    ):
         self.groups = groups
         self.k = k
         self.min_count = min_count
         self.promoted = set(promoted)
+        self.born = set(born) & self.promoted  # promoted, their zeros not read yet
         self._counts: dict[str, int] = {}
         self._capacity = max(64, 20 * k)
+        self._lock = threading.Lock()  # labels from the log threads, `seen` from scrapes
 
     def label(self, domain: str, relay: str = "") -> str:
+        return self.labels(domain, relay)[0]
+
+    def labels(self, domain: str, relay: str = "") -> tuple[str, str | None]:
+        """The label to count a delivery under, and the promoted label whose series must be
+        made at 0 beside it (None when there is none)."""
         group = self.groups.group(domain, relay)
         if group != OTHER or not domain:
-            return group
+            return group, None
         d = domain.lower()
-        if d in self.promoted:
-            return d
-        if len(self.promoted) >= self.k:
-            return OTHER
-        n = self._counts.get(d, 0) + 1
-        self._counts[d] = n
-        if n >= self.min_count:
-            self.promoted.add(d)
-            del self._counts[d]
-        elif len(self._counts) > 2 * self._capacity:
-            # Keep the busiest: the long tail of one-off domains never costs more than this.
-            keep = sorted(self._counts.items(), key=lambda kv: kv[1], reverse=True)
-            self._counts = dict(keep[: self._capacity])
-        return OTHER
+        with self._lock:
+            if d in self.promoted:
+                return (OTHER, d) if d in self.born else (d, None)
+            if len(self.promoted) >= self.k:
+                return OTHER, None
+            n = self._counts.get(d, 0) + 1
+            self._counts[d] = n
+            if n >= self.min_count:
+                self.promoted.add(d)
+                self.born.add(d)
+                del self._counts[d]
+                return OTHER, d
+            if len(self._counts) > 2 * self._capacity:
+                # Keep the busiest: the long tail of one-off domains never costs more than this.
+                keep = sorted(self._counts.items(), key=lambda kv: kv[1], reverse=True)
+                self._counts = dict(keep[: self._capacity])
+            return OTHER, None
+
+    def seen(self, labels: Iterable[str]) -> None:
+        """An output has read series under these domain_group labels: born domains among them
+        count under their own name from now on."""
+        with self._lock:
+            if self.born:
+                self.born -= set(labels)
+
+    def meta(self) -> dict[str, str]:
+        with self._lock:
+            return {
+                PROMOTED_META: json.dumps(sorted(self.promoted)),
+                BORN_META: json.dumps(sorted(self.born)),
+            }
 
 
 class OutcomeWatch(Protocol):
@@ -89,7 +128,7 @@ class Accounting:
         self.instances: set[str] = set()  # instance labels given so far (MAX_PROGRAM_LABELS)
 
     def apply(self, ev: DeliveryEvent) -> None:
-        group = self.domains.label(ev.domain, ev.relay)
+        group, born = self.domains.labels(ev.domain, ev.relay)
         dsn_class = ev.dsn[:1] + "xx" if ev.dsn[:1] in ("2", "4", "5") else "unknown"
         instance = ev.instance  # any local user may log under a made-up one: a label budget
         if instance not in self.instances:
@@ -99,6 +138,10 @@ class Accounting:
         self.state.inc(
             "mailpulse_deliveries_total", (instance, ev.status, ev.reason, group, dsn_class)
         )
+        if born is not None:  # its series at 0 first (see TopDomains)
+            self.state.inc(
+                "mailpulse_deliveries_total", (instance, ev.status, ev.reason, born, dsn_class), 0
+            )
         if self.blocks is not None:
             self._notes.append((ev.time, ev.reason))
         if ev.status not in FINAL_STATUSES:
@@ -132,7 +175,7 @@ class Accounting:
         self._notes.clear()
 
     def promoted_meta(self) -> dict[str, str]:
-        return {PROMOTED_META: json.dumps(sorted(self.domains.promoted))}
+        return self.domains.meta()
 
 
 def stats_series(name: str, programs: set[str]) -> SeriesKey | None:
@@ -281,6 +324,9 @@ class Series:
             out.update(status_series(source, target, st, now))
         if self.domains is not None:
             out[("mailpulse_domain_groups_promoted", ())] = len(self.domains.promoted)
+            self.domains.seen(
+                labels[GROUP_AT] for name, labels in snap.counters if name == DELIVERIES
+            )
         out[("mailpulse_agent_info", (__version__,))] = 1.0
         return out
 

@@ -159,8 +159,11 @@ def test_master_cf_limits_use_default_process_limit() -> None:
         "tlsmgr     unix  -       -       n       1000?   1       tlsmgr\n"
         "bulk       unix  -       -       n       -       250     smtp\n"
         "  -o syslog_name=postfix/bulk\n"
+        "pipe1      unix  -       n       n       -       0       pipe\n"  # 0: unlimited
     )
     assert parse_master_limits(text, 100) == {"smtp": 100, "qmgr": 1, "tlsmgr": 1, "bulk": 250}
+    # default_process_limit 0 makes every "-" service unlimited too: no limit to show.
+    assert parse_master_limits(text, 0) == {"qmgr": 1, "tlsmgr": 1, "bulk": 250}
 
 
 def test_weight_follows_the_worst_of_depth_growth_and_load() -> None:

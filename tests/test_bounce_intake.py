@@ -18,7 +18,6 @@ import pytest
 from mailpulse.bounce import dsn
 from mailpulse.bounce.intake import (
     EX_OK,
-    EX_PARTIAL,
     EX_TEMPFAIL,
     MailItem,
     VerpSettings,
@@ -27,6 +26,8 @@ from mailpulse.bounce.intake import (
     read_paths,
 )
 from mailpulse.bounce.verp import make_address
+
+from mailpulse.exits import PARTIAL as EX_PARTIAL
 
 KEY = b"k"
 
@@ -155,7 +156,11 @@ def test_cli_json_fields_stdin_and_errors(tmp_path: Path) -> None:
 
     missing = run_cli(str(tmp_path / "nope.eml"), str(f))
     assert missing.returncode == 66 and b"nope.eml: no such file" in missing.stderr
-    assert missing.stdout.count(b"\n") == 1  # the good file is still read
+    # The good file is still read: its one recipient below the two lines of the header.
+    header, legend, line = missing.stdout.decode().splitlines()
+    assert header.split("\t")[:3] == ["# file", "user_id", "recipient"]
+    assert line.split("\t")[:3] == [str(f), "31?", "c@example.com"]  # no key: "?"
+    assert legend.startswith("# user_id?: ") and "did not verify" in legend
 
 
 # Hostile input: each case says what it tries; all must end with a result, not an exception.

@@ -93,3 +93,15 @@ def test_helper_command_for_the_mailing_software() -> None:
         text=True,
     )
     assert bad.returncode == 2 and "must be" in bad.stderr
+
+
+def test_helper_command_warns_when_it_has_no_key() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "mailpulse.bounce.verp", "9001", "b.example"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    assert out.stdout == "bounce-9001@b.example\n"  # still printed: the user is named
+    assert out.stderr.count("\n") == 1 and "MAILPULSE_VERP_KEY is not set" in out.stderr

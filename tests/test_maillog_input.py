@@ -22,7 +22,7 @@ from mailpulse.collectors.maillog import Correlator
 from tests.conftest import require_programs, require_root
 from tests.test_maillog import block_scanner  # noqa: F401 - the fixture: both block roads
 
-EX_DATAERR, EX_NOINPUT = 65, 66  # as the README's Limits say
+EX_DATAERR, EX_NOINPUT, EX_NOPERM = 65, 66, 77  # as the README's exit codes say
 
 
 def delivery(i: int, status: str = "sent") -> bytes:
@@ -182,8 +182,8 @@ def test_missing_paths_and_directories_are_one_line_each(tmp_path: Path) -> None
         err = out.stderr.decode().splitlines()
         assert out.returncode == EX_NOINPUT, err
         assert err == [
-            f"mailpulse: {missing}: cannot read: No such file or directory",
-            f"mailpulse: {tmp_path}: cannot read: Is a directory",
+            f"mailpulse: {missing}: no such file or directory",
+            f"mailpulse: {tmp_path}: is a directory",
         ]
     rc, data, _ = report(str(missing), str(good))
     assert rc == EX_NOINPUT and data["unreadable_files"] == 1 and data["status"]["sent"] == 5  # type: ignore[index]
@@ -209,10 +209,8 @@ def test_an_unreadable_file_is_one_line_as_a_user_without_rights() -> None:
             timeout=300,
             cwd=d,
         )
-        assert out.returncode == EX_NOINPUT
-        assert out.stderr.decode().splitlines() == [
-            f"mailpulse: {secret}: cannot read: Permission denied"
-        ]
+        assert out.returncode == EX_NOPERM
+        assert out.stderr.decode().splitlines() == [f"mailpulse: {secret}: permission denied"]
         assert json.loads(out.stdout)["status"]["sent"] == 2
     finally:
         for p in d.iterdir():
