@@ -54,6 +54,12 @@ def _queue(args: argparse.Namespace) -> int:
     return queue_main(args)
 
 
+def _postfix_check(args: argparse.Namespace) -> int:
+    from mailpulse.profile import run_check
+
+    return run_check(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailpulse", description="Watch Postfix mass-mailing nodes.")
     p.add_argument("--version", action="version", version=f"mailpulse {__version__}")
@@ -90,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("paths", nargs="+", type=Path)
     bp.add_argument("--json", action="store_true")
     bp.set_defaults(run=_bounce_parse)
+
+    pf = sub.add_parser("postfix", help="compare Postfix's settings with a profile")
+    pf_sub = pf.add_subparsers(dest="postfix_command", required=True)
+    pc = pf_sub.add_parser("check", help="exit 0: as the profile, 1: settings differ, 2: trouble")
+    _common(pc)
+    pc.add_argument("--profile", choices=["bulk", "transactional"], help="default: config role")
+    pc.add_argument("-c", "--postfix-config", type=Path, help="Postfix config directory")
+    pc.add_argument("--json", action="store_true")
+    pc.set_defaults(run=_postfix_check)
 
     bl = sub.add_parser("blacklist", help="the self-expiring blacklist")
     _common(bl)
