@@ -229,6 +229,13 @@ CATALOGUE: tuple[Metric, ...] = (
         "Process limit of a master.cf service (default_process_limit when master.cf says -).",
         ("instance", "service"),
     ),
+    Metric(
+        "mailpulse_postfix_profile_drift",
+        GAUGE,
+        "Settings of a Postfix instance that differ from its profile, as `mailpulse postfix"
+        " check` lists them (0: as the profile); re-read every few minutes.",
+        ("instance", "profile"),
+    ),
     # -- the agent itself --------------------------------------------------------------------
     Metric(
         "mailpulse_source_up",

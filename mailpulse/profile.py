@@ -17,12 +17,14 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
 from mailpulse.postfix import Instance, PostconfError, run_postconf
+from mailpulse.series import SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +352,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 class DriftWatch:
     """Settings off the node's profile, per instance, re-read every few minutes in a thread of
-    its own: configuration changes rarely, and postconf costs a fork per run."""
+    its own: configuration changes rarely, and postconf costs a few forks per instance."""
 
     def __init__(
         self, instances: list[Instance], profile: str, interval_s: float, stop: threading.Event
@@ -359,30 +361,38 @@ class DriftWatch:
         self.profile = profile
         self.interval_s = interval_s
         self.stop_event = stop
-        self._latest: dict[str, int] = {}
+        self._latest: tuple[dict[str, int], SourceStatus] = ({}, SourceStatus())
         self.thread = threading.Thread(target=self._run, name="profile", daemon=True)
 
-    def sample(self) -> dict[str, int]:
-        settings = load_profile(self.profile)
-        drift = {}
-        for inst in self.instances:
+    def sample(self) -> tuple[dict[str, int], SourceStatus]:
+        """Drift per instance; the status is up only when the profile and every instance were
+        read (an instance postconf cannot read is left out, not counted as drift)."""
+        started = time.monotonic()
+        drift: dict[str, int] = {}
+        ok = True
+        try:
+            settings = load_profile(self.profile)
+        except (ProfileError, OSError) as e:
+            log.warning("profile %s unreadable: %s", self.profile, e)
+            settings, ok = [], False
+        for inst in self.instances if settings else []:
             try:
                 drift[inst.name] = sum(not f.ok for f in check_instance(inst, settings))
             except PostconfError as e:
                 log.warning("profile check of %s failed: %s", inst.name, e)
-        return drift
+                ok = False
+        last_ok = time.time() if ok else self._latest[1].last_ok
+        return drift, SourceStatus(ok, last_ok, time.monotonic() - started)
 
     def _run(self) -> None:
         while True:
-            try:
-                self._latest = self.sample()
-            except (ProfileError, OSError) as e:
-                log.warning("profile %s unreadable: %s", self.profile, e)
+            self._latest = self.sample()
             if self.stop_event.wait(self.interval_s):
                 return
 
     def start(self) -> None:
         self.thread.start()
 
-    def latest(self) -> tuple[str, dict[str, int]]:
-        return self.profile, dict(self._latest)
+    def latest(self) -> tuple[str, dict[str, int], SourceStatus]:
+        drift, status = self._latest
+        return self.profile, drift, status

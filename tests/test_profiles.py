@@ -130,7 +130,7 @@ def _other(value: str) -> str:
 def _node(tmp_path: Path, name: str, main_extra: str = "", master_extra: str = "") -> Path:
     """A Postfix config directory: Debian's stock files, the profile appended, then edits."""
     d = tmp_path / name
-    d.mkdir(exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True)
     (d / "main.cf").write_text(
         DEBIAN_MAIN.read_text() + (profile_dir() / f"{name}.main.cf").read_text() + main_extra
     )
@@ -232,6 +232,43 @@ def test_a_service_the_node_lacks_is_drift_and_trouble_is_exit_2(tmp_path: Path)
     )
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "mailpulse postfix check" in r.stderr
+
+
+@pytest.mark.usefixtures("stock_files")
+def test_the_agent_drift_watch_and_its_series(tmp_path: Path) -> None:
+    import threading
+
+    from mailpulse.postfix import Instance, instance_at
+    from mailpulse.profile import DriftWatch
+    from mailpulse.series import Series
+    from mailpulse.state import State
+
+    good = _node(tmp_path / "a", "bulk", main_extra="syslog_name = bulk-a\n")
+    off = _node(
+        tmp_path / "b",
+        "bulk",
+        main_extra="syslog_name = bulk-b\nsoft_bounce = yes\nqueue_run_delay = 1h\n",
+    )
+    gone = Instance("bulk-c", tmp_path / "gone", tmp_path / "gone", None)
+    watch = DriftWatch([instance_at(good), instance_at(off)], "bulk", 300, threading.Event())
+    drift, status = watch.sample()
+    assert drift == {"bulk-a": 0, "bulk-b": 2}
+    assert status.up
+    state = State(tmp_path / "state.sqlite")
+    try:
+        watch._latest = (drift, status)
+        reading = Series(state, profile=watch.latest).read()
+        # An instance postconf cannot read is left out and the source is down, not 0 drift.
+        watch.instances.append(gone)
+        watch._latest = watch.sample()
+        down = Series(state, profile=watch.latest).read()
+    finally:
+        state.close()
+    assert reading[("mailpulse_postfix_profile_drift", ("bulk-a", "bulk"))] == 0
+    assert reading[("mailpulse_postfix_profile_drift", ("bulk-b", "bulk"))] == 2
+    assert reading[("mailpulse_source_up", ("profile", "bulk"))] == 1.0
+    assert down[("mailpulse_source_up", ("profile", "bulk"))] == 0.0
+    assert ("mailpulse_postfix_profile_drift", ("bulk-c", "bulk")) not in down
 
 
 # -- in the lab's private Postfix ------------------------------------------------------------------
