@@ -260,7 +260,7 @@ def parse_options(text: str) -> dict[str, str]:
     """`postconf -P` output: service/type/name = value."""
     out = {}
     for line in text.splitlines():
-        key, eq, value = line.partition(" = ")
+        key, eq, value = line.partition("=")  # "key =" when empty: no space after it
         if eq and key.count("/") == 2:
             out[key.strip()] = value.strip()
     return out

@@ -88,6 +88,15 @@ def test_master_options_take_the_comment_above_their_own_line() -> None:
     }
 
 
+def test_postconf_output_with_empty_and_odd_values() -> None:
+    from mailpulse.profile import parse_options, parse_services
+
+    assert parse_options("a/unix/x =\nb/unix/y = 1 = 2\n") == {"a/unix/x": "", "b/unix/y": "1 = 2"}
+    assert parse_services("smtp unix - - y - - smtp\n#x y\n") == {
+        "smtp/unix": ["-", "-", "y", "-", "-", "smtp"]
+    }
+
+
 def test_compare_reads_dashes_lists_and_names_as_postfix_does() -> None:
     settings = parse_main(
         "# w\nmaps = hash:$config_directory/t\n# w\nlist = a, b\n# site: w\nsite_value = x\n"
