@@ -289,17 +289,19 @@ def check_instance(inst: Instance, settings: list[Setting]) -> list[Finding]:
 
 
 def format_findings(inst: Instance, profile: str, findings: list[Finding]) -> str:
+    """Per setting: whether it matches, the node's value, the profile's and why; the settings
+    that differ first."""
     off = sum(not f.ok for f in findings)
     where = f" ({inst.config_dir})" if inst.config_dir else ""
     lines = [f"{inst.name}{where}: profile {profile}, {off} of {len(findings)} settings differ"]
-    width = max((len(f.key) for f in findings), default=0)
-    for f in findings:
-        mark = "ok  " if f.ok else "DIFF"
+    for f in sorted(findings, key=lambda f: f.ok):
         node = "(not set)" if f.node is None else f.node or "(empty)"
-        lines.append(f"{mark} {f.key:<{width}}  node: {node}")
-        if not f.ok:
-            lines.append(f"     {'':<{width}}  profile: {f.profile or '(empty)'}")
-            lines.append(f"     {'':<{width}}  why: {f.why}")
+        lines += [
+            f"{'ok  ' if f.ok else 'DIFF'} {f.key}",
+            f"       node:    {node}",
+            f"       profile: {f.profile or '(empty)'}",
+            f"       why:     {f.why}",
+        ]
     return "\n".join(lines)
 
 

@@ -323,3 +323,19 @@ def test_profile_loads_in_the_lab_and_delivers(make_lab: Callable[..., object], 
     rc, verdict = _check(lab.etc, name)
     assert {k for k, ok in verdict.items() if not ok} == expected_off
     assert rc == (1 if expected_off else 0)
+
+
+@pytest.mark.usefixtures("stock_files")
+def test_text_output_gives_node_profile_and_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mailpulse.cli import main
+
+    d = _node(tmp_path, "bulk", main_extra="soft_bounce = yes\n")
+    rc = main(["postfix", "check", "-c", str(d), "--profile", "bulk"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    total = len(load_profile("bulk"))
+    assert f"profile bulk, 1 of {total} settings differ" in out
+    assert "DIFF soft_bounce\n       node:    yes\n       profile: no\n       why:     Must" in out
+    assert out.count("\nok   ") == total - 1
