@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from mailpulse.series import SourceStatus
 log = logging.getLogger(__name__)
 
 PROFILES = ("bulk", "transactional")
+ROUTE = "transport:"  # a route of the profile's transport table: "transport:gmail.com"
 SITE = "site:"  # a reason starting so marks an example value: only its presence is checked
 # master.cf columns after service and type, and what "-" means in each (master(5), Postfix 3).
 MASTER_FIELDS = ("private", "unpriv", "chroot", "wakeup", "maxproc")
@@ -51,6 +54,8 @@ class Setting:
 
     @property
     def kind(self) -> str:
+        if self.key.startswith(ROUTE):
+            return "route"
         return ("main", "service", "option")[self.key.count("/")]
 
 
@@ -160,15 +165,36 @@ def _setting(key: str, value: str, why: str, source: str, n: int) -> Setting:
     return Setting(key, value, why.removeprefix(SITE).strip() if site else why, site)
 
 
+def parse_transport(text: str, source: str = "transport") -> list[Setting]:
+    """Routes as `transport:<domain>` settings whose value is the transport's name; a route on
+    the line right under another shares its comment. A site route (the bounce domain) names
+    an example domain, so there is nothing to look up."""
+    out = []
+    last_n, last_why = 0, ""
+    for n, parts in _logical_lines(text, source):
+        words = " ".join(p[0] for p in parts).split()
+        if len(words) != 2:
+            raise ProfileError(f"{source}:{n}: not a 'domain transport:nexthop' line")
+        why = parts[0][1] or (last_why if n == last_n + 1 else "")
+        route = _setting(ROUTE + words[0], words[1].split(":", 1)[0], why, source, n)
+        last_n, last_why = n, why
+        if not route.site:
+            out.append(route)
+    return out
+
+
 def load_profile(name: str, directory: Path | None = None) -> list[Setting]:
     if name not in PROFILES:
         raise ProfileError(f"no profile {name!r}; there are {', '.join(PROFILES)}")
     d = directory or profile_dir()
     main = d / f"{name}.main.cf"
     master = d / f"{name}.master.cf"
-    settings = parse_main(main.read_text(), str(main)) + parse_master(
-        master.read_text(), str(master)
-    )
+    transport = d / f"{name}.transport"
+    settings = [
+        *parse_main(main.read_text(), str(main)),
+        *parse_master(master.read_text(), str(master)),
+        *parse_transport(transport.read_text(), str(transport)),
+    ]
     keys = [s.key for s in settings]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
@@ -187,11 +213,12 @@ class NodeSettings:
     main: Mapping[str, str]
     services: Mapping[str, list[str]]
     options: Mapping[str, str]
+    routes: Mapping[str, str] = field(default_factory=dict)  # domain -> transport_maps' value
 
 
 def referenced_names(settings: Iterable[Setting]) -> set[str]:
     """main.cf names the profile's values refer to, and default_process_limit (maxproc "-")."""
-    names = {"default_process_limit"}
+    names = {"default_process_limit", "transport_maps"}
     for s in settings:
         if s.kind == "main":
             names.add(s.key)
@@ -229,6 +256,9 @@ def compare(settings: Iterable[Setting], node: NodeSettings) -> list[Finding]:
             want = expand(s.value, node.main)
         elif s.kind == "option":
             have = node.options.get(s.key)
+        elif s.kind == "route":
+            route = node.routes.get(s.key.removeprefix(ROUTE))
+            have = None if route is None else route.split(":", 1)[0]
         else:
             words = node.services.get(s.key)
             have = None if words is None else " ".join(_service_words(words, node.main))
@@ -278,7 +308,37 @@ def read_node(config_dir: Path | None, settings: list[Setting]) -> NodeSettings:
             main[name.strip()] = value.strip()
     services = parse_services(run_postconf(config_dir, "-M"))
     options = parse_options(run_postconf(config_dir, "-P"))
-    return NodeSettings(main, services, options)
+    domains = [s.key.removeprefix(ROUTE) for s in settings if s.kind == "route"]
+    routes = lookup_routes(config_dir, main.get("transport_maps", ""), domains)
+    return NodeSettings(main, services, options, routes)
+
+
+def lookup_routes(config_dir: Path | None, maps: str, domains: list[str]) -> dict[str, str]:
+    """Each domain's value in the first of transport_maps that has it, as `postmap -q -` reads
+    keys from its input: one process per table. A table postmap cannot open routes nothing
+    (the check shows those routes as not set)."""
+    found: dict[str, str] = {}
+    for table in _normal(maps).split() if domains else []:
+        wanted = [d for d in domains if d not in found]
+        if not wanted:
+            break
+        argv = ["postmap", *(["-c", str(config_dir)] if config_dir else []), "-q", "-", table]
+        try:
+            r = subprocess.run(
+                argv,
+                input="".join(f"{d}\n" for d in wanted),
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**os.environ, "LC_ALL": "C"},
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise PostconfError(f"{' '.join(argv)}: {e}") from e
+        for line in r.stdout.splitlines():
+            key, tab, value = line.partition("\t")
+            if tab and key in wanted:
+                found[key] = value.strip()
+    return found
 
 
 def check_instance(inst: Instance, settings: list[Setting]) -> list[Finding]:

@@ -43,12 +43,13 @@ def test_every_setting_says_why(name: str) -> None:
         assert len(s.why) > 20, s  # a reason, not a stray word
     # Every line of the fragments that is not a comment is under a comment block: counted
     # here on the raw text, independently of the parser.
-    for part in ("main.cf", "master.cf"):
+    # A route of the transport table may share the comment of the route on the line above.
+    for part in ("main.cf", "master.cf", "transport"):
         lines = (profile_dir() / f"{name}.{part}").read_text().splitlines()
         for i, line in enumerate(lines):
             if line.strip() and not line.lstrip().startswith("#"):
                 above = lines[i - 1].strip() if i else ""
-                continues = line[0].isspace() and not above.startswith("#")
+                continues = (line[0].isspace() or part == "transport") and above != ""
                 assert above.startswith("#") or continues, f"{name}.{part}:{i + 1}: {line}"
 
 
@@ -136,8 +137,15 @@ def _other(value: str) -> str:
     return f"{value}, permit" if value else "/var/log/elsewhere.log"
 
 
-def _node(tmp_path: Path, name: str, main_extra: str = "", master_extra: str = "") -> Path:
-    """A Postfix config directory: Debian's stock files, the profile appended, then edits."""
+def _node(
+    tmp_path: Path,
+    name: str,
+    main_extra: str = "",
+    master_extra: str = "",
+    transport: Callable[[str], str] = lambda text: text,
+) -> Path:
+    """A Postfix config directory: Debian's stock files, the profile appended, then edits; the
+    profile's transport table, edited, beside them."""
     d = tmp_path / name
     d.mkdir(parents=True, exist_ok=True)
     (d / "main.cf").write_text(
@@ -146,6 +154,8 @@ def _node(tmp_path: Path, name: str, main_extra: str = "", master_extra: str = "
     (d / "master.cf").write_text(
         DEBIAN_MASTER.read_text() + (profile_dir() / f"{name}.master.cf").read_text() + master_extra
     )
+    (d / "transport").write_text(transport((profile_dir() / f"{name}.transport").read_text()))
+    subprocess.run(["postmap", "-c", str(d), f"hash:{d / 'transport'}"], check=True)
     return d
 
 
@@ -165,7 +175,7 @@ def _check(config_dir: Path, name: str) -> tuple[int, dict[str, bool]]:
 
 @pytest.fixture
 def stock_files() -> None:
-    require_programs("postconf")
+    require_programs("postconf", "postmap")
     if not (DEBIAN_MAIN.exists() and DEBIAN_MASTER.exists()):
         pytest.skip("Debian's postfix package files are not installed (make deps)")
 
@@ -213,6 +223,20 @@ def test_check_names_changed_services_and_options(tmp_path: Path) -> None:
         rc, verdict = _check(d, "bulk")
         assert rc == 1
         assert [k for k, ok in verdict.items() if not ok] == [key]
+    # A route the transport table gives another transport, or none.
+    d = _node(
+        tmp_path,
+        "bulk",
+        transport=lambda t: t.replace(
+            "outlook.com          microsoft:", "outlook.com smtp:"
+        ).replace("aol.com              yahoo:\n", ""),
+    )
+    rc, verdict = _check(d, "bulk")
+    assert rc == 1
+    assert [k for k, ok in verdict.items() if not ok] == [
+        "transport:outlook.com",
+        "transport:aol.com",
+    ]
     # The pipe's path is the site's own: another is no drift.
     other_path = (
         (profile_dir() / "bulk.master.cf")
@@ -286,6 +310,7 @@ def test_the_agent_drift_watch_and_its_series(tmp_path: Path) -> None:
 @pytest.mark.lab
 @pytest.mark.parametrize("name", PROFILES)
 def test_profile_loads_in_the_lab_and_delivers(make_lab: Callable[..., object], name: str) -> None:
+    from lab.behaviours import DOMAINS
     from lab.campaign import run_campaign
     from lab.postfix import Lab, run_in_pty
     from lab.profiles import lab_kwargs, make_tables
@@ -320,6 +345,10 @@ def test_profile_loads_in_the_lab_and_delivers(make_lab: Callable[..., object], 
     profile_values = {s.key: s.value for s in load_profile(name)}
     lab_cf = lab.main_cf()
     expected_off = {k for k in kept if lab_cf[k] != profile_values[k]}
+    # The lab's own transport table routes only its campaign domains.
+    expected_off |= {k for k in profile_values if k.startswith("transport:")} - {
+        f"transport:{d}" for d in DOMAINS
+    }
     rc, verdict = _check(lab.etc, name)
     assert {k for k, ok in verdict.items() if not ok} == expected_off
     assert rc == (1 if expected_off else 0)
