@@ -1,12 +1,15 @@
-"""Postfix profiles (mailpulse/profiles/*.main.cf, *.master.cf) and how far a node is from one.
+"""Postfix profiles (mailpulse/profiles/NAME.main.cf, .master.cf, .transport) and how far a
+node is from one.
 
-A profile is a main.cf and a master.cf fragment in Postfix's own syntax, every setting under
-the comment lines that say why it is there. Parsing them and comparing them with a node's
-settings are pure functions; reading the node goes through `postconf` (mailpulse.postfix), so
-what is compared is what Postfix itself resolves, per instance.
+A profile is a main.cf and a master.cf fragment and a transport table in Postfix's own syntax,
+every setting under the comment lines that say why it is there. Parsing them and comparing
+them with a node's settings are pure functions; reading the node goes through `postconf`
+(mailpulse.postfix) and `postmap -q`, so what is compared is what Postfix itself resolves, per
+instance.
 
 A setting is named as postconf names it: `name` for main.cf, `service/type` for a master.cf
-service line, `service/type/name` for one of its `-o name=value` overrides (postconf -P).
+service line, `service/type/name` for one of its `-o name=value` overrides (postconf -P), and
+`transport:domain` for a route of the transport table.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True)
 class Setting:
-    key: str  # "name", "service/type" or "service/type/name"
+    key: str  # "name", "service/type", "service/type/name" or "transport:domain"
     value: str  # as the profile writes it ($names unexpanded)
     why: str
     site: bool  # an example value: the node only has to set it
