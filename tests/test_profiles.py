@@ -368,3 +368,24 @@ def test_text_output_gives_node_profile_and_why(
     assert f"profile bulk, 1 of {total} settings differ" in out
     assert "DIFF soft_bounce\n       node:    yes\n       profile: no\n       why:     Must" in out
     assert out.count("\nok   ") == total - 1
+
+
+@pytest.mark.usefixtures("stock_files")
+def test_every_instance_of_a_multi_instance_node_is_checked(tmp_path: Path) -> None:
+    second = _node(
+        tmp_path / "second", "bulk", main_extra="syslog_name = postfix-b\nsoft_bounce = yes\n"
+    )
+    first = _node(tmp_path / "first", "bulk", main_extra=f"multi_instance_directories = {second}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "mailpulse", "postfix", "check", "-c", str(first), "--json"]
+        + ["--profile", "bulk", "--state-dir", str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stderr
+    docs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(d["instance"], d["config_dir"], d["differ"]) for d in docs] == [
+        ("postfix", str(first), 0),
+        ("postfix-b", str(second), 1),
+    ]
