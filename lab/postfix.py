@@ -153,6 +153,8 @@ class Lab:
     bounce_domain: str = "bounces.lab.test"
     mx_base_ip: int = 10  # domains get 127.0.0.<base+i>
     main_cf_extra: dict[str, str] = field(default_factory=dict)
+    master_cf_extra: str = ""  # appended to master.cf (a profile's services)
+    domain_transports: dict[str, str] = field(default_factory=dict)  # domain -> transport name
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -168,6 +170,9 @@ class Lab:
 
     def mx_addresses(self) -> list[str]:
         return [self.mx_address(d) for d in DOMAINS]
+
+    def nexthop(self, domain: str) -> str:
+        return f"[{self.mx_address(domain)}]:{self.mx_port}"
 
     def mx_address(self, domain: str) -> str:
         i = list(DOMAINS).index(domain)
@@ -238,7 +243,7 @@ class Lab:
             ("scache", "unix", "-", "-", "n", "-", "1", "scache"),
             ("postlog", "unix-dgram", "n", "-", "n", "-", "1", "postlogd"),
         ]
-        return "".join(" ".join(s) + "\n" for s in services)
+        return "".join(" ".join(s) + "\n" for s in services) + self.master_cf_extra
 
     def write_config(self) -> None:
         vmail = pwd.getpwnam(VMAIL_USER)
@@ -265,7 +270,9 @@ class Lab:
         )
         (self.etc / "master.cf").write_text(self.master_cf())
         (self.etc / "transport").write_text(
-            "".join(f"{d} smtp:[{self.mx_address(d)}]:{self.mx_port}\n" for d in DOMAINS)
+            "".join(
+                f"{d} {self.domain_transports.get(d, 'smtp')}:{self.nexthop(d)}\n" for d in DOMAINS
+            )
         )
         (self.etc / "vmailbox").write_text(f"bounce@{self.bounce_domain} bounce/\n")
 

@@ -32,6 +32,7 @@ from mailpulse.domains import DomainGroups
 from mailpulse.events import QueueSnapshot
 from mailpulse.files import atomic_write
 from mailpulse.postfix import Instance
+from mailpulse.profile import DriftWatch
 from mailpulse.series import (
     BORN_META,
     PROMOTED_META,
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailpulse.agent")
 
 
+# Postfix's settings change by hand, rarely: compare them with the profile every five minutes.
+PROFILE_INTERVAL_S = 300.0
 # Postfix's units on a systemd node: postfix.service and the instances' postfix@NAME.service.
 JOURNAL_ARGS = ["-u", "postfix.service", "-u", "postfix@*.service"]
 
@@ -404,6 +407,11 @@ class Agent:
         self.queues = QueueWatch(instances, cfg, self.groups) if instances else None
         queues_latest = self.queues.latest if self.queues is not None else None
         self.host = HostWatch(instances, cfg.host_interval_s, self.stop_event)
+        self.drift = (
+            DriftWatch(instances, cfg.role, PROFILE_INTERVAL_S, self.stop_event)
+            if instances
+            else None
+        )
         self.series = Series(
             self.state,
             host=self.host.latest,
@@ -411,6 +419,7 @@ class Agent:
             queue_interval_s=cfg.queue_interval_s,
             logs=self.logs,
             domains=self.accounting.domains,
+            profile=self.drift.latest if self.drift is not None else None,
         )
         self.common = {"node": cfg.node, "role": cfg.role}
         web = load_web_config(cfg.web_config_file)
@@ -437,6 +446,8 @@ class Agent:
         if self.queues is not None:
             self.queues.start()
         self.host.start()
+        if self.drift is not None:
+            self.drift.start()
         self.http.start()
         if self.check is not None:
             self.check.start()

@@ -238,6 +238,13 @@ CATALOGUE: tuple[Metric, ...] = (
         " no series for a service without a limit (maxproc 0).",
         ("instance", "service"),
     ),
+    Metric(
+        "mailpulse_postfix_profile_drift",
+        GAUGE,
+        "Settings of a Postfix instance that differ from its profile, as `mailpulse postfix"
+        " check` lists them (0: as the profile); re-read every few minutes.",
+        ("instance", "profile"),
+    ),
     # -- the agent itself --------------------------------------------------------------------
     Metric(
         "mailpulse_source_up",

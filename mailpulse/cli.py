@@ -87,6 +87,12 @@ def _queue(args: argparse.Namespace) -> int:
 RESERVED = "not part of this version yet: says so and exits 1"
 
 
+def _postfix_check(args: argparse.Namespace) -> int:
+    from mailpulse.profile import run_check
+
+    return run_check(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailpulse",
@@ -183,6 +189,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json(bp, "recipient")
     bp.set_defaults(run=_bounce_parse)
+
+    what = "compare this node's Postfix settings with a shipped profile"
+    pf = sub.add_parser("postfix", help=what, description=what)
+    pf_sub = pf.add_subparsers(dest="postfix_command", required=True, metavar="ACTION")
+    what = (
+        "list each setting: the node's value, the profile's and why it matters; "
+        "exit 0 as the profile, 1 settings differ, 2 could not check"
+    )
+    pc = pf_sub.add_parser("check", help=what, description=what)
+    _common(pc)
+    pc.add_argument(
+        "--profile",
+        choices=["bulk", "transactional"],
+        help="the profile to compare with (default: the config's role)",
+    )
+    pc.add_argument(
+        "-c",
+        "--postfix-config",
+        type=Path,
+        metavar="DIR",
+        help="check only this Postfix config directory (default: every instance watched)",
+    )
+    _json(pc, "setting")
+    pc.set_defaults(run=_postfix_check)
 
     bl = sub.add_parser(
         "blacklist",

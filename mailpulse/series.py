@@ -291,6 +291,8 @@ class LogReader(Protocol):
 
 HostLatest = Callable[[], tuple[HostSample | None, SourceStatus]]
 QueueLatest = Callable[[], Mapping[str, QueueSnapshot | None]]
+# (profile, settings off it per instance, how the last check went)
+ProfileLatest = Callable[[], tuple[str, Mapping[str, int], SourceStatus]]
 
 
 @dataclass
@@ -308,6 +310,7 @@ class Series:
     queue_interval_s: float = 30.0  # a queue sample older than three intervals is stale
     logs: Sequence[LogReader] = ()
     domains: TopDomains | None = None
+    profile: ProfileLatest | None = None
     clock: Callable[[], float] = time.time
 
     def read(self) -> Reading:
@@ -315,7 +318,13 @@ class Series:
         out: Reading = {**snap.counters, **snap.histograms}
         now = self.clock()
         statuses: Statuses = []
-        for source, part in (("host", self._host), ("log", self._logs), ("queue", self._queues)):
+        parts = (
+            ("host", self._host),
+            ("log", self._logs),
+            ("queue", self._queues),
+            ("profile", self._profile),
+        )
+        for source, part in parts:
             try:
                 part(out, statuses, now)
             except Exception:
@@ -354,3 +363,11 @@ class Series:
             out.update(queue_series(snap))
             fresh = now - snap.taken_at < 3 * self.queue_interval_s + snap.duration_s
             statuses.append(("queue", name, SourceStatus(fresh, snap.taken_at, snap.duration_s)))
+
+    def _profile(self, out: Reading, statuses: Statuses, _: float) -> None:
+        if self.profile is None:
+            return
+        name, drift, status = self.profile()
+        for instance, n in drift.items():
+            out[("mailpulse_postfix_profile_drift", (instance, name))] = float(n)
+        statuses.append(("profile", name, status))

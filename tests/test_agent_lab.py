@@ -170,7 +170,7 @@ def test_prometheus_sees_the_plan_through_a_kill_9(lab: Lab, tmp_path: Path) -> 
             for (name, labels), v in scrape(port).items()
             if name == "mailpulse_source_up"
         }
-        assert up == {"log": 1.0, "queue": 1.0, "host": 1.0}
+        assert up == {"log": 1.0, "queue": 1.0, "host": 1.0, "profile": 1.0}
         # Everything a busy node exposes, queue matrix included, passes promtool's lint.
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()

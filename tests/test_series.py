@@ -88,6 +88,11 @@ def test_the_series_reader_and_metrics_agree_on_every_series(lab: Lab, tmp_path:
             60,
             "the first queue sample",
         )
+        wait_for(
+            lambda: any(k[0] == "mailpulse_postfix_profile_drift" for k in agent.series.read()),
+            60,
+            "the first profile check",
+        )
         now = time.time()
         agent.series.clock = lambda: now  # ages are computed at read time: one instant for both
         # A line logged in between (a retry, a DSN) may move a counter: take the scrape between
@@ -122,7 +127,14 @@ def test_the_series_reader_and_metrics_agree_on_every_series(lab: Lab, tmp_path:
     ):
         assert name in names, name
     ups = {labels: v for (name, labels), v in before.items() if name == "mailpulse_source_up"}
-    assert ups == {("host", ""): 1.0, ("log", str(lab.maillog)): 1.0, ("queue", "postfix"): 1.0}
+    assert ups == {
+        ("host", ""): 1.0,
+        ("log", str(lab.maillog)): 1.0,
+        ("queue", "postfix"): 1.0,
+        ("profile", "transactional"): 1.0,
+    }
+    # The lab is no transactional node (no bounce pipe, its own lifetimes): drift shows.
+    assert before[("mailpulse_postfix_profile_drift", ("postfix", "transactional"))] > 0
 
 
 def test_a_failing_source_leaves_the_others_in_the_reading(tmp_path: Path) -> None:
