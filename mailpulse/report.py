@@ -222,15 +222,22 @@ class Report:
         self._normalised: dict[str, str] = {}
 
     def add(self, ev: DeliveryEvent) -> None:
-        s = ev.status
-        hour = self._hours.get(ev.time) or self._hour(ev.time)
-        where = (ev.domain, ev.relay)
-        group = self._groups.get(where) or self._group(where)
-        self.cells[(s, ev.reason, ev.dsn, group, ev.node, hour)] += 1
-        replies = self.replies.get(s)
-        if replies is not None:
-            text = ev.reply_text
-            replies[self._normalised.get(text) or self._normalise(text)] += 1
+        self.add_all((ev,))
+
+    def add_all(self, events: Iterable[DeliveryEvent]) -> None:
+        # one loop with its look-ups bound once: this runs for every delivery line
+        cells, replies, hours, groups, normalised = (
+            self.cells, self.replies, self._hours, self._groups, self._normalised
+        )  # fmt: skip
+        for ev in events:
+            s = ev.status
+            hour = hours.get(ev.time) or self._hour(ev.time)
+            where = (ev.domain, ev.relay)
+            group = groups.get(where) or self._group(where)
+            cells[(s, ev.reason, ev.dsn, group, ev.node, hour)] += 1
+            if s in replies:
+                text = ev.reply_text
+                replies[s][normalised.get(text) or self._normalise(text)] += 1
 
     def _hour(self, t: float) -> str:
         """The hour of a time not seen lately (and the report's first and last times)."""
@@ -365,8 +372,7 @@ def _print_report(
     args: argparse.Namespace, events: Iterator[DeliveryEvent], c: Correlator, groups: DomainGroups
 ) -> None:
     rep = Report(groups)
-    for ev in events:
-        rep.add(ev)
+    rep.add_all(events)
     data = rep.to_json(c)
     # hour keys print in order in both outputs
     data["hour"] = dict(sorted(data["hour"].items()))
