@@ -211,8 +211,13 @@ class Report:
     def __init__(self, groups: DomainGroups = DEFAULT_GROUPS) -> None:
         self.groups = groups
         # (status, reason, dsn, domain group, node, hour) -> events: one count per event, spread
-        # over the report's tables once, at the end
+        # over the report's tables at the end, or when it holds _CELLS_KEPT of them (a long log
+        # has many hours: their product with the other columns must not grow without end)
         self.cells: Counter[tuple[str, str, str, str, str, str]] = Counter()
+        self._status: Counter[str] = Counter()
+        self._by: dict[str, dict[str, Counter[str]]] = {
+            k: defaultdict(Counter) for k in ("reason", "dsn", "dsn_class", "group", "node", "hour")
+        }
         self.replies: dict[str, Counter[str]] = {"deferred": Counter(), "bounced": Counter()}
         self.first = self.last = 0.0
         # what add() looks up rather than works out again: lines share their second, relays
@@ -244,6 +249,8 @@ class Report:
         if t:
             self.first = t if not self.first else min(self.first, t)
             self.last = max(self.last, t)
+        if len(self.cells) >= _CELLS_KEPT:
+            self._fold()
         return _remember(self._hours, t, time.strftime("%Y-%m-%d %H:00", time.localtime(t)))
 
     def _group(self, where: tuple[str, str]) -> str:
@@ -254,10 +261,12 @@ class Report:
 
     def tables(self) -> tuple[Counter[str], dict[str, dict[str, Counter[str]]]]:
         """Events per status, and per (table, row) per status."""
-        status: Counter[str] = Counter()
-        by: dict[str, dict[str, Counter[str]]] = {
-            k: defaultdict(Counter) for k in ("reason", "dsn", "dsn_class", "group", "node", "hour")
-        }
+        self._fold()
+        return self._status, self._by
+
+    def _fold(self) -> None:
+        """The cells counted so far, spread over the tables."""
+        status, by = self._status, self._by
         for (s, reason, dsn, group, node, hour), n in self.cells.items():
             status[s] += n
             if s != "sent":
@@ -267,7 +276,7 @@ class Report:
             by["group"][group][s] += n
             by["node"][node][s] += n
             by["hour"][hour][s] += n
-        return status, by
+        self.cells.clear()
 
     def to_json(self, c: Correlator) -> dict[str, Any]:
         stats = dict(c.stats)
@@ -311,6 +320,7 @@ class Report:
 
 
 _REMEMBERED = 4096  # entries of each look-up table of Report.add, beyond which it starts again
+_CELLS_KEPT = 100_000
 
 
 def _remember(table: dict[Any, str], key: Any, value: str) -> str:
