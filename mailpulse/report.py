@@ -129,7 +129,9 @@ _DELAYS_JSON: dict[tuple[float, float, float, float] | None, str] = {None: "null
 
 
 def event_json_line(ev: DeliveryEvent) -> bytes:
-    """One event as a line of JSON: json.dumps(event_json(ev)) and a newline."""
+    """One event as a line of JSON: json.dumps(event_json(ev)) and a newline. The template
+    names DeliveryEvent's fields in their order: a new field goes here too (the tests of
+    test_logs_json.py fail until it does)."""
     delays = ev.delays
     delays_json = _DELAYS_JSON.get(delays)
     if delays_json is None:
