@@ -129,6 +129,7 @@ class QueueSampler:
         top_domains: int = 100,
         revalidate_every: int = 10,
         defer_logs_per_sample: int = 50_000,  # deferred messages whose reasons one sample reads
+        reasons_in_first_sample: bool = False,  # a one-off view (`mailpulse queue`) wants them
     ) -> None:
         self.config_dir = config_dir
         self.instance = instance
@@ -140,6 +141,7 @@ class QueueSampler:
         self.top_domains = top_domains
         self.revalidate_every = max(1, revalidate_every)
         self.defer_logs_per_sample = max(1, defer_logs_per_sample)
+        self.reasons_in_first_sample = reasons_in_first_sample
         self.files_read = 0  # queue files opened since this sampler was made
         self._samples = 0
         self._group_of: dict[str, str] = {}
@@ -314,7 +316,8 @@ class QueueSampler:
         being written, and one turn of files whose ctime moved (a retry, recipients delivered:
         what a directory listing cannot show)."""
         self._samples += 1
-        cold = not self._warm  # a first sample: queue files only, reasons from the next one
+        # a first sample: queue files only, reasons from the next one (unless asked for now)
+        cold = not self._warm and not self.reasons_in_first_sample
         todo: list[tuple[str, str, Iterable[str]]] = []  # (queue, directory, queue ids)
         gone: list[tuple[str, str]] = []  # (qid, queue)
         for q in QUEUE_NAMES:

@@ -126,7 +126,12 @@ def main(args: argparse.Namespace) -> int:
     status = OK
     for inst in instances:
         sampler = QueueSampler(
-            inst.config_dir, inst.name, groups=groups, queue_dir=inst.queue_dir, source=args.source
+            inst.config_dir,
+            inst.name,
+            groups=groups,
+            queue_dir=inst.queue_dir,
+            source=args.source,
+            reasons_in_first_sample=True,  # one pass over the spool, not a listing per sample
         )
         try:
             snap = sample_every_reason(sampler)
@@ -142,8 +147,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def sample_every_reason(sampler: QueueSampler) -> QueueSnapshot:
-    """A first sample reads queue files only: go on until every reason is read, or until a
-    sample reads none (new deferred mail arriving as fast as it is read)."""
+    """Sample until every reason is read (a first sample may read queue files only), or until
+    a sample reads none (new deferred mail arriving as fast as it is read)."""
     snap = sampler.sample()
     while snap.deferral_coverage < 1.0:
         coverage = snap.deferral_coverage

@@ -119,6 +119,50 @@ def event_json(ev: DeliveryEvent) -> dict[str, Any]:
     return d
 
 
+# `logs parse --json` writes an event as json.dumps(event_json(ev)) would, byte for byte,
+# without building the dict (asdict copies every field) nor walking it: its fields go into a
+# template as they are when each string is printable ASCII without a quote or backslash, which
+# json.dumps writes unchanged. The line is checked once, whole: no control character, no
+# backslash, and no quote beyond the template's own; any other event goes through json.dumps.
+_EVENT_QUOTES = 70  # around 20 keys and 15 string values
+_NOT_AS_IS = bytes(range(32)) + b'"\\\x7f'
+# delays= as JSON, by value: a float's repr costs more than a look-up, and a log repeats a
+# few hundred of them
+_DELAYS_JSON: dict[tuple[float, float, float, float] | None, str] = {None: "null"}
+
+
+def event_json_line(ev: DeliveryEvent) -> bytes:
+    """One event as a line of JSON: json.dumps(event_json(ev)) and a newline. The template
+    names DeliveryEvent's fields in their order: a new field goes here too (the tests of
+    test_logs_json.py fail until it does)."""
+    delays = ev.delays
+    delays_json = _DELAYS_JSON.get(delays)
+    if delays_json is None:
+        if len(_DELAYS_JSON) > 4096:
+            _DELAYS_JSON.clear()
+            _DELAYS_JSON[None] = "null"
+        delays_json = _DELAYS_JSON[delays] = "[" + ", ".join(map(repr, delays)) + "]"  # type: ignore[arg-type]
+    size = "null" if ev.size is None else ev.size
+    line = (
+        f'{{"time": {ev.time!r}, "node": "{ev.node}", "instance": "{ev.instance}", '
+        f'"program": "{ev.program}", "queue_id": "{ev.queue_id}", '
+        f'"recipient": "{ev.recipient}", "domain": "{ev.domain}", "relay": "{ev.relay}", '
+        f'"status": "{ev.status}", "dsn": "{ev.dsn}", "reply_code": "{ev.reply_code}", '
+        f'"reply_text": "{ev.reply_text}", "reason": "{ev.reason}", "scope": "{ev.scope}", '
+        f'"hard": {"true" if ev.hard else "false"}, "delay": {ev.delay!r}, '
+        f'"delays": {delays_json}, "orig_recipient": "{ev.orig_recipient}", '
+        f'"sender": "{ev.sender}", "size": {size}'
+    )
+    numbers = ev.time + ev.delay + (sum(delays) if delays else 0.0)
+    if line.isascii() and numbers - numbers == 0.0:  # finite: else "Infinity", "NaN"
+        data = line.encode("ascii")
+        if len(data) - len(data.translate(None, _NOT_AS_IS)) == _EVENT_QUOTES:
+            if ev.extra:
+                return b'%s, "extra": %s}\n' % (data, json.dumps(ev.extra).encode())
+            return data + b"}\n"
+    return json.dumps(event_json(ev)).encode("ascii") + b"\n"
+
+
 Consumer = Callable[[argparse.Namespace, Iterator[DeliveryEvent], Correlator, DomainGroups], None]
 
 
@@ -166,11 +210,14 @@ def run_parse(args: argparse.Namespace) -> int:
 def _print_events(
     args: argparse.Namespace, events: Iterator[DeliveryEvent], c: Correlator, _g: DomainGroups
 ) -> None:
-    write = sys.stdout.write
-    for ev in events:
-        if args.json:
-            write(json.dumps(event_json(ev)) + "\n")
-        else:
+    if args.json:
+        sys.stdout.flush()
+        write_json = sys.stdout.buffer.write  # the lines are ASCII bytes already
+        for ev in events:
+            write_json(event_json_line(ev))
+    else:
+        write = sys.stdout.write
+        for ev in events:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.time))
             write(
                 f"{stamp} {ev.node} {ev.instance}/{ev.program} {ev.queue_id} "
@@ -190,37 +237,88 @@ class Report:
 
     def __init__(self, groups: DomainGroups = DEFAULT_GROUPS) -> None:
         self.groups = groups
-        self.status: Counter[str] = Counter()
-        self.by: dict[str, defaultdict[str, Counter[str]]] = {
+        # (status, reason, dsn, domain group, node, hour) -> events: one count per event, spread
+        # over the report's tables at the end, or when it holds _CELLS_KEPT of them (a long log
+        # has many hours: their product with the other columns must not grow without end)
+        self.cells: Counter[tuple[str, str, str, str, str, str]] = Counter()
+        self._status: Counter[str] = Counter()
+        self._by: dict[str, dict[str, Counter[str]]] = {
             k: defaultdict(Counter) for k in ("reason", "dsn", "dsn_class", "group", "node", "hour")
         }
         self.replies: dict[str, Counter[str]] = {"deferred": Counter(), "bounced": Counter()}
         self.first = self.last = 0.0
+        # what add() looks up rather than works out again: lines share their second, relays
+        # and domains recur, and so do the replies of one remote
+        self._hours: dict[float, str] = {}
+        self._groups: dict[tuple[str, str], str] = {}
+        self._normalised: dict[str, str] = {}
 
     def add(self, ev: DeliveryEvent) -> None:
-        s = ev.status
-        self.status[s] += 1
-        if ev.time:
-            self.first = ev.time if not self.first else min(self.first, ev.time)
-            self.last = max(self.last, ev.time)
-        by = self.by
-        if s != "sent":
-            by["reason"][ev.reason][s] += 1
-        by["dsn"][ev.dsn or "none"][s] += 1
-        by["dsn_class"][(ev.dsn[:1] + ".x.x") if ev.dsn else "none"][s] += 1
-        by["group"][self.groups.group(ev.domain, ev.relay)][s] += 1
-        by["node"][ev.node][s] += 1
-        by["hour"][time.strftime("%Y-%m-%d %H:00", time.localtime(ev.time))][s] += 1
-        if s in self.replies:
-            self.replies[s][normalise_reply(ev.reply_text)] += 1
+        self.add_all((ev,))
+
+    def add_all(self, events: Iterable[DeliveryEvent]) -> None:
+        # one loop with its look-ups bound once: this runs for every delivery line
+        cells, replies, hours, groups, normalised = (
+            self.cells, self.replies, self._hours, self._groups, self._normalised
+        )  # fmt: skip
+        for ev in events:
+            s = ev.status
+            hour = hours.get(ev.time) or self._hour(ev.time)
+            where = (ev.domain, ev.relay)
+            group = groups.get(where) or self._group(where)
+            cells[(s, ev.reason, ev.dsn, group, ev.node, hour)] += 1
+            if s in replies:
+                text = ev.reply_text
+                replies[s][normalised.get(text) or self._normalise(text)] += 1
+
+    def _hour(self, t: float) -> str:
+        """The hour of a time not seen lately (and the report's first and last times)."""
+        if t:
+            self.first = t if not self.first else min(self.first, t)
+            self.last = max(self.last, t)
+        if len(self.cells) >= _CELLS_KEPT:
+            self._fold()
+        return _remember(self._hours, t, time.strftime("%Y-%m-%d %H:00", time.localtime(t)))
+
+    def _group(self, where: tuple[str, str]) -> str:
+        return _remember(self._groups, where, self.groups.group(*where))
+
+    def _normalise(self, text: str) -> str:
+        return _remember(self._normalised, text, normalise_reply(text))
+
+    def tables(self) -> tuple[Counter[str], dict[str, dict[str, Counter[str]]]]:
+        """Events per status, and per (table, row) per status."""
+        self._fold()
+        return self._status, self._by
+
+    def _fold(self) -> None:
+        """The cells counted so far, spread over the tables."""
+        status, by = self._status, self._by
+        for (s, reason, dsn, group, node, hour), n in self.cells.items():
+            status[s] += n
+            if s != "sent":
+                by["reason"][reason][s] += n
+            by["dsn"][dsn or "none"][s] += n
+            by["dsn_class"][(dsn[:1] + ".x.x") if dsn else "none"][s] += n
+            by["group"][group][s] += n
+            by["node"][node][s] += n
+            by["hour"][hour][s] += n
+        self.cells.clear()
 
     def to_json(self, c: Correlator) -> dict[str, Any]:
         stats = dict(c.stats)
+        status, by = self.tables()
         return {
             "first": self.first,
             "last": self.last,
-            "status": {s: self.status.get(s, 0) for s in STATUSES},
-            **{k: {name: dict(cnt) for name, cnt in sorted(v.items())} for k, v in self.by.items()},
+            "status": {s: status.get(s, 0) for s in STATUSES},
+            **{
+                k: {
+                    name: {s: cnt[s] for s in STATUSES if s in cnt}
+                    for name, cnt in sorted(v.items())
+                }
+                for k, v in by.items()
+            },
             "top_replies": {
                 s: [{"reply": r, "count": n} for r, n in cnt.most_common(TOP)]
                 for s, cnt in self.replies.items()
@@ -256,6 +354,17 @@ class Report:
             "damaged_files": stats.get("damaged_files", 0),
             "unreadable_files": stats.get("unreadable_files", 0),
         }
+
+
+_REMEMBERED = 4096  # entries of each look-up table of Report.add, beyond which it starts again
+_CELLS_KEPT = 100_000
+
+
+def _remember(table: dict[Any, str], key: Any, value: str) -> str:
+    if len(table) >= _REMEMBERED:
+        table.clear()
+    table[key] = value
+    return value
 
 
 def _table(title: str, rows: dict[str, dict[str, int]], limit: int | None = None) -> list[str]:
@@ -324,8 +433,7 @@ def _print_report(
     args: argparse.Namespace, events: Iterator[DeliveryEvent], c: Correlator, groups: DomainGroups
 ) -> None:
     rep = Report(groups)
-    for ev in events:
-        rep.add(ev)
+    rep.add_all(events)
     data = rep.to_json(c)
     # hour keys print in order in both outputs
     data["hour"] = dict(sorted(data["hour"].items()))

@@ -10,6 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from mailpulse.collectors.maillog import Correlator
+
+from mailpulse.report import Report
 
 # (node, hour, domain, status, dsn, reply) -> how many such recipients are written
 CASES = [
@@ -148,3 +151,25 @@ def test_report_gives_a_yearless_stamp_the_year_the_reading_clock_implies(
     data = json.loads(report(log, "--json", clock=clock))
     assert sorted(data["hour"]) == [f"{year}-11-28 {h:02d}:00" for h in (9, 10, 11)]
     assert time.localtime(data["first"])[:4] == (year, 11, 28, 9)
+
+
+def test_counts_spread_over_the_tables_part_way_are_the_same_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long log: the report's cells are spread over its tables whenever they hold enough of
+    # them, here after every one; the tables come out as if counted at once.
+    log = tmp_path / "maillog"
+    write_log(log)
+    lines = log.read_bytes().splitlines()
+    # every event in a second of its own, so that each one starts a new cell
+    events = [ev for line in lines for ev in Correlator().feed_line(line)]
+    for n, ev in enumerate(events):
+        ev.time += n
+    at_once, part_way = Report(), Report()
+    at_once.add_all(events)
+    monkeypatch.setattr("mailpulse.report._CELLS_KEPT", 1)
+    for ev in events:
+        part_way.add(ev)
+    assert len(part_way.cells) <= 2
+    assert part_way.to_json(Correlator()) == at_once.to_json(Correlator())
+    assert sum(at_once.to_json(Correlator())["status"].values()) == sum(COUNTS)

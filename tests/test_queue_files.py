@@ -423,6 +423,12 @@ def test_reasons_are_read_after_the_queue_files_a_budget_per_sample(tmp_path: Pa
     assert snap.deferral_classes == dict(expected)
     assert not snap.errors
 
+    # A one-off view (`mailpulse queue`) reads every reason in its first and only pass.
+    at_once = QueueSampler(queue_dir=spool, source="spool", reasons_in_first_sample=True).sample()
+    assert at_once.deferral_coverage == 1.0
+    assert at_once.deferral_classes == dict(expected)
+    assert at_once.shape == snap.shape and at_once.queues == snap.queues
+
     # A retry: the queue file is rewritten (new ctime) with a new defer log; its reasons are
     # pending again until the next reading, then say the new answer.
     qid = f"{0:05X}D1E2F"
