@@ -25,17 +25,23 @@ MEANT: dict[str, list[str]] = {
         "421 4.7.0 Too many messages from 192.0.2.1, try again later",
         "550 5.1.1 <a@example.com>: too many recipients this hour",
         "421 4.7.28 Our system has detected an unusual rate of unsolicited mail; try again slower",
+        "452 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents "
+        "additional messages from being delivered",
     ],
     "toomanyconn": [
         "452 4.3.2 Connection rate limit exceeded.",
         "552 Too many recipients",
         "421 4.7.0 Too many concurrent SMTP connections from this IP address",
+        "550 Ip frequency limited [http://service.mail.qq.com/cgi-bin/help?subtype=1]",
     ],
     "badreputation": [
         "550-5.7.1 Our system has detected that this message is likely suspicious due to the very "
         "low reputation of the sending IP address",
         "421 4.7.0 [TSS04] Messages from 192.0.2.25 temporarily deferred due to unexpected volume "
         "or user complaints",
+        "421 4.7.0 [TS01] Messages from 192.0.2.25 temporarily deferred due to user complaints "
+        "- 4.16.55.1",
+        "421 4.7.0 [TSS04] Messages from 192.0.2.25 temporarily deferred",
     ],
     "spamdetected": [
         "421 4.7.0 This message was blocked due to the nature of the content or the links within",
@@ -54,10 +60,12 @@ MEANT: dict[str, list[str]] = {
         "550 5.1.0 192.0.2.222 is not allowed to send from <example.net> per it's SPF Record",
         "550-5.7.1 This message does not have authentication information or fails to pass "
         "authentication checks",
+        "550-5.7.1 The message fails to pass authentication checks",
     ],
     "securityerror": [
         "550 5.7.321 starttls-not-supported: the receiving server must support TLS",
         "550 5.7.1 RESOLVER.RST.AuthRequired; authentication required",
+        "550 5.7.1 RESOLVER.RST.AuthRequired",
         "550 Unauthenticated senders not allowed",
     ],
     "requireptr": [
@@ -140,6 +148,7 @@ MEANT: dict[str, list[str]] = {
     ],
     "filtered": [
         "550 5.1.1 RCP-P2 Refused due to recipient preferences",
+        "550 5.7.1 The recipient has blocked your address",
         "550 Requested action not taken: mailbox unavailable",
     ],
     "notaccept": [
@@ -184,6 +193,8 @@ MEANT: dict[str, list[str]] = {
         "Recipient address rejected: Internal system error.",
         "554 Service currently unavailable",
         "Unable to contact LDAP server. (#4.4.3)",
+        "Duplicated Message-ID",
+        "421 Service refused, please try later",
         "mail for example.com loops back to myself",
         "432 4.3.2 Server busy, please try again later",
         "451 4.3.0 Mail server temporarily rejected message",
@@ -191,6 +202,10 @@ MEANT: dict[str, list[str]] = {
     "expired": [
         "message expired after 5 days in queue",
         "retry timeout exceeded",
+        "I'm not going to try again; this message has been in the queue too long.",
+        "Cannot send message for 5 days",
+        "Envelope expired",
+        "Delivery failed 3 attempts",
         "The recipient server did not accept our requests to connect.",
         "Could not deliver for the last 432000 seconds. Giving up.",
         "Delivery to the following recipients was aborted after 5.0 hour(s)",
@@ -421,10 +436,14 @@ def test_address_stripping_is_linear_in_a_long_run_without_at() -> None:
     # Bad input: one unbroken run of address characters, the "@" only at its end, which a
     # pattern tried from every position would take in quadratic time.
     def cost(n: int) -> float:
+        # The best of a few runs: on a busy machine one run measures the neighbours too.
         text = "a" * n + "@example.org " + "b" * n + "@"
-        t = time.perf_counter()
-        assert without_addresses(text) == "@example.org " + "b" * n + "@"
-        return time.perf_counter() - t
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            assert without_addresses(text) == "@example.org " + "b" * n + "@"
+            best = min(best, time.perf_counter() - t)
+        return best
 
     small, large = cost(20_000), cost(200_000)
     assert large < 30 * max(small, 1e-4) and large < 5.0  # linear: about 10; quadratic: 100
