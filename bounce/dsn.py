@@ -135,6 +135,12 @@ STAGE_RE = re.compile(
 TRANSCRIPT_STAGE_RE = re.compile(
     r">>> (data|rcpt|mail)\b[^\n]*\n(?:.*\n){0,3}?\s*(?:<<< )?[45]\d\d", re.I
 )
+# Sendmail's way (and its imitators', McAfee's among them) of answering for one address: the
+# address echoed, three dots, the verdict. A sender refusal says "sender" in its words; any
+# other is the answer to RCPT TO.
+ECHOED_ADDRESS_RE = re.compile(
+    r"\b[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3} )?<[^<>\s]*@[^<>\s]*>\.\.\. "
+)
 # A final failure whose last try timed out or was refused: the MTA stopped retrying.
 GAVE_UP_RE = re.compile(r"^(connect to \S+: )?connection (timed out|refused)", re.I)
 DELAY_RE = re.compile(
@@ -347,6 +353,9 @@ def _record(
     if not status and not diagnostic:
         status = context_status
     klass = status[:1] or reply[:1] or ("4" if action == "delayed" else "5")
+    if not stage and status[1:] in ("", ".0.0") and ECHOED_ADDRESS_RE.search(diagnostic):
+        # A precise code (5.2.1: the mailbox exists) is more to go by than the form of the reply.
+        stage = "rcpt"
     verdict = classify(status, reply, without_addresses(diagnostic) or context, stage=stage)
     positive = ("delivered", "relayed", "expanded", "deliverable")
     kind = KIND_DELIVERY if action in positive else KIND_BOUNCE

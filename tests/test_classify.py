@@ -82,6 +82,9 @@ MEANT: dict[str, list[str]] = {
     "blocked": [
         "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
         "550 5.7.606 Access denied, banned sending IP [198.51.100.222].",
+        "550 5.7.1 192.0.2.1 is listed; to request removal from this list see https://example.net",
+        "550 5.7.1 The IP you're using to send mail is not authorized; please use the SMTP relay"
+        " at your service provider instead",
         "550 Mail is rejected: suspected bounce attacks from your host",
         "554 Blocked - see https://support.proofpoint.com/dnsbl-lookup.cgi?ip=192.0.2.225",
         "host mx.example.net said: 550 5.7.0 Please use the smtp server of your ISP.",
@@ -164,6 +167,8 @@ MEANT: dict[str, list[str]] = {
     "userunknown": [
         "The recipient name is not recognized",
         "User Tama (tama@example.org) not listed in Domino Directory",
+        "User Tama (tama@example.org) not listed in public Name & Address Book",
+        "ユーザー Tama は ディレクトリには見つかりません",
         "ユーザー Tama (tama@example.org) は Domino ディレクトリには見つかりません。",
         "554 delivery error: dd This user doesn't have a yahoo.com account (a@yahoo.com) [0]",
         "550 <tama@example.org>... User not exist",
@@ -206,6 +211,11 @@ MEANT: dict[str, list[str]] = {
         "Cannot send message for 5 days",
         "Envelope expired",
         "Delivery failed 3 attempts",
+        "Mail expired",
+        "all hosts for 'example.com' have been failing for a long time"
+        " (and retry time not reached)",
+        "Delivery failed after 12 attempts",
+        "Message could not be delivered for 5 days",
         "The recipient server did not accept our requests to connect.",
         "Could not deliver for the last 432000 seconds. Giving up.",
         "Delivery to the following recipients was aborted after 5.0 hour(s)",
@@ -445,5 +455,5 @@ def test_address_stripping_is_linear_in_a_long_run_without_at() -> None:
             best = min(best, time.perf_counter() - t)
         return best
 
-    small, large = cost(20_000), cost(200_000)
+    small, large = cost(100_000), cost(1_000_000)
     assert large < 30 * max(small, 1e-4) and large < 5.0  # linear: about 10; quadratic: 100
