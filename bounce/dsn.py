@@ -264,6 +264,18 @@ def _typed_address(value: str) -> str:
     return m.group(0).strip(".").lower() if m else ""
 
 
+# A host name or address literal as a Remote-MTA field gives it ("dns; mx.example.org",
+# "dns; [192.0.2.1]", "smtp; mx.example.org (192.0.2.1)").
+HOST_RE = re.compile(r"\[?([A-Za-z0-9](?:[A-Za-z0-9.:-]{0,252}[A-Za-z0-9])?)\.?\]?")
+
+
+def _typed_host(value: str) -> str:
+    """`dns; mx.example.org` -> mx.example.org; '' when the field names no host."""
+    value = (value.split(";", 1)[1] if ";" in value else value).strip()
+    m = HOST_RE.match(value)
+    return m.group(1).lower() if m else ""
+
+
 def _dsn_blocks(text: str) -> list[dict[str, str]]:
     blocks = re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n"))
     return [f for f in (_fields(b) for b in blocks) if f]
@@ -428,7 +440,7 @@ def _from_reports(dsn_texts: list[str], notice: str) -> tuple[list[Bounce], int]
             if not diag:
                 diag = context
             category = f.get("x-powermta-bouncecategory", "").strip().lower()
-            remote = _typed_address(f.get("remote-mta", ""))
+            remote = _typed_host(f.get("remote-mta", ""))
             mta_reason = POWERMTA_CATEGORIES.get(category, mta_reason)
             out.append(_record(rcpt, status, diag, action, remote, notice, mta_reason))
     return out, omitted
