@@ -124,11 +124,11 @@ AUTOREPLY_SUBJECT_RE = re.compile(
 DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 # "in reply to RCPT TO command" (Postfix), "after RCPT TO:" (Exim), "failed after I sent the
 # message" (qmail), "did not like our RCPT TO" (DragonFly), "SMTP:RCPT host" (X3), "[RCPT_TO]"
-# (Yahoo), "(DATA)": which SMTP command the remote refused.
+# (Yahoo), "(DATA)", "does not like recipient" (qmail): which SMTP command the remote refused.
 STAGE_RE = re.compile(
     r"(?:in reply to|after|error from remote mail server after|did not like our|smtp:|[(\[])\s*"
     r"(end of data|data|rcpt|mail from|mail|sent the message|ehlo|helo)(?![a-z])"
-    r"|for (text|data) command",
+    r"|for (text|data) command|does not like (recipient)",
     re.I,
 )
 # Sendmail's session transcript: ">>> DATA" then "<<< 550 ...".
@@ -139,13 +139,14 @@ TRANSCRIPT_STAGE_RE = re.compile(
 # address echoed, three dots, the verdict. A sender refusal says "sender" in its words; any
 # other is the answer to RCPT TO.
 ECHOED_ADDRESS_RE = re.compile(
-    r"\b[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3} )?<[^<>\s]*@[^<>\s]*>\.\.\. "
+    r"\b[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3} )?<?[^<>\s]*@[^<>\s]*>?\.\.\. "
 )
 # A final failure whose last try timed out or was refused: the MTA stopped retrying.
 GAVE_UP_RE = re.compile(r"^(connect to \S+: )?connection (timed out|refused)", re.I)
 DELAY_RE = re.compile(
     r"warning message only|will be retried|\(delay\)|delivery (has been |is )?delayed|"
-    r"delayed mail|not yet been delivered|still trying|will (continue to )?(re)?try",
+    r"delayed mail|not yet been delivered|still trying|will (continue to )?(re)?try|"
+    r"no action is required on your part",
     re.I,
 )
 DNS_TROUBLE_RE = re.compile(r"name server|host name lookup|host not found|dns", re.I)
@@ -324,6 +325,8 @@ def _stage(text: str) -> str:
     if not m:
         state = GMAIL_STATE_RE.search(text)
         return GMAIL_STATES.get(state.group(1), "") if state else ""
+    if m.re is STAGE_RE and m.group(3):
+        return "rcpt"  # qmail: "<host> does not like recipient."
     word = (m.group(1) or "data").lower()  # "for TEXT command" is the DATA stage
     return "data" if word in ("data", "end of data", "sent the message") else word.split()[0]
 

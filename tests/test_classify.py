@@ -166,6 +166,7 @@ MEANT: dict[str, list[str]] = {
     ],
     "userunknown": [
         "The recipient name is not recognized",
+        "The e-mail account does not exist at the organization this message was sent to.",
         "User Tama (tama@example.org) not listed in Domino Directory",
         "User Tama (tama@example.org) not listed in public Name & Address Book",
         "ユーザー Tama は ディレクトリには見つかりません",
