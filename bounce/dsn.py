@@ -118,6 +118,7 @@ ORIGINAL_MARK_RE = re.compile(
 )
 AUTOREPLY_SUBJECT_RE = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|away until|"
+    r"away from (my |the )?(mail|e-?mail|office|desk)|"
     r"vacation|abwesenheit|r[ée]ponse automatique|autoreply|on leave)",
     re.I,
 )
@@ -673,6 +674,7 @@ ARF_RCPT_RE = re.compile(r"^(?:original-rcpt-to|removal-recipient)[ \t]*:(.*)$",
 
 
 def _is_autoreply(msg: Message) -> bool:
+    """RFC 3834's marks of an automatic reply (Exim marks its bounces so too), or its subject."""
     auto = str(msg.get("Auto-Submitted", "")).strip().lower()
     if auto.startswith("auto-replied"):
         return True
@@ -691,7 +693,10 @@ def _looks_like_bounce(msg: Message, notice: str) -> bool:
     subject = _decode_header(msg.get("Subject"))
     if BOUNCE_SUBJECT_RE.search(subject):
         return True
-    if BOUNCE_FROM_RE.search(sender) or return_path in ("<>", "<MAILER-DAEMON>"):
+    # A null return path is what every automatic reply carries too (RFC 3834): with the
+    # marks of one, only a mail system's own sender name makes it a bounce.
+    null_sender = return_path in ("<>", "<MAILER-DAEMON>") and not _is_autoreply(msg)
+    if BOUNCE_FROM_RE.search(sender) or null_sender:
         return bool(re.search(r"deliver|fail|undeliver|error|reject|unknown", notice, re.I))
     return False
 

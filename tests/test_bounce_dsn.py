@@ -213,6 +213,26 @@ CASES = {
         "\n"
         "I am away until Monday.\n"
     ),
+    # RFC 3834: an automatic reply goes back to a null return path, as a bounce does.
+    "vacation-null-sender": (
+        "Return-Path: <>\n"
+        "From: Tama Neko <tama@example.org>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Re: Spring news\n"
+        "Auto-Submitted: auto-replied\n"
+        "\n"
+        "I am away until Monday. Your message about the delivery failed to reach me in time;\n"
+        "for urgent matters write to help@example.org.\n"
+    ),
+    "vacation-classic": (
+        "Return-Path: <>\n"
+        "From: tama@example.org\n"
+        "To: bounce-77@b.example\n"
+        "Subject: away from my mail\n"
+        "Precedence: junk\n"
+        "\n"
+        "I will not be reading my mail for a while. Delivery errors? Write to root@example.org.\n"
+    ),
     "newsletter-reply": (
         "From: Ann <ann@example.org>\n"
         "To: bounce-77@b.example\n"
@@ -231,6 +251,8 @@ EXPECTED = {
     "gmail-state": ("kit@example.org", "5.0.911", "550", "userunknown", True, KIND_BOUNCE),
     "orange": ("max@orange.example", "5.7.1", "550", "authfailure", False, KIND_BOUNCE),
     "auto-reply": ("ann@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
+    "vacation-null-sender": ("tama@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
+    "vacation-classic": ("tama@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
 }
 
 
