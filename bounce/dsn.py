@@ -501,13 +501,31 @@ def _from_notice(
     return found if found[0] else _notice_recipients(notice, set(), action)
 
 
+# Sendmail's session transcript (V5 and later): "While talking to <host>:", the command sent
+# (">>> RCPT To:<a@b>"), the remote's reply ("<<< 550 ..."), then Sendmail's verdict per
+# recipient ("550 <a@b>... User unknown") or per other host ("550 host (smtp)... 550 Host
+# unknown", a host it never talked to).
+SESSION_RE = re.compile(r"^[\s.]*while talking to ([\w.-]+)", re.I)
+HOST_VERDICT_RE = re.compile(r"^\d{3} ([\w.-]+) \(\w+\)\.\.\. (.*)$")
+RECIPIENT_VERDICT_RE = re.compile(r"^\d{3}[ -](?:\d\.\d{1,3}\.\d{1,3} )?<?" + ADDR + r">?\.\.\. ")
+
+
 def _notice_recipients(notice: str, exclude: set[str], action: str) -> tuple[list[Bounce], int]:
     lines = notice.splitlines()
     found: list[tuple[str, list[str]]] = []
     bodies: dict[str, list[str]] = {}
     beyond: set[str] = set()
     current: list[str] | None = None
+    session = command = said = ""  # the transcript's state at this line
     for line in lines:
+        if session_m := SESSION_RE.match(line):
+            session, command, said = session_m.group(1).lower().rstrip("."), "", ""
+        elif line.startswith(">>> "):
+            command, said = line, ""
+        elif line.startswith("<<< "):
+            said = said or line
+        elif (host_m := HOST_VERDICT_RE.match(line)) and host_m.group(1).lower() != session:
+            command, said = "", host_m.group(2)
         m = ADDRESS_LINE_RE.match(line)
         addr = m.group(1).lower().strip(".") if m else ""
         if m and addr and addr not in exclude and not DAEMON_RE.match(addr):
@@ -517,6 +535,13 @@ def _notice_recipients(notice: str, exclude: set[str], action: str) -> tuple[lis
                 continue
             if len(found) >= MAX_RECIPIENTS:
                 beyond.add(addr)
+                current = None
+                continue
+            if session and RECIPIENT_VERDICT_RE.match(line):
+                # A transcript's verdict: its own line, after what the remote said to the
+                # command; the lines that follow are about other recipients.
+                found.append((addr, [command, said, line]))
+                bodies[addr] = found[-1][1]
                 current = None
                 continue
             # The whole line but the address: "550 5.1.1 <a@b>... User unknown" keeps its codes.

@@ -205,6 +205,25 @@ CASES = {
         "    Client host rejected: LPN000_401 (in reply to RCPT TO command)\n"
         "\n"
     ),
+    # Sendmail V5: no report, a session transcript with a verdict line per recipient.
+    "sendmail-v5": (
+        "From: Mail Delivery Subsystem <MAILER-DAEMON@relay.example.net>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Returned mail: User unknown\n"
+        "\n"
+        "   ----- Transcript of session follows -----\n"
+        "While talking to mx.example.org:\n"
+        ">>> RCPT To:<lee@example.org>\n"
+        "<<< 550 No such user here\n"
+        "550 <lee@example.org>... User unknown\n"
+        "550 nowhere.example (smtp)... 550 Host unknown\n"
+        "554 <ray@nowhere.example>... 550 Host unknown (Authoritative answer from name server)\n"
+        "\n"
+        "   ----- Unsent message follows -----\n"
+        "To: lee@example.org, ray@nowhere.example\n"
+        "\n"
+        "hello\n"
+    ),
     "auto-reply": (
         "From: Ann <ann@example.org>\n"
         "To: bounce-77@b.example\n"
@@ -265,6 +284,23 @@ def test_relay_report_keeps_the_remote_code_and_expiry() -> None:
         "failed",
         "5.0.947",
         "expired",
+    )
+
+
+def test_sendmail_v5_transcript_gives_each_recipient_its_own_verdict() -> None:
+    lee, ray = parse_message(CASES["sendmail-v5"].encode())
+    assert (lee.recipient, lee.status, lee.reply_code, lee.reason, lee.hard) == (
+        "lee@example.org",
+        "5.0.911",
+        "550",
+        "userunknown",
+        True,
+    )
+    assert (ray.recipient, ray.reply_code, ray.reason, ray.hard) == (
+        "ray@nowhere.example",
+        "550",
+        "hostunknown",
+        True,
     )
 
 
