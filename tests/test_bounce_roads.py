@@ -7,8 +7,11 @@ import pytest
 from mailpulse.bounce.classify import held_out
 from mailpulse.bounce.dsn import parse_message
 from mailpulse.collectors.deferral import deferral_of
-from mailpulse.collectors.maillog import Correlator
-from mailpulse.collectors.qfile import DeferEntry
+from mailpulse.collectors.maillog import Correlator, events_from_lines
+from mailpulse.collectors.qfile import DeferEntry, parse_defer_log
+
+from lab.campaign import Planned, inject, verp_sender, wait_settled
+from lab.postfix import Lab
 
 YAHOO_COMPLAINTS = (
     "421 4.7.0 [TSS04] Messages from 192.0.2.25 temporarily deferred due to user complaints"
@@ -80,3 +83,31 @@ def test_remote_mta_is_the_host_the_report_names() -> None:
     ):
         (b,) = parse_message(raw.replace(b"dns; mx.example.net", field))
         assert b.remote_mta == host, field
+
+
+@pytest.mark.lab
+def test_complaint_deferrals_from_a_real_postfix_are_bad_reputation(lab: Lab) -> None:
+    # The lab's remote MX answers complaints-u<id> as Yahoo does; Postfix logs the deferral
+    # and keeps the reply in the message's defer log: both roads say badreputation.
+    plan = [
+        Planned(uid, verp_sender(uid, lab.bounce_domain), f"complaints-u{uid}@yahoo.com",
+                "yahoo.com", "complaints", "deferred", "4.7.0", "421", "badreputation", "rcpt")
+        for uid in ("1000001", "1000002")
+    ]  # fmt: skip
+    inject(lab, plan, "complaints")
+    wait_settled(lab, 0)
+    recipients = {p.recipient for p in plan}
+    with open(lab.maillog, "rb") as f:
+        logged = {e.recipient: e for e in events_from_lines(f) if e.recipient in recipients}
+    assert {r: (e.status, e.dsn, e.reason) for r, e in logged.items()} == {
+        r: ("deferred", "4.7.0", "badreputation") for r in recipients
+    }
+    queued = {
+        e.recipient: deferral_of(e)
+        for path in (lab.spool / "defer").rglob("*")
+        if path.is_file()
+        for e in parse_defer_log(path.read_text())
+    }
+    assert {r: tuple(d) for r, d in queued.items()} == {
+        r: ("badreputation", "blocklisted") for r in recipients
+    }
