@@ -28,6 +28,23 @@ WORDINGS = [
     ("exim", 'Too many "Received" headers - suspected mail loop', "", "", "", "contenterror"),
     ("exim", "mailbox is full: retry timeout exceeded", "", "", "", "mailboxfull"),
     ("exim", "550 Unroutable sender address", "", "550", "mail", "rejected"),
+    (
+        "exim",
+        "This message has been rejected because it has a potentially executable attachment",
+        "",
+        "550",
+        "data",
+        "policyviolation",
+    ),
+    (
+        "exim",
+        "Remote host mx.example.org [192.0.2.1] closed connection in response to initial"
+        " connection",
+        "",
+        "",
+        "",
+        "networkerror",
+    ),
     # Sendmail, new and V5
     ("sendmail", "550 5.1.1 <a@example.org>... User unknown", "5.1.1", "550", "", "userunknown"),
     (
@@ -154,6 +171,15 @@ WORDINGS = [
         "550",
         "",
         "userunknown",
+    ),
+    (
+        "microsoft",
+        "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact"
+        " your Internet service provider.",
+        "5.7.1",
+        "550",
+        "",
+        "blocked",
     ),
     # Domino and Lotus Notes directories
     (
