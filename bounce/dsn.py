@@ -147,7 +147,13 @@ GAVE_UP_RE = re.compile(r"^(connect to \S+: )?connection (timed out|refused)", r
 DELAY_RE = re.compile(
     r"warning message only|will be retried|\(delay\)|delivery (has been |is )?delayed|"
     r"delayed mail|not yet been delivered|still trying|will (continue to )?(re)?try|"
-    r"no action is required on your part",
+    r"no action is required on your part|message is delayed for|only a temporary failure report",
+    re.I,
+)
+# A notice that the message arrived (a delivery report asked for, or a relay's success notice).
+SUCCESS_RE = re.compile(
+    r"(successfully delivered|was relayed|has been delivered) to (these|the following) recipients"
+    r"|delivery to the following recipients? (was |has been )?(succeeded|successful)",
     re.I,
 )
 DNS_TROUBLE_RE = re.compile(r"name server|host name lookup|host not found|dns", re.I)
@@ -368,12 +374,14 @@ def _record(
         reply = context_reply
     if not status and not diagnostic:
         status = context_status
+    positive = ("delivered", "relayed", "expanded", "deliverable")
+    if not status and action in positive:
+        status = "2.0.0"
     klass = status[:1] or reply[:1] or ("4" if action == "delayed" else "5")
     if not stage and status[1:] in ("", ".0.0") and ECHOED_ADDRESS_RE.search(diagnostic):
         # A precise code (5.2.1: the mailbox exists) is more to go by than the form of the reply.
         stage = "rcpt"
     verdict = classify(status, reply, without_addresses(diagnostic) or context, stage=stage)
-    positive = ("delivered", "relayed", "expanded", "deliverable")
     kind = KIND_DELIVERY if action in positive else KIND_BOUNCE
     if verdict.reason in ("undefined", "onhold") and diagnostic and context:
         verdict = classify(status, reply, context, stage=stage)
@@ -389,6 +397,8 @@ def _record(
         klass == "4"
         and action in ("failed", "delayed")
         and verdict.reason in ("networkerror", "onhold", "undefined")
+        # A delay report still retrying names the network trouble it meets: that stays.
+        and not (action == "delayed" and verdict.reason == "networkerror")
         and (not status or status.endswith(".0"))  # a specific code (4.4.6 loop) stays
         and not DNS_TROUBLE_RE.search(diagnostic)
         and "lost connection" not in diagnostic.lower()
@@ -895,8 +905,10 @@ def _parse(msg: Message, nesting: int) -> tuple[list[Bounce], int]:
     exclude = _addresses(msg.get("To")) | _addresses(msg.get("From"))
     exclude |= _addresses(msg.get("Delivered-To")) | _addresses(msg.get("Return-Path"))
     # A warning that the MTA is still trying is a delay, not a failure.
-    delayed = DELAY_RE.search(_decode_header(msg.get("Subject")) + "\n" + notice[:4000])
-    action = "delayed" if delayed else "failed"
+    said = _decode_header(msg.get("Subject")) + "\n" + notice[:4000]
+    action = (
+        "delivered" if SUCCESS_RE.search(said) else "delayed" if DELAY_RE.search(said) else "failed"
+    )
     found, omitted = _from_notice(notice, exclude, action)
     if len(first_text) > MAX_NOTICE_CHARS and not rest:
         omitted += _beyond_notice(first_text[MAX_NOTICE_CHARS:], found, exclude)

@@ -38,6 +38,10 @@ V5 = (
     "Sendmail v5 transcript: the remote's refusal of DATA, then the connection reset for this"
     " recipient; Sisimai reads a block in the first, the reset is what the verdict line says"
 )
+DELAY = (
+    "the notice says it is only a temporary failure report, kept in the queue: a delay, class 4;"
+    " Sisimai counts it as a permanent failure"
+)
 REPLY_IN_TEXT = "Sisimai gives no reply code where the report has none; the notice's reply says 550"
 # Two rows still say hard where Sisimai says soft, each kept on purpose:
 # - lhost-receivingses-02 ("550 5.1.1 Mailbox does not exist") and rfc3464-01 ("550 5.1.1 ...
@@ -61,6 +65,7 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("lhost-interscanmss-03.eml", 1): (("status", "reason", "hard"), NOREASON),
     ("lhost-messagingserver-02.eml", 1): (("reply_code",), TRANSCRIPT),
     ("lhost-notes-01.eml", 1): (("status", "reason"), PSEUDO),
+    ("lhost-opensmtpd-04.eml", 1): (("status",), DELAY),
     ("lhost-opensmtpd-10.eml", 1): (("status",), PSEUDO),
     ("lhost-postfix-43.eml", 1): (("reason",), TEMPORARY),
     ("lhost-receivingses-02.eml", 1): (("reason", "hard"), FILTERED),
@@ -77,7 +82,7 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
 
 # Floors on the whole set: what this version measures, at or above the issue's targets
 # (recipient 0.97, status 0.95, reason 0.90, hard 0.97).
-FLOORS = {"recipient": 0.983, "status": 0.966, "reply_code": 0.98, "reason": 0.946, "hard": 0.983}
+FLOORS = {"recipient": 0.983, "status": 0.963, "reply_code": 0.98, "reason": 0.946, "hard": 0.983}
 
 
 def expected_by_file() -> dict[str, list[dict[str, Any]]]:

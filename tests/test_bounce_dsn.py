@@ -4,7 +4,13 @@ check the parser on mail it has never seen: one recipient each, with the expecte
 from __future__ import annotations
 
 import pytest
-from mailpulse.bounce.dsn import KIND_AUTOREPLY, KIND_BOUNCE, KIND_COMPLAINT, parse_message
+from mailpulse.bounce.dsn import (
+    KIND_AUTOREPLY,
+    KIND_BOUNCE,
+    KIND_COMPLAINT,
+    KIND_DELIVERY,
+    parse_message,
+)
 
 CASES = {
     "exim": (
@@ -205,6 +211,30 @@ CASES = {
         "    Client host rejected: LPN000_401 (in reply to RCPT TO command)\n"
         "\n"
     ),
+    # OpenSMTPD's notices (bounce.c): a delay warning and a success report.
+    "opensmtpd-delay": (
+        "From: Mailer Daemon <MAILER-DAEMON@mx.example.net>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery status notification: delay\n"
+        "\n"
+        "    Hi!\n\n    This is the MAILER-DAEMON, please DO NOT REPLY to this email.\n\n"
+        "    A message is delayed for more than 4 hours for the following\n"
+        "    list of recipients:\n\n"
+        "una@example.org: Network error on destination MXs\n\n"
+        "    Please note that this is only a temporary failure report.\n"
+        "    The message is kept in the queue for up to 4 days.\n\n"
+        "    Below is a copy of the original message:\n\nTo: una@example.org\n\nhello\n"
+    ),
+    "opensmtpd-success": (
+        "From: Mailer Daemon <MAILER-DAEMON@mx.example.net>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery status notification: success\n"
+        "\n"
+        "    Hi!\n\n    This is the MAILER-DAEMON, please DO NOT REPLY to this email.\n\n"
+        "    Your message was successfully delivered to these recipients.\n\n"
+        "una@example.org: delivery succeeded\n\n"
+        "    Below is a copy of the original message:\n\nTo: una@example.org\n\nhello\n"
+    ),
     # Sendmail V5: no report, a session transcript with a verdict line per recipient.
     "sendmail-v5": (
         "From: Mail Delivery Subsystem <MAILER-DAEMON@relay.example.net>\n"
@@ -270,6 +300,8 @@ EXPECTED = {
     "gmail-state": ("kit@example.org", "5.0.911", "550", "userunknown", True, KIND_BOUNCE),
     "orange": ("max@orange.example", "5.7.1", "550", "authfailure", False, KIND_BOUNCE),
     "auto-reply": ("ann@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
+    "opensmtpd-delay": ("una@example.org", "4.0.944", "", "networkerror", False, KIND_BOUNCE),
+    "opensmtpd-success": ("una@example.org", "2.0.0", "", "delivered", False, KIND_DELIVERY),
     "vacation-null-sender": ("tama@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
     "vacation-classic": ("tama@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
 }
