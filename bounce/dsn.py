@@ -708,6 +708,14 @@ def _feedback(msg: Message, parts: list[Message], texts: list[str]) -> list[Boun
 ARF_RCPT_RE = re.compile(r"^(?:original-rcpt-to|removal-recipient)[ \t]*:(.*)$", re.I | re.M)
 
 
+def _is_read_receipt(msg: Message, parts: list[Message]) -> bool:
+    """RFC 8098's disposition notification ("displayed", "deleted"): says nothing of delivery,
+    though it names a final recipient and comes back to a null return path as a bounce does."""
+    if msg.get_param("report-type", header="content-type") == "disposition-notification":
+        return True
+    return any(_content_type(p) == "message/disposition-notification" for p in parts)
+
+
 def _is_autoreply(msg: Message) -> bool:
     """RFC 3834's marks of an automatic reply (Exim marks its bounces so too), or its subject."""
     auto = str(msg.get("Auto-Submitted", "")).strip().lower()
@@ -877,6 +885,8 @@ def _parse(msg: Message, nesting: int) -> tuple[list[Bounce], int]:
     dsn_texts, texts, listed = _texts(parts)
     if _is_feedback(msg, parts):
         return _cap(_feedback(msg, parts, texts))
+    if not dsn_texts and _is_read_receipt(msg, parts):
+        return [], 0
     if texts and texts[0].lstrip().startswith("{"):
         ses = _from_ses_notification(texts[0])
         if ses is not None:

@@ -282,6 +282,23 @@ CASES = {
         "\n"
         "I will not be reading my mail for a while. Delivery errors? Write to root@example.org.\n"
     ),
+    # RFC 8098: a read receipt names a final recipient and comes to a null return path.
+    "read-receipt": (
+        "Return-Path: <>\n"
+        "From: Ann <ann@example.org>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Read: news\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=disposition-notification; boundary="R"\n'
+        "\n--R\nContent-Type: text/plain\n\n"
+        "A receipt for your mail to ann@example.org: it was displayed, which says nothing of\n"
+        "whether its delivery failed.\n"
+        "\n--R\nContent-Type: message/disposition-notification\n\n"
+        "Reporting-UA: ann.example.org; Mail Client 1.0\n"
+        "Final-Recipient: rfc822; ann@example.org\n"
+        "Disposition: manual-action/MDN-sent-manually; displayed\n"
+        "\n--R--\n"
+    ),
     "newsletter-reply": (
         "From: Ann <ann@example.org>\n"
         "To: bounce-77@b.example\n"
@@ -345,6 +362,10 @@ def test_gmail_state_after_data_is_a_filter() -> None:
 def test_unseen_formats(name: str) -> None:
     (b,) = parse_message(CASES[name].encode())
     assert (b.recipient, b.status, b.reply_code, b.reason, b.hard, b.kind) == EXPECTED[name]
+
+
+def test_a_read_receipt_is_not_a_bounce() -> None:
+    assert parse_message(CASES["read-receipt"].encode()) == []
 
 
 def test_a_reply_from_a_person_is_not_a_bounce() -> None:
