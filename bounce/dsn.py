@@ -744,6 +744,30 @@ def _looks_like_bounce(msg: Message, notice: str) -> bool:
     return False
 
 
+# What every notice of a failure (or a delay) says in some words, when it carries no code, no
+# list of failed recipients and no returned message (a shop's "delivery status of your order"
+# says none).
+FAILURE_WORDS_RE = re.compile(
+    r"(could|can)(no|n.)t be delivered|(was|were) not delivered|undeliverable|undelivered|"
+    r"delivery (to the following [^\n]{0,40})?(has )?failed|failed permanently|"
+    r"permanent (error|failure)|unable to deliver|did not reach|could not reach|"
+    r"did not receive|returned mail|non-?delivery|delivery (failure|errors?|problems?)|"
+    r"failure notice|mail system error|unknown (user|recipient)|user unknown|"
+    r"(user|recipient|address|mailbox)[^.\n]{0,30}(not found|does not exist|rejected)",
+    re.I,
+)
+
+
+def _says_it_failed(msg: Message, parts: list[Message], notice: str, rest: str) -> bool:
+    if rest or "X-Failed-Recipients" in msg or _has_code(notice):
+        return True
+    returned = ("message/rfc822", "message/global", "text/rfc822-headers")
+    if any(_content_type(p) in returned for p in parts):
+        return True
+    said = _decode_header(msg.get("Subject")) + "\n" + notice
+    return bool(FAILURE_WORDS_RE.search(said) or DELAY_RE.search(said))
+
+
 def _unquote(text: str) -> str:
     """A bounce forwarded inline ("> " before every line) read as the original."""
     lines = text[:MAX_NOTICE_CHARS].splitlines()
@@ -909,7 +933,7 @@ def _parse(msg: Message, nesting: int) -> tuple[list[Bounce], int]:
             Bounce(a, "", "", "autoreply", "", "vacation", "recipient", False, KIND_AUTOREPLY)
             for a in sender[:1]
         ], 0
-    if not _looks_like_bounce(msg, notice):
+    if not _looks_like_bounce(msg, notice) or not _says_it_failed(msg, parts, notice, rest):
         return [], 0
 
     exclude = _addresses(msg.get("To")) | _addresses(msg.get("From"))

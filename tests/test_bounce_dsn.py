@@ -299,6 +299,23 @@ CASES = {
         "Disposition: manual-action/MDN-sent-manually; displayed\n"
         "\n--R--\n"
     ),
+    # A notice-like subject or sender, but nothing in it failed.
+    "shop-notice": (
+        "From: Example Shop <orders@shop.example>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery status of your order 1234\n"
+        "\n"
+        "Your parcel is on its way and will be delivered on Monday.\n"
+        "Questions? Write to support@shop.example.\n"
+    ),
+    "quota-warning": (
+        "From: postmaster@example.org\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Your mailbox is almost full\n"
+        "\n"
+        "Dear user, your mailbox ann@example.org is almost full. Delete old mail or delivery of\n"
+        "new mail will fail.\n"
+    ),
     "newsletter-reply": (
         "From: Ann <ann@example.org>\n"
         "To: bounce-77@b.example\n"
@@ -364,8 +381,11 @@ def test_unseen_formats(name: str) -> None:
     assert (b.recipient, b.status, b.reply_code, b.reason, b.hard, b.kind) == EXPECTED[name]
 
 
-def test_a_read_receipt_is_not_a_bounce() -> None:
-    assert parse_message(CASES["read-receipt"].encode()) == []
+@pytest.mark.parametrize("name", ["read-receipt", "shop-notice", "quota-warning"])
+def test_mail_that_reports_no_failure_is_not_a_bounce(name: str) -> None:
+    # A read receipt says nothing of delivery; the others look like notices (subject, sender)
+    # but carry no code, no returned message and no words of a failure.
+    assert parse_message(CASES[name].encode()) == []
 
 
 def test_a_reply_from_a_person_is_not_a_bounce() -> None:
