@@ -142,6 +142,8 @@ TRANSCRIPT_STAGE_RE = re.compile(
 ECHOED_ADDRESS_RE = re.compile(
     r"\b[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3} )?<?[^<>\s]*@[^<>\s]*>?\.\.\. "
 )
+# Postfix's smtpd says this only in answer to RCPT TO (its recipient restrictions).
+RCPT_ANSWER_RE = re.compile(r"recipient address rejected", re.I)
 # A final failure whose last try timed out or was refused: the MTA stopped retrying.
 GAVE_UP_RE = re.compile(r"^(connect to \S+: )?connection (timed out|refused)", re.I)
 DELAY_RE = re.compile(
@@ -378,7 +380,11 @@ def _record(
     if not status and action in positive:
         status = "2.0.0"
     klass = status[:1] or reply[:1] or ("4" if action == "delayed" else "5")
-    if not stage and status[1:] in ("", ".0.0") and ECHOED_ADDRESS_RE.search(diagnostic):
+    if (
+        not stage
+        and status[1:] in ("", ".0.0")
+        and (ECHOED_ADDRESS_RE.search(diagnostic) or RCPT_ANSWER_RE.search(diagnostic))
+    ):
         # A precise code (5.2.1: the mailbox exists) is more to go by than the form of the reply.
         stage = "rcpt"
     verdict = classify(status, reply, without_addresses(diagnostic) or context, stage=stage)

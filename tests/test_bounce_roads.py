@@ -111,3 +111,17 @@ def test_complaint_deferrals_from_a_real_postfix_are_bad_reputation(lab: Lab) ->
     assert {r: tuple(d) for r, d in queued.items()} == {
         r: ("badreputation", "blocklisted") for r in recipients
     }
+
+
+def test_postfix_recipient_refusal_is_the_rcpt_stage_even_unsaid() -> None:
+    # Postfix's smtpd says "Recipient address rejected" only in answer to RCPT TO: the missing
+    # mailbox is proven though the report does not say which command was refused.
+    text = (
+        "550 <lee@example.org>: Recipient address rejected: User unknown in local recipient table"
+    )
+    (b,) = parse_message(dsn_mail("lee@example.org", "failed", "5.0.0", text))
+    assert (b.reason, b.hard) == ("userunknown", True)
+    # A size refusal there is still about the size, not the user.
+    text = "552 <lee@example.org>: Recipient address rejected: Message too big for system"
+    (b,) = parse_message(dsn_mail("lee@example.org", "failed", "5.0.0", text))
+    assert (b.reason, b.hard) == ("mesgtoobig", False)
