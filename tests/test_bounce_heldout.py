@@ -61,6 +61,22 @@ WHOLE_FLOORS = {
     "hard": 0.983,
 }
 
+# The larger families (eight rows or more) held out, reason and hard flag: what this version
+# measures, so that a rule moving from shared to one family's shows here.
+FAMILY_FLOORS = {
+    "amazon": (0.769, 0.923),
+    "dragonfly": (0.928, 1.0),
+    "exim": (1.0, 1.0),
+    "google": (0.931, 1.0),
+    "microsoft": (1.0, 1.0),
+    "opensmtpd": (1.0, 1.0),
+    "postfix": (0.972, 1.0),
+    "qmail": (0.909, 1.0),
+    "rfc3464": (0.785, 0.857),
+    "sendmail": (0.944, 1.0),
+    "yahoo": (0.875, 0.875),
+}
+
 
 def family_of(name: str) -> str:
     group = name.rsplit("-", 1)[0]
@@ -108,6 +124,9 @@ def test_held_out_families_meet_their_floors(shared_corpus: Path) -> None:
     short = {f: round(a, 3) for f, a in overall.items() if a < HELD_OUT_FLOORS[f]}
     weakest = sorted(per_family.items(), key=lambda kv: kv[1]["reason"])[:5]
     assert not short, f"held out, below the floor: {short} (all: {overall}; weakest: {weakest})"
+    for family, (reason, hard) in FAMILY_FLOORS.items():
+        got = per_family[family]
+        assert got["reason"] >= reason and got["hard"] >= hard, (family, got)
 
 
 def test_whole_corpus_meets_its_floors(shared_corpus: Path) -> None:
