@@ -523,7 +523,7 @@ def _from_notice(
 # unknown", a host it never talked to).
 SESSION_RE = re.compile(r"^[\s.]*while talking to ([\w.-]+)", re.I)
 HOST_VERDICT_RE = re.compile(r"^\d{3} ([\w.-]+) \(\w+\)\.\.\. (.*)$")
-RECIPIENT_VERDICT_RE = re.compile(r"^\d{3}[ -](?:\d\.\d{1,3}\.\d{1,3} )?<?" + ADDR + r">?\.\.\. ")
+RECIPIENT_VERDICT_RE = re.compile(r"^\d{3}[ -](?:\d\.\d{1,3}\.\d{1,3} )?<?(" + ADDR + r")>?\.\.\. ")
 
 
 def _notice_recipients(notice: str, exclude: set[str], action: str) -> tuple[list[Bounce], int]:
@@ -542,7 +542,9 @@ def _notice_recipients(notice: str, exclude: set[str], action: str) -> tuple[lis
             said = said or line
         elif (host_m := HOST_VERDICT_RE.match(line)) and host_m.group(1).lower() != session:
             command, said = "", host_m.group(2)
-        m = ADDRESS_LINE_RE.match(line)
+        # In a transcript, "550 a@b... User unknown" names its recipient without brackets too.
+        verdict = RECIPIENT_VERDICT_RE.match(line) if session else None
+        m = verdict or ADDRESS_LINE_RE.match(line)
         addr = m.group(1).lower().strip(".") if m else ""
         if m and addr and addr not in exclude and not DAEMON_RE.match(addr):
             if addr in bodies:
@@ -553,7 +555,7 @@ def _notice_recipients(notice: str, exclude: set[str], action: str) -> tuple[lis
                 beyond.add(addr)
                 current = None
                 continue
-            if session and RECIPIENT_VERDICT_RE.match(line):
+            if verdict:
                 # A transcript's verdict: its own line, after what the remote said to the
                 # command; the lines that follow are about other recipients.
                 found.append((addr, [command, said, line]))

@@ -370,6 +370,23 @@ def test_sendmail_v5_transcript_gives_each_recipient_its_own_verdict() -> None:
     )
 
 
+def test_sendmail_transcript_names_recipients_without_brackets_too() -> None:
+    bare = CASES["sendmail-v5"].replace("550 <lee@example.org>...", "550 lee@example.org...")
+    bare = bare.replace("554 <ray@nowhere.example>...", "554 ray@nowhere.example...")
+    lee, ray = parse_message(bare.encode())
+    assert (lee.recipient, lee.reply_code, lee.reason, lee.hard) == (
+        "lee@example.org",
+        "550",
+        "userunknown",
+        True,
+    )
+    assert (ray.recipient, ray.reply_code, ray.reason) == (
+        "ray@nowhere.example",
+        "550",
+        "hostunknown",
+    )
+
+
 def test_gmail_state_after_data_is_a_filter() -> None:
     (b,) = parse_message(CASES["gmail-state"].replace("(state 14)", "(state 18)").encode())
     assert (b.status, b.reason, b.hard) == ("5.0.910", "filtered", False)
