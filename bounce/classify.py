@@ -1,12 +1,16 @@
 """One classifier for reply texts and status codes, shared by logs, queue and DSNs.
 
 Rules live in reasons.yaml: text rules first (text beats code where they disagree), then the
-enhanced status code, then the reply code's class.
+enhanced status code, then the reply code's class. A rule taken from one MTA's or provider's own
+wording names it as its family; held_out() builds the rules without some families, to see how
+the rest does on mail of a kind it has not been told about.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -60,6 +64,37 @@ def load_rules_data() -> dict[str, Any]:
     return data
 
 
+# Families whose own rules are left out (held_out); empty in normal use.
+_held_out: frozenset[str] = frozenset()
+
+
+def family_known(family: str) -> bool:
+    """Whether the rules of this MTA or provider are in use (not held out)."""
+    return family not in _held_out
+
+
+@contextmanager
+def held_out(*families: str) -> Iterator[None]:
+    """Classify (and parse bounces) as if the rules of these families had never been written.
+
+    For measuring (tests/test_bounce_heldout.py): it swaps the rules of the whole process, so
+    nothing else may classify meanwhile."""
+    global _held_out
+    before = _held_out
+    _held_out = frozenset(families)
+    _forget()
+    try:
+        yield
+    finally:
+        _held_out = before
+        _forget()
+
+
+def _forget() -> None:
+    _rules.cache_clear()
+    classify.cache_clear()
+
+
 @lru_cache(maxsize=1)
 def _rules() -> _Rules:
     data = load_rules_data()
@@ -73,6 +108,7 @@ def _rules() -> _Rules:
             bool(rule.get("firm")),
         )
         for rule in data["text_rules"]
+        if family_known(rule.get("family", ""))
     )
     status = {k: (v[0], v[1]) for k, v in data["status_rules"].items()}
     scopes: dict[str, str] = {}
@@ -87,6 +123,7 @@ def _rules() -> _Rules:
             t.get("default"),
         )
         for t in data.get("provider_codes", ())
+        if family_known(t.get("family", ""))
     )
     return _Rules(text, status, frozenset(data["hard_reasons"]), tables, scopes)
 
@@ -118,9 +155,11 @@ def load_pseudo_codes() -> tuple[dict[str, int], dict[str, int]]:
     return data["pseudo_status"], data.get("pseudo_status_temporary", {})
 
 
-# The local part of an address (RFC 5322 atext and dots), only where a run of such characters
-# starts, so a long run without "@" is tried once, not from every position.
-_LOCAL_PART_RE = re.compile(r"(?<![\w.!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]+@(?=[\w-])")
+# The local part of an address (RFC 5322 atext and dots: the whole run of them before an "@"
+# that a domain follows), matched in the reversed text: there every match starts with the "@"
+# itself, which the engine finds by a fast literal search instead of trying every position of
+# the text (ten times faster on a log reply, and linear however long a run without "@" is).
+_REVERSED_LOCAL_PART_RE = re.compile(r"@(?<=[\w-]@)[\w.!#$%&'*+/=?^`{|}~-]+")
 
 
 def without_addresses(text: str) -> str:
@@ -130,7 +169,9 @@ def without_addresses(text: str) -> str:
     replies to different users share one cached verdict. The domain stays: a few receivers are
     known by the domain they name (au/KDDI's "<a@ezweb.ne.jp>: User unknown").
     """
-    return _LOCAL_PART_RE.sub("@", text) if "@" in text else text
+    if "@" not in text:
+        return text
+    return _REVERSED_LOCAL_PART_RE.sub("@", text[::-1])[::-1]
 
 
 # Postfix's "(in reply to RCPT TO command)" and Exim's "after RCPT TO:" in a log line's text.

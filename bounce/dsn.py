@@ -118,28 +118,44 @@ ORIGINAL_MARK_RE = re.compile(
 )
 AUTOREPLY_SUBJECT_RE = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|away until|"
+    r"away from (my |the )?(mail|e-?mail|office|desk)|"
     r"vacation|abwesenheit|r[ée]ponse automatique|autoreply|on leave)",
     re.I,
 )
 DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 # "in reply to RCPT TO command" (Postfix), "after RCPT TO:" (Exim), "failed after I sent the
 # message" (qmail), "did not like our RCPT TO" (DragonFly), "SMTP:RCPT host" (X3), "[RCPT_TO]"
-# (Yahoo), "(DATA)": which SMTP command the remote refused.
+# (Yahoo), "(DATA)", "does not like recipient" (qmail): which SMTP command the remote refused.
 STAGE_RE = re.compile(
     r"(?:in reply to|after|error from remote mail server after|did not like our|smtp:|[(\[])\s*"
     r"(end of data|data|rcpt|mail from|mail|sent the message|ehlo|helo)(?![a-z])"
-    r"|for (text|data) command",
+    r"|for (text|data) command|does not like (recipient)",
     re.I,
 )
 # Sendmail's session transcript: ">>> DATA" then "<<< 550 ...".
 TRANSCRIPT_STAGE_RE = re.compile(
     r">>> (data|rcpt|mail)\b[^\n]*\n(?:.*\n){0,3}?\s*(?:<<< )?[45]\d\d", re.I
 )
+# Sendmail's way (and its imitators', McAfee's among them) of answering for one address: the
+# address echoed, three dots, the verdict. A sender refusal says "sender" in its words; any
+# other is the answer to RCPT TO.
+ECHOED_ADDRESS_RE = re.compile(
+    r"\b[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3} )?<?[^<>\s]*@[^<>\s]*>?\.\.\. "
+)
+# Postfix's smtpd says this only in answer to RCPT TO (its recipient restrictions).
+RCPT_ANSWER_RE = re.compile(r"recipient address rejected", re.I)
 # A final failure whose last try timed out or was refused: the MTA stopped retrying.
 GAVE_UP_RE = re.compile(r"^(connect to \S+: )?connection (timed out|refused)", re.I)
 DELAY_RE = re.compile(
     r"warning message only|will be retried|\(delay\)|delivery (has been |is )?delayed|"
-    r"delayed mail|not yet been delivered|still trying|will (continue to )?(re)?try",
+    r"delayed mail|not yet been delivered|still trying|will (continue to )?(re)?try|"
+    r"no action is required on your part|message is delayed for|only a temporary failure report",
+    re.I,
+)
+# A notice that the message arrived (a delivery report asked for, or a relay's success notice).
+SUCCESS_RE = re.compile(
+    r"(successfully delivered|was relayed|has been delivered) to (these|the following) recipients"
+    r"|delivery to the following recipients? (was |has been )?(succeeded|successful)",
     re.I,
 )
 DNS_TROUBLE_RE = re.compile(r"name server|host name lookup|host not found|dns", re.I)
@@ -258,6 +274,18 @@ def _typed_address(value: str) -> str:
     return m.group(0).strip(".").lower() if m else ""
 
 
+# A host name or address literal as a Remote-MTA field gives it ("dns; mx.example.org",
+# "dns; [192.0.2.1]", "smtp; mx.example.org (192.0.2.1)").
+HOST_RE = re.compile(r"\[?([A-Za-z0-9](?:[A-Za-z0-9.:-]{0,252}[A-Za-z0-9])?)\.?\]?")
+
+
+def _typed_host(value: str) -> str:
+    """`dns; mx.example.org` -> mx.example.org; '' when the field names no host."""
+    value = (value.split(";", 1)[1] if ";" in value else value).strip()
+    m = HOST_RE.match(value)
+    return m.group(1).lower() if m else ""
+
+
 def _dsn_blocks(text: str) -> list[dict[str, str]]:
     blocks = re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n"))
     return [f for f in (_fields(b) for b in blocks) if f]
@@ -306,6 +334,8 @@ def _stage(text: str) -> str:
     if not m:
         state = GMAIL_STATE_RE.search(text)
         return GMAIL_STATES.get(state.group(1), "") if state else ""
+    if m.re is STAGE_RE and m.group(3):
+        return "rcpt"  # qmail: "<host> does not like recipient."
     word = (m.group(1) or "data").lower()  # "for TEXT command" is the DATA stage
     return "data" if word in ("data", "end of data", "sent the message") else word.split()[0]
 
@@ -346,9 +376,18 @@ def _record(
         reply = context_reply
     if not status and not diagnostic:
         status = context_status
-    klass = status[:1] or reply[:1] or ("4" if action == "delayed" else "5")
-    verdict = classify(status, reply, without_addresses(diagnostic) or context, stage=stage)
     positive = ("delivered", "relayed", "expanded", "deliverable")
+    if not status and action in positive:
+        status = "2.0.0"
+    klass = status[:1] or reply[:1] or ("4" if action == "delayed" else "5")
+    if (
+        not stage
+        and status[1:] in ("", ".0.0")
+        and (ECHOED_ADDRESS_RE.search(diagnostic) or RCPT_ANSWER_RE.search(diagnostic))
+    ):
+        # A precise code (5.2.1: the mailbox exists) is more to go by than the form of the reply.
+        stage = "rcpt"
+    verdict = classify(status, reply, without_addresses(diagnostic) or context, stage=stage)
     kind = KIND_DELIVERY if action in positive else KIND_BOUNCE
     if verdict.reason in ("undefined", "onhold") and diagnostic and context:
         verdict = classify(status, reply, context, stage=stage)
@@ -364,6 +403,8 @@ def _record(
         klass == "4"
         and action in ("failed", "delayed")
         and verdict.reason in ("networkerror", "onhold", "undefined")
+        # A delay report still retrying names the network trouble it meets: that stays.
+        and not (action == "delayed" and verdict.reason == "networkerror")
         and (not status or status.endswith(".0"))  # a specific code (4.4.6 loop) stays
         and not DNS_TROUBLE_RE.search(diagnostic)
         and "lost connection" not in diagnostic.lower()
@@ -419,7 +460,7 @@ def _from_reports(dsn_texts: list[str], notice: str) -> tuple[list[Bounce], int]
             if not diag:
                 diag = context
             category = f.get("x-powermta-bouncecategory", "").strip().lower()
-            remote = _typed_address(f.get("remote-mta", ""))
+            remote = _typed_host(f.get("remote-mta", ""))
             mta_reason = POWERMTA_CATEGORIES.get(category, mta_reason)
             out.append(_record(rcpt, status, diag, action, remote, notice, mta_reason))
     return out, omitted
@@ -476,14 +517,34 @@ def _from_notice(
     return found if found[0] else _notice_recipients(notice, set(), action)
 
 
+# Sendmail's session transcript (V5 and later): "While talking to <host>:", the command sent
+# (">>> RCPT To:<a@b>"), the remote's reply ("<<< 550 ..."), then Sendmail's verdict per
+# recipient ("550 <a@b>... User unknown") or per other host ("550 host (smtp)... 550 Host
+# unknown", a host it never talked to).
+SESSION_RE = re.compile(r"^[\s.]*while talking to ([\w.-]+)", re.I)
+HOST_VERDICT_RE = re.compile(r"^\d{3} ([\w.-]+) \(\w+\)\.\.\. (.*)$")
+RECIPIENT_VERDICT_RE = re.compile(r"^\d{3}[ -](?:\d\.\d{1,3}\.\d{1,3} )?<?(" + ADDR + r")>?\.\.\. ")
+
+
 def _notice_recipients(notice: str, exclude: set[str], action: str) -> tuple[list[Bounce], int]:
     lines = notice.splitlines()
     found: list[tuple[str, list[str]]] = []
     bodies: dict[str, list[str]] = {}
     beyond: set[str] = set()
     current: list[str] | None = None
+    session = command = said = ""  # the transcript's state at this line
     for line in lines:
-        m = ADDRESS_LINE_RE.match(line)
+        if session_m := SESSION_RE.match(line):
+            session, command, said = session_m.group(1).lower().rstrip("."), "", ""
+        elif line.startswith(">>> "):
+            command, said = line, ""
+        elif line.startswith("<<< "):
+            said = said or line
+        elif (host_m := HOST_VERDICT_RE.match(line)) and host_m.group(1).lower() != session:
+            command, said = "", host_m.group(2)
+        # In a transcript, "550 a@b... User unknown" names its recipient without brackets too.
+        verdict = RECIPIENT_VERDICT_RE.match(line) if session else None
+        m = verdict or ADDRESS_LINE_RE.match(line)
         addr = m.group(1).lower().strip(".") if m else ""
         if m and addr and addr not in exclude and not DAEMON_RE.match(addr):
             if addr in bodies:
@@ -492,6 +553,13 @@ def _notice_recipients(notice: str, exclude: set[str], action: str) -> tuple[lis
                 continue
             if len(found) >= MAX_RECIPIENTS:
                 beyond.add(addr)
+                current = None
+                continue
+            if verdict:
+                # A transcript's verdict: its own line, after what the remote said to the
+                # command; the lines that follow are about other recipients.
+                found.append((addr, [command, said, line]))
+                bodies[addr] = found[-1][1]
                 current = None
                 continue
             # The whole line but the address: "550 5.1.1 <a@b>... User unknown" keeps its codes.
@@ -648,7 +716,16 @@ def _feedback(msg: Message, parts: list[Message], texts: list[str]) -> list[Boun
 ARF_RCPT_RE = re.compile(r"^(?:original-rcpt-to|removal-recipient)[ \t]*:(.*)$", re.I | re.M)
 
 
+def _is_read_receipt(msg: Message, parts: list[Message]) -> bool:
+    """RFC 8098's disposition notification ("displayed", "deleted"): says nothing of delivery,
+    though it names a final recipient and comes back to a null return path as a bounce does."""
+    if msg.get_param("report-type", header="content-type") == "disposition-notification":
+        return True
+    return any(_content_type(p) == "message/disposition-notification" for p in parts)
+
+
 def _is_autoreply(msg: Message) -> bool:
+    """RFC 3834's marks of an automatic reply (Exim marks its bounces so too), or its subject."""
     auto = str(msg.get("Auto-Submitted", "")).strip().lower()
     if auto.startswith("auto-replied"):
         return True
@@ -667,9 +744,36 @@ def _looks_like_bounce(msg: Message, notice: str) -> bool:
     subject = _decode_header(msg.get("Subject"))
     if BOUNCE_SUBJECT_RE.search(subject):
         return True
-    if BOUNCE_FROM_RE.search(sender) or return_path in ("<>", "<MAILER-DAEMON>"):
+    # A null return path is what every automatic reply carries too (RFC 3834): with the
+    # marks of one, only a mail system's own sender name makes it a bounce.
+    null_sender = return_path in ("<>", "<MAILER-DAEMON>") and not _is_autoreply(msg)
+    if BOUNCE_FROM_RE.search(sender) or null_sender:
         return bool(re.search(r"deliver|fail|undeliver|error|reject|unknown", notice, re.I))
     return False
+
+
+# What every notice of a failure (or a delay) says in some words, when it carries no code, no
+# list of failed recipients and no returned message (a shop's "delivery status of your order"
+# says none).
+FAILURE_WORDS_RE = re.compile(
+    r"(could|can)(no|n.)t be delivered|(was|were) not delivered|undeliverable|undelivered|"
+    r"delivery (to the following [^\n]{0,40})?(has )?failed|failed permanently|"
+    r"permanent (error|failure)|unable to deliver|did not reach|could not reach|"
+    r"did not receive|returned mail|non-?delivery|delivery (failure|errors?|problems?)|"
+    r"failure notice|mail system error|unknown (user|recipient)|user unknown|"
+    r"(user|recipient|address|mailbox)[^.\n]{0,30}(not found|does not exist|rejected)",
+    re.I,
+)
+
+
+def _says_it_failed(msg: Message, parts: list[Message], notice: str, rest: str) -> bool:
+    if rest or "X-Failed-Recipients" in msg or _has_code(notice):
+        return True
+    returned = ("message/rfc822", "message/global", "text/rfc822-headers")
+    if any(_content_type(p) in returned for p in parts):
+        return True
+    said = _decode_header(msg.get("Subject")) + "\n" + notice
+    return bool(FAILURE_WORDS_RE.search(said) or DELAY_RE.search(said))
 
 
 def _unquote(text: str) -> str:
@@ -813,6 +917,8 @@ def _parse(msg: Message, nesting: int) -> tuple[list[Bounce], int]:
     dsn_texts, texts, listed = _texts(parts)
     if _is_feedback(msg, parts):
         return _cap(_feedback(msg, parts, texts))
+    if not dsn_texts and _is_read_receipt(msg, parts):
+        return [], 0
     if texts and texts[0].lstrip().startswith("{"):
         ses = _from_ses_notification(texts[0])
         if ses is not None:
@@ -835,14 +941,16 @@ def _parse(msg: Message, nesting: int) -> tuple[list[Bounce], int]:
             Bounce(a, "", "", "autoreply", "", "vacation", "recipient", False, KIND_AUTOREPLY)
             for a in sender[:1]
         ], 0
-    if not _looks_like_bounce(msg, notice):
+    if not _looks_like_bounce(msg, notice) or not _says_it_failed(msg, parts, notice, rest):
         return [], 0
 
     exclude = _addresses(msg.get("To")) | _addresses(msg.get("From"))
     exclude |= _addresses(msg.get("Delivered-To")) | _addresses(msg.get("Return-Path"))
     # A warning that the MTA is still trying is a delay, not a failure.
-    delayed = DELAY_RE.search(_decode_header(msg.get("Subject")) + "\n" + notice[:4000])
-    action = "delayed" if delayed else "failed"
+    said = _decode_header(msg.get("Subject")) + "\n" + notice[:4000]
+    action = (
+        "delivered" if SUCCESS_RE.search(said) else "delayed" if DELAY_RE.search(said) else "failed"
+    )
     found, omitted = _from_notice(notice, exclude, action)
     if len(first_text) > MAX_NOTICE_CHARS and not rest:
         omitted += _beyond_notice(first_text[MAX_NOTICE_CHARS:], found, exclude)

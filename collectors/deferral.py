@@ -78,10 +78,8 @@ UNREAD = Deferral("undefined", PENDING)
 def deferral_of(entry: DeferEntry | None) -> Deferral:
     if entry is None:
         return UNKNOWN
-    # Replies often quote the recipient: with <> in its place, as the log road puts it before
-    # classifying (an address in angle brackets, no space in it), one classification serves
-    # everyone who got the same answer.
-    r, text = entry.recipient, entry.reason
-    if "@" in r and r.split() == [r] and "<" not in r and ">" not in r:
-        text = text.replace(f"<{r}>", "<>")
-    return deferral(entry.status, text)
+    from mailpulse.bounce.classify import without_addresses
+
+    # Replies often quote the recipient: without local parts, as the log road reads them, one
+    # classification serves everyone who got the same answer.
+    return deferral(entry.status, without_addresses(entry.reason))

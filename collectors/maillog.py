@@ -12,13 +12,12 @@ lab's logs, the grok corpus and garbage.
 
 from __future__ import annotations
 
-import re
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from mailpulse.bounce.classify import Verdict, classify
+from mailpulse.bounce.classify import Verdict, classify, without_addresses
 from mailpulse.collectors.follower import BLOCK, JournalFollower, LogFollower, StreamSource
 from mailpulse.collectors.logparse import (
     MAX_LINE,
@@ -53,7 +52,6 @@ __all__ = [
 DEFAULT_MAX_MESSAGES = 100_000  # queue ids kept; each costs a few hundred bytes
 SAMPLES_PER_PROGRAM = 5
 DEFERRED_KEPT_PER_MESSAGE = 50  # recipients remembered to name them when the message expires
-_ADDRESS = re.compile(r"<[^<>\s]*@[^<>\s]*>")
 _KIND_NAMES = tuple(k.name.lower() for k in LineKind)  # the general parser's names for them
 # plain ints in the loop: comparing an int to an IntEnum member costs a call each time
 DELIVERY, QUEUED, REMOVED, MESSAGE_ID, CLIENT, _NOTIFICATION, EXPIRED = map(int, list(LineKind)[1:])
@@ -106,11 +104,6 @@ def _int(v: str) -> int | None:
 _MEMO_SIZE = 4096
 
 
-def _classify_text(text: str) -> str:
-    # Addresses never decide a reason; without them equal replies share one cache entry.
-    return _ADDRESS.sub("<>", text) if "@" in text else text
-
-
 # A delivery line's fields after its queue id, as both scanners give them: recipient, orig_to,
 # relay, delay, delays, dsn, status, reply, domain, reply code, logged dsn (see scanner.py).
 DeliveryFields = tuple[Any, ...]
@@ -130,8 +123,9 @@ def delivery_fields(f: dict[str, str]) -> DeliveryFields:
 def reply_verdict(dsn: str, code: str, reply: str) -> Verdict:
     """How a delivery reply is classified, on every road and for the queue's deferrals."""
     # A 2.x.x outcome is "delivered" whatever the text ("queued as 3F2A1..." is unique per
-    # message and would only fill the classifier's cache).
-    return classify(dsn, code, "" if dsn[:1] == "2" else _classify_text(reply))
+    # message and would only fill the classifier's cache). The text is read as a bounce's is:
+    # local parts out, domains kept.
+    return classify(dsn, code, "" if dsn[:1] == "2" else without_addresses(reply))
 
 
 def delivery_event(

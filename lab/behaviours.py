@@ -100,6 +100,20 @@ BEHAVIOURS: dict[str, Behaviour] = {
             "spamdetected",
             4,
         ),
+        # A big provider deferring a sending host its users complained about (Yahoo's words).
+        # Weight 0: campaigns never draw it (their plans stay as they were); a recipient named
+        # complaints-u<id> gets it.
+        Behaviour(
+            "complaints",
+            "rcpt",
+            421,
+            "4.7.0",
+            "[TSS04] Messages from 127.0.0.1 temporarily deferred due to unexpected volume or"
+            " user complaints - 4.16.55.1; see https://postmaster.example/421-ts04",
+            "deferred",
+            "badreputation",
+            0,
+        ),
     )
 }
 

@@ -34,15 +34,20 @@ STAGELESS = (
     "user-unknown words with neither an x.1.x code nor the RCPT stage are filtered here; Sisimai's"
     " module for this MTA says userunknown"
 )
-V5 = "Sendmail v5 transcript interleaves several recipients' errors"
+V5 = (
+    "Sendmail v5 transcript: the remote's refusal of DATA, then the connection reset for this"
+    " recipient; Sisimai reads a block in the first, the reset is what the verdict line says"
+)
+DELAY = (
+    "the notice says it is only a temporary failure report, kept in the queue: a delay, class 4;"
+    " Sisimai counts it as a permanent failure"
+)
 REPLY_IN_TEXT = "Sisimai gives no reply code where the report has none; the notice's reply says 550"
-# Three rows still say hard where Sisimai says soft, each kept on purpose:
+# Two rows still say hard where Sisimai says soft, each kept on purpose:
 # - lhost-receivingses-02 ("550 5.1.1 Mailbox does not exist") and rfc3464-01 ("550 5.1.1 ...
 #   User Unknown"): the mail carries an explicit x.1.1 and user-unknown words, which is the
 #   proof of a missing mailbox this classifier stands on; Sisimai's filtered / mailboxfull come
 #   from what it knows of those senders, not from the mail.
-# - lhost-v5sendmail-05 #1: the transcript puts another recipient's "550 Host unknown" after
-#   this one's connection reset; reading it apart needs a v5 transcript parser, not a rule.
 
 KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("arf-11.eml", 1): (("recipient",), PLACEHOLDER),
@@ -60,17 +65,14 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
     ("lhost-interscanmss-03.eml", 1): (("status", "reason", "hard"), NOREASON),
     ("lhost-messagingserver-02.eml", 1): (("reply_code",), TRANSCRIPT),
     ("lhost-notes-01.eml", 1): (("status", "reason"), PSEUDO),
+    ("lhost-opensmtpd-04.eml", 1): (("status",), DELAY),
     ("lhost-opensmtpd-10.eml", 1): (("status",), PSEUDO),
     ("lhost-postfix-43.eml", 1): (("reason",), TEMPORARY),
     ("lhost-receivingses-02.eml", 1): (("reason", "hard"), FILTERED),
     ("lhost-receivingses-03.eml", 1): (("reason",), TEMPORARY),
     ("lhost-sendmail-55.eml", 1): (("reply_code", "reason"), TRANSCRIPT),
     ("lhost-v5sendmail-01.eml", 1): (("recipient",), PLACEHOLDER),
-    ("lhost-v5sendmail-05.eml", 1): (("status", "reply_code", "reason", "hard"), V5),
-    ("lhost-v5sendmail-05.eml", 2): (("reply_code",), V5),
-    ("lhost-v5sendmail-05.eml", 3): (("status", "reply_code", "reason"), V5),
-    ("lhost-v5sendmail-05.eml", 4): (("status", "reason", "hard"), V5),
-    ("lhost-v5sendmail-06.eml", 1): (("status", "reply_code", "reason"), V5),
+    ("lhost-v5sendmail-05.eml", 1): (("status", "reason"), V5),
     ("lhost-verizon-02.eml", 1): (("status", "reason", "hard"), STAGELESS),
     ("rfc3464-01.eml", 1): (("reply_code", "reason", "hard"), PROVIDER),
     ("rfc3464-04.eml", 1): (("reply_code",), TRANSCRIPT),
@@ -80,7 +82,7 @@ KNOWN_MISSES: dict[tuple[str, int], tuple[tuple[str, ...], str]] = {
 
 # Floors on the whole set: what this version measures, at or above the issue's targets
 # (recipient 0.97, status 0.95, reason 0.90, hard 0.97).
-FLOORS = {"recipient": 0.98, "status": 0.956, "reply_code": 0.966, "reason": 0.936, "hard": 0.976}
+FLOORS = {"recipient": 0.983, "status": 0.963, "reply_code": 0.98, "reason": 0.946, "hard": 0.983}
 
 
 def expected_by_file() -> dict[str, list[dict[str, Any]]]:

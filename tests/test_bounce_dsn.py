@@ -4,7 +4,13 @@ check the parser on mail it has never seen: one recipient each, with the expecte
 from __future__ import annotations
 
 import pytest
-from mailpulse.bounce.dsn import KIND_AUTOREPLY, KIND_BOUNCE, KIND_COMPLAINT, parse_message
+from mailpulse.bounce.dsn import (
+    KIND_AUTOREPLY,
+    KIND_BOUNCE,
+    KIND_COMPLAINT,
+    KIND_DELIVERY,
+    parse_message,
+)
 
 CASES = {
     "exim": (
@@ -205,6 +211,49 @@ CASES = {
         "    Client host rejected: LPN000_401 (in reply to RCPT TO command)\n"
         "\n"
     ),
+    # OpenSMTPD's notices (bounce.c): a delay warning and a success report.
+    "opensmtpd-delay": (
+        "From: Mailer Daemon <MAILER-DAEMON@mx.example.net>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery status notification: delay\n"
+        "\n"
+        "    Hi!\n\n    This is the MAILER-DAEMON, please DO NOT REPLY to this email.\n\n"
+        "    A message is delayed for more than 4 hours for the following\n"
+        "    list of recipients:\n\n"
+        "una@example.org: Network error on destination MXs\n\n"
+        "    Please note that this is only a temporary failure report.\n"
+        "    The message is kept in the queue for up to 4 days.\n\n"
+        "    Below is a copy of the original message:\n\nTo: una@example.org\n\nhello\n"
+    ),
+    "opensmtpd-success": (
+        "From: Mailer Daemon <MAILER-DAEMON@mx.example.net>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery status notification: success\n"
+        "\n"
+        "    Hi!\n\n    This is the MAILER-DAEMON, please DO NOT REPLY to this email.\n\n"
+        "    Your message was successfully delivered to these recipients.\n\n"
+        "una@example.org: delivery succeeded\n\n"
+        "    Below is a copy of the original message:\n\nTo: una@example.org\n\nhello\n"
+    ),
+    # Sendmail V5: no report, a session transcript with a verdict line per recipient.
+    "sendmail-v5": (
+        "From: Mail Delivery Subsystem <MAILER-DAEMON@relay.example.net>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Returned mail: User unknown\n"
+        "\n"
+        "   ----- Transcript of session follows -----\n"
+        "While talking to mx.example.org:\n"
+        ">>> RCPT To:<lee@example.org>\n"
+        "<<< 550 No such user here\n"
+        "550 <lee@example.org>... User unknown\n"
+        "550 nowhere.example (smtp)... 550 Host unknown\n"
+        "554 <ray@nowhere.example>... 550 Host unknown (Authoritative answer from name server)\n"
+        "\n"
+        "   ----- Unsent message follows -----\n"
+        "To: lee@example.org, ray@nowhere.example\n"
+        "\n"
+        "hello\n"
+    ),
     "auto-reply": (
         "From: Ann <ann@example.org>\n"
         "To: bounce-77@b.example\n"
@@ -212,6 +261,60 @@ CASES = {
         "Auto-Submitted: auto-replied\n"
         "\n"
         "I am away until Monday.\n"
+    ),
+    # RFC 3834: an automatic reply goes back to a null return path, as a bounce does.
+    "vacation-null-sender": (
+        "Return-Path: <>\n"
+        "From: Tama Neko <tama@example.org>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Re: Spring news\n"
+        "Auto-Submitted: auto-replied\n"
+        "\n"
+        "I am away until Monday. Your message about the delivery failed to reach me in time;\n"
+        "for urgent matters write to help@example.org.\n"
+    ),
+    "vacation-classic": (
+        "Return-Path: <>\n"
+        "From: tama@example.org\n"
+        "To: bounce-77@b.example\n"
+        "Subject: away from my mail\n"
+        "Precedence: junk\n"
+        "\n"
+        "I will not be reading my mail for a while. Delivery errors? Write to root@example.org.\n"
+    ),
+    # RFC 8098: a read receipt names a final recipient and comes to a null return path.
+    "read-receipt": (
+        "Return-Path: <>\n"
+        "From: Ann <ann@example.org>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Read: news\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=disposition-notification; boundary="R"\n'
+        "\n--R\nContent-Type: text/plain\n\n"
+        "A receipt for your mail to ann@example.org: it was displayed, which says nothing of\n"
+        "whether its delivery failed.\n"
+        "\n--R\nContent-Type: message/disposition-notification\n\n"
+        "Reporting-UA: ann.example.org; Mail Client 1.0\n"
+        "Final-Recipient: rfc822; ann@example.org\n"
+        "Disposition: manual-action/MDN-sent-manually; displayed\n"
+        "\n--R--\n"
+    ),
+    # A notice-like subject or sender, but nothing in it failed.
+    "shop-notice": (
+        "From: Example Shop <orders@shop.example>\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Delivery status of your order 1234\n"
+        "\n"
+        "Your parcel is on its way and will be delivered on Monday.\n"
+        "Questions? Write to support@shop.example.\n"
+    ),
+    "quota-warning": (
+        "From: postmaster@example.org\n"
+        "To: bounce-77@b.example\n"
+        "Subject: Your mailbox is almost full\n"
+        "\n"
+        "Dear user, your mailbox ann@example.org is almost full. Delete old mail or delivery of\n"
+        "new mail will fail.\n"
     ),
     "newsletter-reply": (
         "From: Ann <ann@example.org>\n"
@@ -231,6 +334,10 @@ EXPECTED = {
     "gmail-state": ("kit@example.org", "5.0.911", "550", "userunknown", True, KIND_BOUNCE),
     "orange": ("max@orange.example", "5.7.1", "550", "authfailure", False, KIND_BOUNCE),
     "auto-reply": ("ann@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
+    "opensmtpd-delay": ("una@example.org", "4.0.944", "", "networkerror", False, KIND_BOUNCE),
+    "opensmtpd-success": ("una@example.org", "2.0.0", "", "delivered", False, KIND_DELIVERY),
+    "vacation-null-sender": ("tama@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
+    "vacation-classic": ("tama@example.org", "", "", "vacation", False, KIND_AUTOREPLY),
 }
 
 
@@ -246,6 +353,40 @@ def test_relay_report_keeps_the_remote_code_and_expiry() -> None:
     )
 
 
+def test_sendmail_v5_transcript_gives_each_recipient_its_own_verdict() -> None:
+    lee, ray = parse_message(CASES["sendmail-v5"].encode())
+    assert (lee.recipient, lee.status, lee.reply_code, lee.reason, lee.hard) == (
+        "lee@example.org",
+        "5.0.911",
+        "550",
+        "userunknown",
+        True,
+    )
+    assert (ray.recipient, ray.reply_code, ray.reason, ray.hard) == (
+        "ray@nowhere.example",
+        "550",
+        "hostunknown",
+        True,
+    )
+
+
+def test_sendmail_transcript_names_recipients_without_brackets_too() -> None:
+    bare = CASES["sendmail-v5"].replace("550 <lee@example.org>...", "550 lee@example.org...")
+    bare = bare.replace("554 <ray@nowhere.example>...", "554 ray@nowhere.example...")
+    lee, ray = parse_message(bare.encode())
+    assert (lee.recipient, lee.reply_code, lee.reason, lee.hard) == (
+        "lee@example.org",
+        "550",
+        "userunknown",
+        True,
+    )
+    assert (ray.recipient, ray.reply_code, ray.reason) == (
+        "ray@nowhere.example",
+        "550",
+        "hostunknown",
+    )
+
+
 def test_gmail_state_after_data_is_a_filter() -> None:
     (b,) = parse_message(CASES["gmail-state"].replace("(state 14)", "(state 18)").encode())
     assert (b.status, b.reason, b.hard) == ("5.0.910", "filtered", False)
@@ -255,6 +396,13 @@ def test_gmail_state_after_data_is_a_filter() -> None:
 def test_unseen_formats(name: str) -> None:
     (b,) = parse_message(CASES[name].encode())
     assert (b.recipient, b.status, b.reply_code, b.reason, b.hard, b.kind) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", ["read-receipt", "shop-notice", "quota-warning"])
+def test_mail_that_reports_no_failure_is_not_a_bounce(name: str) -> None:
+    # A read receipt says nothing of delivery; the others look like notices (subject, sender)
+    # but carry no code, no returned message and no words of a failure.
+    assert parse_message(CASES[name].encode()) == []
 
 
 def test_a_reply_from_a_person_is_not_a_bounce() -> None:
