@@ -208,5 +208,5 @@ def test_prometheus_sees_the_plan_through_a_kill_9(lab: Lab, tmp_path: Path) -> 
         watch.join(10)
         agent.stop()
         prom.stop()
-    assert watch.scrapes > 10
+    assert watch.scrapes >= 3, f"only {watch.scrapes} scrapes: too few to see a counter go down"
     assert not watch.decreases, watch.decreases[:5]
