@@ -277,6 +277,56 @@ class HostWatch:
         return self._latest
 
 
+class SnapshotWriter:
+    """Every snmp.snapshot_interval: one Series.read() into the SNMP snapshot and the RRD
+    archives; every few minutes, the day graphs the landing page shows."""
+
+    DRAW_EVERY_S = 300.0
+
+    def __init__(self, series: Series, cfg: Config, common: dict[str, str], stop: threading.Event):
+        from mailpulse.exporters import rrd
+
+        self.series = series
+        self.cfg = cfg
+        self.common = common
+        self.stop_event = stop
+        self.path = cfg.state_dir / "snapshot.json"
+        self.rrd = rrd.RrdWriter(rrd.rrd_dir(cfg)) if cfg.rrd.enabled else None
+        self.graph_dir = rrd.graph_dir(cfg)
+        self._drawn = 0.0
+        self._failing = ""
+        self.thread = threading.Thread(target=self._run, name="snapshot", daemon=True)
+
+    def write_once(self) -> None:
+        from mailpulse.exporters import rrd, snmp
+
+        now = time.time()
+        doc = snmp.snapshot_document(self.series.read(), self.common, self.cfg.snmp.stale_after)
+        snmp.write_snapshot(self.path, doc)
+        if self.rrd is not None:
+            self.rrd.update(doc["extend"], now)
+            if now - self._drawn >= self.DRAW_EVERY_S:
+                self._drawn = now
+                g = self.cfg.graph
+                rrd.draw(self.rrd.directory, self.graph_dir, g.width, g.height, ("day",))
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.write_once()
+                self._failing = ""
+            except Exception as e:  # said once; the next round tries again
+                why = f"{type(e).__name__}: {e}"
+                if why != self._failing:
+                    log.error("snapshot %s: %s", self.path, why)
+                    self._failing = why
+            if self.stop_event.wait(self.cfg.snmp.snapshot_interval):
+                return
+
+    def start(self) -> None:
+        self.thread.start()
+
+
 class StartupError(Exception):
     """This host keeps the agent from starting; the message names the setting and the cause."""
 
@@ -411,6 +461,11 @@ class Agent:
         except OSError as e:
             raise StartupError(listen_problem("listen", cfg.listen, e)) from None
         serve_metrics(self.http, self.series, self.common)
+        self.snapshots = SnapshotWriter(self.series, cfg, self.common, self.stop_event)
+        if cfg.rrd.enabled:
+            from mailpulse.exporters.rrd import serve_graphs
+
+            serve_graphs(self.http, self.snapshots.graph_dir)
         self.agent_check = AgentCheck(cfg.agent_check, self.blocks, queues_latest)
         self.check: AgentCheckServer | None = None
         if cfg.agent_check.listen:
@@ -428,6 +483,7 @@ class Agent:
         if self.queues is not None:
             self.queues.start()
         self.host.start()
+        self.snapshots.start()
         self.http.start()
         if self.check is not None:
             self.check.start()

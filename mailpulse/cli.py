@@ -54,6 +54,24 @@ def _queue(args: argparse.Namespace) -> int:
     return queue_main(args)
 
 
+def _snmp(args: argparse.Namespace) -> int:
+    from mailpulse.exporters import snmp
+
+    if args.mode == "pass-persist":
+        return snmp.run_pass_persist(args)
+    if args.mode == "oids":
+        return snmp.run_oids(args)
+    from mailpulse.exporters.extend import main as extend_main
+
+    return extend_main([args.name or ""])
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from mailpulse.exporters.rrd import run_graph
+
+    return run_graph(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailpulse", description="Watch Postfix mass-mailing nodes.")
     p.add_argument("--version", action="version", version=f"mailpulse {__version__}")
@@ -105,16 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(snmp)
     snmp.add_argument("mode", choices=["extend", "pass-persist", "oids"])
     snmp.add_argument("name", nargs="?")
-    snmp.set_defaults(run=_not_built("snmp"))
+    snmp.set_defaults(run=_snmp)
 
     graph = sub.add_parser("graph", help="RRD graphs")
     _common(graph)
     graph.add_argument("--out", type=Path)
-    graph.set_defaults(run=_not_built("graph"))
+    graph.set_defaults(run=_graph)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["snmp", "extend"]:
+        # snmpd runs this on every poll: straight to the one module it needs, nothing else.
+        from mailpulse.exporters.extend import main as extend_main
+
+        return extend_main(argv[2:])
     args = build_parser().parse_args(argv)
     run: Handler = args.run
     # Addresses read from queue files keep their bytes that are not UTF-8 (surrogateescape):
