@@ -11,12 +11,29 @@ LAB := $(PY) -m lab --root $(LAB_DIR)
 # net-snmp, rrdtool, Prometheus and Alertmanager, Redis, HAProxy, and the tools operators use
 # today that the benchmarks compare against. The -dev packages build easysnmp and rrdtool;
 # libasan8 and libubsan1 run the log scanner's sanitizer test; logrotate the rotation tests.
+# Cacti (with MariaDB and PHP's command line) is where the Cacti templates are imported.
 APT_PACKAGES := postfix libsnmp-dev librrd-dev rrdtool snmpd snmp smitools \
+	cacti mariadb-server php-cli \
 	prometheus prometheus-alertmanager prometheus-postfix-exporter mtail pflogsumm \
 	redis-server haproxy python3-venv python3-dev gcc libasan8 libubsan1 make procps \
 	time systemd-journal-remote openssl logrotate
 
-.PHONY: deps venv demo test lint lab-up lab-down clean
+.PHONY: deps mibs venv demo test lint lab-up lab-down clean
+
+# The SMIv2 base modules MAILPULSE-MIB imports, for smilint and snmptranslate: Debian has them
+# only through the non-free snmp-mibs-downloader, which fetches them from outside at install
+# time; the net-snmp npm package carries them as plain files.
+MIB_DIR ?= /usr/local/share/mailpulse/mibs
+BASE_MIBS := SNMPv2-SMI SNMPv2-TC SNMPv2-CONF
+
+mibs: $(MIB_DIR)/SNMPv2-CONF.txt
+
+$(MIB_DIR)/SNMPv2-CONF.txt:
+	@command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack -q net-snmp@3 >/dev/null \
+		&& tar xzf net-snmp-*.tgz package/lib/mibs && mkdir -p $(MIB_DIR) \
+		&& for m in $(BASE_MIBS); do cp package/lib/mibs/$$m.mib $(MIB_DIR)/$$m.txt; done; \
+		rc=$$?; rm -rf $$tmp; exit $$rc
 
 # Idempotent: only calls apt-get when a package is missing.
 deps:
@@ -25,8 +42,11 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+		echo "cacti cacti/dbconfig-install boolean false" | debconf-set-selections; \
+		echo "cacti cacti/webserver select None" | debconf-set-selections; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@$(MAKE) --no-print-directory mibs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

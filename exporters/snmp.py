@@ -8,7 +8,8 @@ the agent and never sees a value /metrics would not show.
 OIDs, under catalogue.SNMP_ENTERPRISE_OID (R):
   R.1.1.0 snapshot age (s), R.1.2.0 node, R.1.3.0 role, R.1.4.0 version
   R.2.C.0 a metric's scalar (Metric.snmp_column): every series summed
-  R.3.T.1.1.i row index, R.3.T.1.2.i row name, R.3.T.1.C.i a column (SnmpColumn), row i
+  R.3.T.1.2.i row i's name (its index, column 1, is not-accessible, as SMIv2 has it),
+  R.3.T.1.C.i a column (SnmpColumn), row i
 Counters are Counter64; levels Gauge32, but bytes are 64-bit levels (RFC 2856's
 CounterBasedGauge64, Counter64 on the wire): a spool or a deferred queue passes 4 GiB.
 """
@@ -183,7 +184,6 @@ def oid_values(reading: Reading) -> dict[Oid, tuple[str, int | str]]:
     out: dict[Oid, tuple[str, int | str]] = {}
     for t, names in rows.items():
         for name, i in names.items():
-            out[column_oid(t, 1, i)] = (INTEGER, i)
             out[column_oid(t, 2, i)] = (STRING, name)
     for c in cols:
         series = [
