@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from mailpulse import catalogue
 from mailpulse.exporters import graphs, mib, snmp
+
+from mailpulse import catalogue
 
 HERE = Path(__file__).resolve().parent
 SNMPD_SNIPPET = Path("snmpd.conf.d") / "mailpulse.conf"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from mailpulse import catalogue
 from mailpulse.exporters import snmp
+
+from mailpulse import catalogue
 
 MODULE = "MAILPULSE-MIB"
 LAST_UPDATED = "202612020000Z"  # change with every change of the tree below
