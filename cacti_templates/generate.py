@@ -113,11 +113,14 @@ def data_template(g: graphs.Graph, item: graphs.Item) -> str:
         value = oid if field == OID_FIELD else ""
         data += (
             f"\t\t\t<item_{n:03d}>\n"
-            + _fields("\t\t\t\t", [
-                ("data_input_field_id", f"hash_07{CACTI_VERSION_CODE}{field}"),
-                ("t_value", ""),
-                ("value", value),
-            ])  # fmt: skip
+            + _fields(
+                "\t\t\t\t",
+                [
+                    ("data_input_field_id", f"hash_07{CACTI_VERSION_CODE}{field}"),
+                    ("t_value", ""),
+                    ("value", value),
+                ],
+            )  # fmt: skip
             + f"\t\t\t</item_{n:03d}>\n"
         )
     return (
@@ -138,9 +141,14 @@ def cdef(scale: int) -> tuple[str, str]:
     xml = (
         f"\t<{h}>\n\t\t<name>mailpulse - Divide by {scale}</name>\n\t\t<system>0</system>\n"
         f"\t\t<items>\n\t\t\t<{item}>\n"
-        + _fields("\t\t\t\t", [
-            ("sequence", "1"), ("type", "6"), ("value", f"CURRENT_DATA_SOURCE,{scale},/"),
-        ])  # fmt: skip
+        + _fields(
+            "\t\t\t\t",
+            [
+                ("sequence", "1"),
+                ("type", "6"),
+                ("value", f"CURRENT_DATA_SOURCE,{scale},/"),
+            ],
+        )  # fmt: skip
         + f"\t\t\t</{item}>\n\t\t</items>\n\t</{h}>\n"
     )
     return h, xml
@@ -189,21 +197,24 @@ def graph_template(g: graphs.Graph) -> str:
             ih = cacti_hash("10", "gti", g.name, str(seq))
             items += (
                 f"\t\t\t<{ih}>\n"
-                + _fields("\t\t\t\t", [
-                    ("graph_type_id", kind),
-                    ("task_item_id", rrd),
-                    ("color_id", colour),
-                    ("alpha", "FF"),
-                    ("consolidation_function_id", cf),
-                    ("cdef_id", cdef_hash),
-                    ("vdef_id", "0"),
-                    ("value", ""),
-                    ("gprint_id", f"hash_06{CACTI_VERSION_CODE}{GPRINT_NORMAL}"),
-                    ("text_format", text),
-                    ("hard_return", "on" if last else ""),
-                    ("line_width", "2.00" if kind == LINE2 else "0.00"),
-                    ("sequence", str(seq)),
-                ])  # fmt: skip
+                + _fields(
+                    "\t\t\t\t",
+                    [
+                        ("graph_type_id", kind),
+                        ("task_item_id", rrd),
+                        ("color_id", colour),
+                        ("alpha", "FF"),
+                        ("consolidation_function_id", cf),
+                        ("cdef_id", cdef_hash),
+                        ("vdef_id", "0"),
+                        ("value", ""),
+                        ("gprint_id", f"hash_06{CACTI_VERSION_CODE}{GPRINT_NORMAL}"),
+                        ("text_format", text),
+                        ("hard_return", "on" if last else ""),
+                        ("line_width", "2.00" if kind == LINE2 else "0.00"),
+                        ("sequence", str(seq)),
+                    ],
+                )  # fmt: skip
                 + f"\t\t\t</{ih}>\n"
             )
     return (

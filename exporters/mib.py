@@ -115,10 +115,14 @@ def generate() -> str:
         f"mpTables OBJECT IDENTIFIER ::= {{ mailpulseMIB {catalogue.SNMP_TABLES_ARC} }}\n"
         "mpConformance OBJECT IDENTIFIER ::= { mailpulseMIB 4 }\n\n",
         _obj(
-            "mpSnapshotAge", "Gauge32", "read-only",
+            "mpSnapshotAge",
+            "Gauge32",
+            "read-only",
             "Seconds since the agent wrote the values answered. Past snmp.stale_after (config)"
             " nothing else is answered, so a poller records unknown.",
-            "mpInfo", 1, units="seconds",
+            "mpInfo",
+            1,
+            units="seconds",
         ),  # fmt: skip
         _obj("mpNode", "DisplayString", "read-only", "The node's name.", "mpInfo", 2),
         _obj("mpRole", "DisplayString", "read-only", "bulk or transactional.", "mpInfo", 3),

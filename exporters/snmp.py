@@ -260,8 +260,12 @@ class SnapshotView:
             stamp = (st.st_mtime_ns, st.st_ino)
             if stamp == self._stamp:
                 return
-            doc = json.loads(self.path.read_bytes()) if self.path.is_file() else None
-            values = {parse_oid(o): (str(t), v) for o, t, v in doc["oids"]}
+            if not self.path.is_file():  # a FIFO or a directory put there: never opened
+                raise ValueError(f"{self.path} is no file")
+            doc = json.loads(self.path.read_bytes())
+            values: dict[Oid, tuple[str, int | str]] = {
+                parse_oid(o): (str(t), v) for o, t, v in doc["oids"] if type(v) in (int, str)
+            }
             self.written, self.stale_after = float(doc["written"]), float(doc["stale_after"])
         except (OSError, ValueError, TypeError, KeyError):
             self._stamp, self.values, self.oids, self.written = None, {}, [], 0.0
@@ -276,7 +280,7 @@ class SnapshotView:
         has nothing but its age (Cacti then records unknown, never an old value as new)."""
         self.refresh()
         age = self.clock() - self.written if self.written else GAUGE32_MAX
-        values = {AGE_OID: (GAUGE, wire_value(GAUGE, age))}
+        values: dict[Oid, tuple[str, int | str]] = {AGE_OID: (GAUGE, wire_value(GAUGE, age))}
         if not self.fresh():
             return [AGE_OID], values
         values.update(self.values)
