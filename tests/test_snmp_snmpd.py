@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,14 @@ def test_snmpd_answers_every_template_oid_with_the_metrics_value(make_lab, tmp_p
         # that old; the counters in them never exceed what /metrics shows now.
         counters = {k for k in before if k[0] in ("deliveries", "bounce_reasons")}
         assert all(0 <= extend[k] <= before[k] for k in counters)
+        # The same snapshots feed the agent's RRD archives and the day graphs it serves.
+        assert (state / "rrd" / "deliveries.rrd").exists()
+        wait_for(lambda: (state / "graphs" / "deliveries-day.png").exists(), 30, "a graph")
+        base = f"http://127.0.0.1:{port}"
+        landing = urllib.request.urlopen(base + "/", timeout=10).read().decode()
+        assert '<img src="/graphs/deliveries-day.png"' in landing
+        with urllib.request.urlopen(base + "/graphs/deliveries-day.png", timeout=10) as r:
+            assert r.read().startswith(b"\x89PNG")
     finally:
         snmpd.stop()
         agent.stop()
