@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,55 @@ def test_oids_command_lists_every_column() -> None:
     lines = r.stdout.splitlines()
     assert len(lines) == len(snmp.columns())
     assert f"{ROOT}.3.2.1.3\tmpQueueMessages\tgauge\tmailpulse_queue_messages" in r.stdout
+
+
+# The blacklist's metrics as the shared decision names them; the catalogue gets them later.
+LATER_METRICS = (
+    ("mailpulse_blacklist_entries", "gauge", ()),
+    ("mailpulse_blacklist_quarantine_entries", "gauge", ()),
+    ("mailpulse_blacklist_additions_total", "counter", ("reason",)),
+    ("mailpulse_blacklist_hourly_cap", "gauge", ()),
+    ("mailpulse_blacklist_breaker_open", "gauge", ("domain_group",)),
+    ("mailpulse_blacklist_table_refusals_total", "counter", ()),
+    ("mailpulse_blacklist_table_age_seconds", "gauge", ()),
+    ("mailpulse_bounce_recipients_total", "counter", ("reason", "verp")),
+)
+
+
+def test_metrics_landing_later_get_their_columns_and_graphs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Once the blacklist's metrics are in the catalogue, without an SNMP word of their own,
+    regenerating publishes them under their reserved columns and adds the blacklist graphs."""
+    from mailpulse.exporters import graphs
+
+    from mailpulse import catalogue
+
+    later = tuple(catalogue.Metric(n, t, "h.", labels) for n, t, labels in LATER_METRICS)
+    monkeypatch.setattr(catalogue, "CATALOGUE", catalogue.CATALOGUE + later)
+    monkeypatch.setattr(catalogue, "BY_NAME", {m.name: m for m in catalogue.CATALOGUE})
+    names = {g.name for g in graphs.available()}
+    assert {"blacklist", "blacklist_additions"} <= names
+    assert snmp.check_columns(snmp.columns()) == []
+    reading = {
+        ("mailpulse_blacklist_entries", ()): 1500.0,
+        ("mailpulse_blacklist_additions_total", ("userunknown",)): 7.0,
+    }
+    doc = snmp.snapshot_document(reading, {}, 60, now=0)
+    v = values(doc)
+    assert v[f"{ROOT}.2.40.0"] == ("gauge", 1500)
+    assert v[f"{ROOT}.3.3.1.6.1"] == ("counter64", 7)  # reason table, additions, userunknown
+    assert doc["extend"]["blacklist"] == [1500, 0]
+    from cacti_templates import generate
+
+    files = generate.outputs()
+    assert "mpBlacklistEntries" in files[Path("MAILPULSE-MIB.txt")]
+    assert f"<value>{ROOT}.2.40.0</value>" in files[Path("cacti_graph_blacklist.xml")]
+    if shutil.which("smilint") and (MIB_DIR / "SNMPv2-SMI.txt").exists():
+        f = tmp_path / "MAILPULSE-MIB.txt"
+        f.write_text(files[Path("MAILPULSE-MIB.txt")])
+        r = subprocess.run(
+            ["smilint", "-l", "4", "-s", str(f)],
+            capture_output=True, text=True, env={**os.environ, "SMIPATH": str(MIB_DIR)},
+        )  # fmt: skip
+        assert r.stdout + r.stderr == ""
