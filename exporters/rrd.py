@@ -47,6 +47,13 @@ def _rrdtool() -> Any:
     return rrdtool
 
 
+def available_here() -> bool:
+    """Whether the rrdtool module (the rrd extra, or Debian's python3-rrdtool) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("rrdtool") is not None
+
+
 class RrdWriter:
     """Keeps one archive per graph in `directory`, updated from snapshot values."""
 

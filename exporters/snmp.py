@@ -136,6 +136,13 @@ def check_columns(cols: list[Column]) -> list[str]:
             problems.append(f"{c.metric.name}: columns 1 and 2 are the row's index and name")
         if c.table and c.table not in catalogue.SNMP_TABLES:
             problems.append(f"{c.metric.name}: no SNMP table {c.table!r}")
+            continue
+        needed = [k for k, _ in c.where]
+        if c.table:
+            needed.append(catalogue.SNMP_TABLES[c.table].label)
+        for label in needed:
+            if label not in c.metric.labels:
+                problems.append(f"{c.metric.name}: no label {label!r} ({c.table or 'scalar'})")
     return problems
 
 

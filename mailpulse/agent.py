@@ -292,6 +292,9 @@ class SnapshotWriter:
         self.stop_event = stop
         self.path = cfg.state_dir / "snapshot.json"
         self.rrd = rrd.RrdWriter(rrd.rrd_dir(cfg)) if cfg.rrd.enabled else None
+        if self.rrd is not None and not rrd.available_here():
+            log.warning("rrd.enabled, but the rrdtool module is missing: no archives, no graphs")
+            self.rrd = None
         self.graph_dir = rrd.graph_dir(cfg)
         self._drawn = 0.0
         self._failing = ""
@@ -462,7 +465,7 @@ class Agent:
             raise StartupError(listen_problem("listen", cfg.listen, e)) from None
         serve_metrics(self.http, self.series, self.common)
         self.snapshots = SnapshotWriter(self.series, cfg, self.common, self.stop_event)
-        if cfg.rrd.enabled:
+        if self.snapshots.rrd is not None:
             from mailpulse.exporters.rrd import serve_graphs
 
             serve_graphs(self.http, self.snapshots.graph_dir)

@@ -49,6 +49,24 @@ def test_the_catalogue_columns_are_consistent() -> None:
     assert all(c.name.startswith("mp") and "_" not in c.name for c in cols)
 
 
+def test_column_mistakes_are_named() -> None:
+    from mailpulse import catalogue
+
+    queue = catalogue.BY_NAME["mailpulse_queue_messages"]
+    lines = catalogue.BY_NAME["mailpulse_log_lines_total"]
+    cols = [
+        snmp.Column(queue, "reason", 3, (), 1, "a"),  # queue metrics have no reason label
+        snmp.Column(queue, "queue", 2, (), 1, "b"),  # column 2 is the row's name
+        snmp.Column(lines, "", 9, (), 1, "c"),
+        snmp.Column(lines, "", 9, (), 1, "d"),  # the same OID twice
+        snmp.Column(lines, "nosuch", 3, (), 1, "e"),
+    ]
+    problems = snmp.check_columns(cols)
+    assert len(problems) == 4, problems
+    assert "no label 'reason'" in problems[0] and "index and name" in problems[1]
+    assert "already" in problems[2] and "no SNMP table 'nosuch'" in problems[3]
+
+
 def test_snapshot_sums_series_per_row_with_the_wire_types() -> None:
     v = values(document())
     # queue table (2), messages column (3): deferred is the 4th named queue, hold the 5th
