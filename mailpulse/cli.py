@@ -63,7 +63,8 @@ def _snmp(args: argparse.Namespace) -> int:
         return snmp.run_oids(args)
     from mailpulse.exporters.extend import main as extend_main
 
-    return extend_main([args.name or ""])
+    options = [(o, v) for o, v in (("--state-dir", args.state_dir), ("--config", args.config)) if v]
+    return extend_main([args.name or "", *(str(x) for pair in options for x in pair)])
 
 
 def _graph(args: argparse.Namespace) -> int:
