@@ -504,6 +504,8 @@ class Agent:
             self.queues.stop()
         if self.check is not None:
             self.check.stop()
+        if self.snapshots.thread.is_alive():  # it reads the state: done before it closes
+            self.snapshots.thread.join(timeout=30)
         self.http.stop()
         # No commit here: each batch committed itself with its checkpoint, and a batch still
         # running (a source that did not stop in time) must not be committed without its own.
