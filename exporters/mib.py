@@ -119,7 +119,8 @@ def generate() -> str:
             "Gauge32",
             "read-only",
             "Seconds since the agent wrote the values answered. Past snmp.stale_after (config)"
-            " nothing else is answered, so a poller records unknown.",
+            " nothing else is answered, so a poller records unknown; 4294967295 while there"
+            " is no snapshot at all.",
             "mpInfo",
             1,
             units="seconds",
