@@ -30,8 +30,10 @@ CACTI_VERSION_CODE = "0103"  # Cacti 1.2.24's, in every hash
 
 # Cacti's own objects the templates use, by the hashes its cacti.sql gives them.
 GET_SNMP_DATA = "3eb92bb845b9660a7445cf9740726522"
-GET_SNMP_DATA_FIELDS = (  # management_ip, community, username, password, version, OID, port,
-    "92f5906c8dc0f964b41f4253df582c38",  # auth protocol, privacy passphrase, privacy protocol
+# Its fields: management_ip, community, username, password, version, OID, port, auth protocol,
+# privacy passphrase, privacy protocol.
+GET_SNMP_DATA_FIELDS = (
+    "92f5906c8dc0f964b41f4253df582c38",
     "32285d5bf16e56c478f5e83f32cda9ef",
     "ad14ac90641aed388139f6ba86a2e48b",
     "9c55a74bd571b4f00a96fd4b793278c6",
