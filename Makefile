@@ -46,7 +46,7 @@ deps:
 		echo "cacti cacti/webserver select None" | debconf-set-selections; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@$(MAKE) --no-print-directory mibs
+	@$(MAKE) -s --no-print-directory mibs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
