@@ -124,6 +124,13 @@ def test_snmpd_answers_every_template_oid_with_the_metrics_value(make_lab, tmp_p
         # that old; the counters in them never exceed what /metrics shows now.
         counters = {k for k in before if k[0] in ("deliveries", "bounce_reasons")}
         assert all(0 <= extend[k] <= before[k] for k in counters)
+        # A walk of the whole subtree through snmpd (getnext all the way) finds every OID of
+        # the snapshot, in order, each once, with the snapshot's age first.
+        walked = session.walk(".1.3.6.1.4.1.32473.25")
+        snap = json.loads((state / "snapshot.json").read_text())
+        names = [f"{w.oid}.{w.oid_index}" if w.oid_index else w.oid for w in walked]
+        assert names[0] == ".1.3.6.1.4.1.32473.25.1.1.0"
+        assert len(names) == len(set(names)) == len(snap["oids"]) + 1
         # The same snapshots feed the agent's RRD archives and the day graphs it serves.
         assert (state / "rrd" / "deliveries.rrd").exists()
         wait_for(lambda: (state / "graphs" / "deliveries-day.png").exists(), 30, "a graph")
