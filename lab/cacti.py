@@ -9,6 +9,7 @@ the package's conf_templates/cacti.sql, as a new install is.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -97,22 +98,36 @@ class Cacti:
         include = tree / "site" / "include" / "config.php"
         include.unlink()
         include.write_text(CONFIG_PHP.format(db=DATABASE, user=USER, password=PASSWORD))
-        logs = tree / "site" / "log"
-        logs.unlink()  # a symbolic link to /var/log/cacti
-        logs.mkdir()
+        for private in ("log", "rra"):  # symbolic links to /var/log/cacti, /var/lib/cacti/rra
+            (tree / "site" / private).unlink()
+            (tree / "site" / private).mkdir()
+        # Every PHP process Cacti starts (the poller's cmd.php too) finds the private socket.
+        ini = self.root / "php"
+        ini.mkdir()
+        (ini / "mailpulse-lab.ini").write_text(f"pdo_mysql.default_socket = {self.socket}\n")
         if "'" in str(self.log) or "\\" in str(self.log):
             raise LabError(f"{self.log}: a path SQL would need quoted")
         setting = f"('path_cactilog', '{self.log}')"
         self.sql(f"REPLACE INTO settings (name, value) VALUES {setting}", DATABASE)  # noqa: S608
         return self
 
-    def import_template(self, path: Path) -> subprocess.CompletedProcess[str]:
+    @property
+    def env(self) -> dict[str, str]:
+        # A leading ':' keeps PHP's own conf.d (its modules) and adds ours after it.
+        return {**os.environ, "PHP_INI_SCAN_DIR": f":{self.root / 'php'}"}
+
+    def php(
+        self, script: str, *args: str, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """A PHP script of the copied tree ("cli/add_device.php", "site/poller.php")."""
+        path = self.root / "cacti" / script
         return subprocess.run(
-            ["php", "-d", f"pdo_mysql.default_socket={self.socket}",
-             str(self.root / "cacti" / "cli" / "import_template.php"), f"--filename={path}"],
-            capture_output=True, text=True, timeout=300,
-            cwd=self.root / "cacti" / "cli",
+            ["php", str(path), *args], capture_output=True, text=True, timeout=timeout,
+            cwd=path.parent, env=self.env,
         )  # fmt: skip
+
+    def import_template(self, path: Path) -> subprocess.CompletedProcess[str]:
+        return self.php("cli/import_template.php", f"--filename={path}")
 
     def log_text(self) -> str:
         with contextlib.suppress(OSError):
