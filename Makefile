@@ -12,15 +12,32 @@ LAB := $(PY) -m lab --root $(LAB_DIR)
 # today that the benchmarks compare against. The -dev packages build easysnmp and rrdtool;
 # libasan8 and libubsan1 run the log scanner's sanitizer test; logrotate the rotation tests;
 # debhelper, dh-python and pybuild's pyproject plugin build the .deb, whose dependencies are
-# Debian's own python3-* packages.
+# Debian's own python3-* packages. Cacti (with MariaDB and PHP's command line) is where the
+# Cacti templates are imported; npm fetches the SMIv2 base MIBs (see mibs).
 APT_PACKAGES := postfix libsnmp-dev librrd-dev rrdtool snmpd snmp smitools \
+	cacti mariadb-server php-cli npm \
 	prometheus prometheus-alertmanager prometheus-postfix-exporter mtail pflogsumm \
 	redis-server haproxy python3-venv python3-dev gcc libasan8 libubsan1 make procps \
 	time systemd-journal-remote openssl logrotate \
 	debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-setuptools \
 	python3-psutil python3-prometheus-client python3-yaml python3-bcrypt adduser
 
-.PHONY: deps venv demo test lint lab-up lab-down clean deb stop-exporter-service
+.PHONY: deps mibs venv demo test lint lab-up lab-down clean deb stop-exporter-service
+
+# The SMIv2 base modules MAILPULSE-MIB imports, for smilint and snmptranslate: Debian has them
+# only through the non-free snmp-mibs-downloader, which fetches them from outside at install
+# time; the net-snmp npm package carries them as plain files.
+MIB_DIR ?= /usr/local/share/mailpulse/mibs
+BASE_MIBS := SNMPv2-SMI SNMPv2-TC SNMPv2-CONF
+
+mibs: $(MIB_DIR)/SNMPv2-CONF.txt
+
+$(MIB_DIR)/SNMPv2-CONF.txt:
+	@command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack -q net-snmp@3 >/dev/null \
+		&& tar xzf net-snmp-*.tgz package/lib/mibs && mkdir -p $(MIB_DIR) \
+		&& for m in $(BASE_MIBS); do cp package/lib/mibs/$$m.mib $(MIB_DIR)/$$m.txt; done; \
+		rc=$$?; rm -rf $$tmp; exit $$rc
 
 # Idempotent: only calls apt-get when a package is missing.
 deps:
@@ -29,9 +46,12 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+		echo "cacti cacti/dbconfig-install boolean false" | debconf-set-selections; \
+		echo "cacti cacti/webserver select None" | debconf-set-selections; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 		case " $$missing " in *" prometheus-postfix-exporter "*) $(MAKE) -s stop-exporter-service;; esac; \
 	fi
+	@$(MAKE) -s --no-print-directory mibs
 
 # Debian's prometheus-postfix-exporter starts as a service on 9154, the agent's port; the
 # benchmarks run it as their own process. Installed here, its service is stopped and disabled

@@ -206,6 +206,7 @@ class Route:
     handler: Handler
     title: str  # linked from the landing page when not ""
     compress: bool  # gzip the body when the client accepts it
+    image: bool = False  # shown on the landing page as a picture (the graphs), not a link
 
 
 LANDING = """<!doctype html>
@@ -287,12 +288,21 @@ class WebServer:
             target=self.httpd.serve_forever, name="metrics-http", daemon=True
         )
 
-    def route(self, path: str, handler: Handler, title: str = "", compress: bool = False) -> None:
-        self.routes[path] = Route(handler, title, compress)
+    def route(
+        self,
+        path: str,
+        handler: Handler,
+        title: str = "",
+        compress: bool = False,
+        image: bool = False,
+    ) -> None:
+        self.routes[path] = Route(handler, title, compress, image)
 
     def landing(self) -> bytes:
         links = "".join(
-            f'<p><a href="{html.escape(path)}">{html.escape(r.title)}</a></p>\n'
+            f'<p><img src="{html.escape(path)}" alt="{html.escape(r.title)}"></p>\n'
+            if r.image
+            else f'<p><a href="{html.escape(path)}">{html.escape(r.title)}</a></p>\n'
             for path, r in self.routes.items()
             if r.title
         )

@@ -283,6 +283,59 @@ class HostWatch:
         return self._latest
 
 
+class SnapshotWriter:
+    """Every snmp.snapshot_interval: one Series.read() into the SNMP snapshot and the RRD
+    archives; every few minutes, the day graphs the landing page shows."""
+
+    DRAW_EVERY_S = 300.0
+
+    def __init__(self, series: Series, cfg: Config, common: dict[str, str], stop: threading.Event):
+        from mailpulse.exporters import rrd
+
+        self.series = series
+        self.cfg = cfg
+        self.common = common
+        self.stop_event = stop
+        self.path = cfg.state_dir / "snapshot.json"
+        self.rrd = rrd.RrdWriter(rrd.rrd_dir(cfg)) if cfg.rrd.enabled else None
+        if self.rrd is not None and not rrd.available_here():
+            log.warning("rrd.enabled, but the rrdtool module is missing: no archives, no graphs")
+            self.rrd = None
+        self.graph_dir = rrd.graph_dir(cfg)
+        self._drawn = 0.0
+        self._failing = ""
+        self.thread = threading.Thread(target=self._run, name="snapshot", daemon=True)
+
+    def write_once(self) -> None:
+        from mailpulse.exporters import rrd, snmp
+
+        now = time.time()
+        doc = snmp.snapshot_document(self.series.read(), self.common, self.cfg.snmp.stale_after)
+        snmp.write_snapshot(self.path, doc)
+        if self.rrd is not None:
+            self.rrd.update(doc["extend"], now)
+            if now - self._drawn >= self.DRAW_EVERY_S:
+                self._drawn = now
+                g = self.cfg.graph
+                rrd.draw(self.rrd.directory, self.graph_dir, g.width, g.height, ("day",))
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.write_once()
+                self._failing = ""
+            except Exception as e:  # said once; the next round tries again
+                why = f"{type(e).__name__}: {e}"
+                if why != self._failing:
+                    log.error("snapshot %s: %s", self.path, why)
+                    self._failing = why
+            if self.stop_event.wait(self.cfg.snmp.snapshot_interval):
+                return
+
+    def start(self) -> None:
+        self.thread.start()
+
+
 class StartupError(Exception):
     """This host keeps the agent from starting; the message names the setting and the cause."""
 
@@ -429,6 +482,11 @@ class Agent:
         except OSError as e:
             raise StartupError(listen_problem("listen", cfg.listen, e)) from None
         serve_metrics(self.http, self.series, self.common)
+        self.snapshots = SnapshotWriter(self.series, cfg, self.common, self.stop_event)
+        if self.snapshots.rrd is not None:
+            from mailpulse.exporters.rrd import serve_graphs
+
+            serve_graphs(self.http, self.snapshots.graph_dir)
         self.agent_check = AgentCheck(cfg.agent_check, self.blocks, queues_latest)
         self.check: AgentCheckServer | None = None
         if cfg.agent_check.listen:
@@ -448,6 +506,7 @@ class Agent:
         self.host.start()
         if self.drift is not None:
             self.drift.start()
+        self.snapshots.start()
         self.http.start()
         if self.check is not None:
             self.check.start()
@@ -465,6 +524,8 @@ class Agent:
             self.queues.stop()
         if self.check is not None:
             self.check.stop()
+        if self.snapshots.thread.is_alive():  # it reads the state: done before it closes
+            self.snapshots.thread.join(timeout=30)
         self.http.stop()
         # No commit here: each batch committed itself with its checkpoint, and a batch still
         # running (a source that did not stop in time) must not be committed without its own.

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailpulse.collectors.deferral import DEFERRAL_CLASSES
+from mailpulse.domains import OTHER, PROVIDER_DOMAINS
+from mailpulse.events import DEFAULT_AGE_EDGES_MIN, QUEUE_NAMES, STATUSES
+
 COUNTER = "counter"
 GAUGE = "gauge"
 HISTOGRAM = "histogram"
@@ -26,19 +30,116 @@ DELAY_STAGES = ("before_qmgr", "in_qmgr", "connection", "transmission", "total")
 
 
 @dataclass(frozen=True, slots=True)
+class SnmpColumn:
+    """One column of an SNMP table: the metric's series summed per row, the row being the value
+    of the table's index label, over the series that match `where` (every other label summed).
+    Integers on the wire: a value is multiplied by `scale` (load average in hundredths, as UCD's
+    laLoadInt) and rounded."""
+
+    table: str  # a key of SNMP_TABLES
+    column: int  # sub-identifier in the table's entry; 1 and 2 are the row's index and name
+    where: tuple[tuple[str, str], ...] = ()  # (label, value): only the series that match
+    scale: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SnmpTable:
+    """An SNMP table indexed by one label. The rows named here keep their index (1, 2, ...)
+    forever, so a Cacti data source on a numeric OID always reads the same thing; a value not
+    named here gets the next free index, in name order, for as long as the agent runs."""
+
+    number: int  # sub-identifier under mailpulseTables
+    label: str
+    rows: tuple[str, ...]
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
 class Metric:
     name: str  # full exposition name; counters end in _total
     type: str  # COUNTER, GAUGE or HISTOGRAM
     help: str
     labels: tuple[str, ...] = ()
     unit: str = ""  # base unit, "" when a plain count
-    snmp_column: int | None = None  # column in the SNMP table; None: not exported to SNMP
+    snmp_column: int | None = None  # a scalar under mailpulseScalars summing every series
     buckets: tuple[float, ...] = ()  # histograms only
+    snmp: tuple[SnmpColumn, ...] = ()  # columns of the SNMP tables (SNMP_TABLES) it feeds
 
     @property
     def family_name(self) -> str:
         """The name prometheus-client wants: without the _total a counter gets on exposition."""
         return self.name.removesuffix("_total") if self.type == COUNTER else self.name
+
+
+# -- SNMP ---------------------------------------------------------------------------------------
+# The enterprise subtree everything is published under. 32473 is the Private Enterprise Number
+# IANA reserves for documentation (RFC 5612): a site that owns a PEN puts its own here (and one
+# more arc if it likes), runs `python cacti_templates/generate.py`, and ships what that writes.
+SNMP_ENTERPRISE_OID = "1.3.6.1.4.1.32473.25"
+SNMP_INFO_ARC = 1  # mailpulseInfo: the snapshot's age, node and role
+SNMP_SCALARS_ARC = 2  # mailpulseScalars: Metric.snmp_column, every series summed
+SNMP_TABLES_ARC = 3  # mailpulseTables: SNMP_TABLES
+
+# Sisimai's reason names (DESIGN.md, "Words"), in a fixed order: the reason table's rows.
+REASONS = (
+    "userunknown", "hostunknown", "mailboxfull", "suspend", "hasmoved", "blocked",
+    "badreputation", "spamdetected", "speeding", "toomanyconn", "expired", "networkerror",
+    "policyviolation", "authfailure", "securityerror", "rejected", "norelaying", "mesgtoobig",
+    "exceedlimit", "contenterror", "virusdetected", "systemerror", "systemfull", "mailererror",
+    "notaccept", "syntaxerror", "notcompliantrfc", "filtered", "requireptr", "onhold",
+    "undefined", "feedback", "vacation", "delivered",
+)  # fmt: skip
+
+
+def age_bucket_labels(edges: tuple[int, ...] = DEFAULT_AGE_EDGES_MIN) -> tuple[str, ...]:
+    """The `age` label of mailpulse_queue_shape_messages, bucket by bucket."""
+    return (*(f"lt{e}m" for e in edges), f"ge{edges[-1]}m")
+
+
+SNMP_TABLES: dict[str, SnmpTable] = {
+    "status": SnmpTable(1, "status", STATUSES, "Recipient delivery outcomes by status."),
+    "queue": SnmpTable(2, "queue", QUEUE_NAMES, "Postfix queues, every instance summed."),
+    "reason": SnmpTable(3, "reason", REASONS, "Failures by reason (Sisimai's names)."),
+    "domainGroup": SnmpTable(
+        4, "domain_group", (*PROVIDER_DOMAINS, OTHER), "Destinations by domain group."
+    ),
+    "queueAge": SnmpTable(
+        5, "age", age_bucket_labels(), "Queued messages by age bucket (qshape's columns)."
+    ),
+    "deferralClass": SnmpTable(
+        6, "deferral_class", DEFERRAL_CLASSES, "Deferred recipients by what keeps them waiting."
+    ),
+    "load": SnmpTable(7, "period", ("1m", "5m", "15m"), "Host load average."),
+    "memory": SnmpTable(8, "kind", ("total", "available", "used"), "Host memory."),
+    "spool": SnmpTable(9, "kind", ("size", "free", "avail"), "Filesystem of the spool."),
+    "service": SnmpTable(10, "service", (), "Postfix master.cf services."),
+    "source": SnmpTable(11, "source", ("host", "log", "queue"), "The agent's sources."),
+}
+
+
+def _by(table: str, column: int, **where: str) -> SnmpColumn:
+    return SnmpColumn(table, column, tuple(where.items()))
+
+
+# SNMP columns of metrics another part of mailpulse defines: they apply once the metric is in
+# CATALOGUE, and keep these numbers, whatever order the catalogue lists it in.
+SNMP_OF_LATER_METRICS: dict[str, tuple[int | None, tuple[SnmpColumn, ...]]] = {
+    "mailpulse_blacklist_entries": (40, ()),
+    "mailpulse_blacklist_quarantine_entries": (41, ()),
+    "mailpulse_blacklist_additions_total": (42, (_by("reason", 6),)),
+    "mailpulse_blacklist_hourly_cap": (43, ()),
+    "mailpulse_blacklist_breaker_open": (44, (_by("domainGroup", 6),)),
+    "mailpulse_blacklist_table_refusals_total": (45, ()),
+    "mailpulse_blacklist_table_age_seconds": (46, ()),
+    "mailpulse_bounce_recipients_total": (47, (_by("reason", 7),)),
+}
+
+
+def snmp_of(m: Metric) -> tuple[int | None, tuple[SnmpColumn, ...]]:
+    """A metric's scalar column (or None) and its table columns."""
+    if m.snmp_column is None and not m.snmp and m.name in SNMP_OF_LATER_METRICS:
+        return SNMP_OF_LATER_METRICS[m.name]
+    return m.snmp_column, m.snmp
 
 
 CATALOGUE: tuple[Metric, ...] = (
@@ -48,7 +149,15 @@ CATALOGUE: tuple[Metric, ...] = (
         COUNTER,
         "Recipient delivery outcomes logged by Postfix's delivery agents.",
         ("instance", "status", "reason", "domain_group", "dsn_class"),
-        snmp_column=1,
+        snmp=(
+            _by("status", 3),
+            _by("reason", 3, status="bounced"),
+            _by("reason", 4, status="deferred"),
+            _by("reason", 5, status="expired"),
+            _by("domainGroup", 3, status="sent"),
+            _by("domainGroup", 4, status="deferred"),
+            _by("domainGroup", 5, status="bounced"),
+        ),
     ),
     Metric(
         "mailpulse_delivery_delay_seconds",
@@ -129,14 +238,14 @@ CATALOGUE: tuple[Metric, ...] = (
         GAUGE,
         "Messages in a Postfix queue.",
         ("instance", "queue"),
-        snmp_column=10,
+        snmp=(_by("queue", 3),),
     ),
     Metric(
         "mailpulse_queue_recipients",
         GAUGE,
         "Recipients still to deliver in a Postfix queue.",
         ("instance", "queue"),
-        snmp_column=11,
+        snmp=(_by("queue", 4),),
     ),
     Metric(
         "mailpulse_queue_size_bytes",
@@ -144,7 +253,7 @@ CATALOGUE: tuple[Metric, ...] = (
         "Bytes of messages in a Postfix queue.",
         ("instance", "queue"),
         unit="bytes",
-        snmp_column=12,
+        snmp=(_by("queue", 5),),
     ),
     Metric(
         "mailpulse_queue_oldest_message_age_seconds",
@@ -152,13 +261,14 @@ CATALOGUE: tuple[Metric, ...] = (
         "Age of the oldest message in a Postfix queue.",
         ("instance", "queue"),
         unit="seconds",
-        snmp_column=13,
+        snmp=(_by("queue", 6),),
     ),
     Metric(
         "mailpulse_queue_shape_messages",
         GAUGE,
         "Messages per queue, recipient domain group and age bucket (qshape's matrix).",
         ("instance", "queue", "domain_group", "age"),
+        snmp=(_by("queueAge", 3), _by("queueAge", 4, queue="deferred")),
     ),
     Metric(
         "mailpulse_queue_deferred_recipients",
@@ -167,6 +277,7 @@ CATALOGUE: tuple[Metric, ...] = (
         " same reply, and a finer deferral class ('pending' until the sampler has read their"
         " defer log).",
         ("instance", "domain_group", "reason", "deferral_class"),
+        snmp=(_by("deferralClass", 3), _by("domainGroup", 7), _by("reason", 8)),
     ),
     Metric(
         "mailpulse_queue_deferral_coverage_ratio",
@@ -192,7 +303,7 @@ CATALOGUE: tuple[Metric, ...] = (
         GAUGE,
         "System load average over 1, 5 and 15 minutes.",
         ("period",),
-        snmp_column=20,
+        snmp=(SnmpColumn("load", 3, scale=100),),
     ),
     Metric(
         "mailpulse_host_cpu_seconds_total",
@@ -201,14 +312,14 @@ CATALOGUE: tuple[Metric, ...] = (
         ("mode",),
         unit="seconds",
     ),
-    Metric("mailpulse_host_cpus", GAUGE, "Logical CPUs of the host.", ()),
+    Metric("mailpulse_host_cpus", GAUGE, "Logical CPUs of the host.", (), snmp_column=20),
     Metric(
         "mailpulse_host_memory_bytes",
         GAUGE,
         "Host memory: total, available, used.",
         ("kind",),
         unit="bytes",
-        snmp_column=21,
+        snmp=(_by("memory", 3),),
     ),
     Metric(
         "mailpulse_spool_filesystem_bytes",
@@ -216,7 +327,7 @@ CATALOGUE: tuple[Metric, ...] = (
         "Filesystem holding the Postfix spool: size, free (for root) and avail (for others).",
         ("instance", "kind"),
         unit="bytes",
-        snmp_column=22,
+        snmp=(_by("spool", 3),),
     ),
     Metric(
         "mailpulse_spool_filesystem_inodes",
@@ -229,7 +340,7 @@ CATALOGUE: tuple[Metric, ...] = (
         GAUGE,
         "Running Postfix daemon processes per master.cf service.",
         ("instance", "service"),
-        snmp_column=23,
+        snmp=(_by("service", 3),),
     ),
     Metric(
         "mailpulse_postfix_process_limit",
@@ -237,6 +348,7 @@ CATALOGUE: tuple[Metric, ...] = (
         "Process limit of a master.cf service (default_process_limit when master.cf says -);"
         " no series for a service without a limit (maxproc 0).",
         ("instance", "service"),
+        snmp=(_by("service", 4),),
     ),
     Metric(
         "mailpulse_postfix_profile_drift",
@@ -251,7 +363,7 @@ CATALOGUE: tuple[Metric, ...] = (
         GAUGE,
         "1 when the agent's last read of a source worked; target: log file, Postfix instance.",
         ("source", "target"),
-        snmp_column=30,
+        snmp=(_by("source", 3),),
     ),
     Metric(
         "mailpulse_source_sample_age_seconds",

@@ -87,6 +87,25 @@ def _queue(args: argparse.Namespace) -> int:
 RESERVED = "not part of this version yet: says so and exits 1"
 
 
+def _snmp(args: argparse.Namespace) -> int:
+    from mailpulse.exporters import snmp
+
+    if args.mode == "pass-persist":
+        return snmp.run_pass_persist(args)
+    if args.mode == "oids":
+        return snmp.run_oids(args)
+    from mailpulse.exporters.extend import main as extend_main
+
+    options = [(o, v) for o, v in (("--state-dir", args.state_dir), ("--config", args.config)) if v]
+    return extend_main([args.name or "", *(str(x) for pair in options for x in pair)])
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from mailpulse.exporters.rrd import run_graph
+
+    return run_graph(args)
+
+
 def _postfix_check(args: argparse.Namespace) -> int:
     from mailpulse.profile import run_check
 
@@ -241,26 +260,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     snmp = sub.add_parser(
         "snmp",
-        help=f"net-snmp extend and pass_persist ({RESERVED})",
-        description=f"net-snmp extend and pass_persist: {RESERVED}.",
+        help="values for net-snmp: extend NAME, pass-persist, oids",
+        description="Values for net-snmp's extend and pass_persist, read from the agent's "
+        "snapshot; `oids` lists every OID.",
     )
     _common(snmp)
     snmp.add_argument(
         "mode", choices=["extend", "pass-persist", "oids"], help="how snmpd asks for values"
     )
     snmp.add_argument("name", nargs="?", help="extend: the value to print")
-    snmp.set_defaults(run=_not_built("snmp"))
+    snmp.set_defaults(run=_snmp)
 
     graph = sub.add_parser(
-        "graph", help=f"RRD graphs ({RESERVED})", description=f"RRD graphs: {RESERVED}."
+        "graph",
+        help="draw PNG graphs from the agent's RRD archives",
+        description="Draw day, week, month and year PNG graphs from the agent's RRD archives.",
     )
     _common(graph)
     graph.add_argument("--out", type=Path, metavar="DIR", help="where the PNG graphs go")
-    graph.set_defaults(run=_not_built("graph"))
+    graph.set_defaults(run=_graph)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["snmp", "extend"]:
+        # snmpd runs this on every poll: straight to the one module it needs, nothing else.
+        from mailpulse.exporters.extend import main as extend_main
+
+        return extend_main(argv[2:])
     args = build_parser().parse_args(argv)
     run: Handler = args.run
     # Addresses read from queue files keep their bytes that are not UTF-8 (surrogateescape):

@@ -215,9 +215,36 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class SnmpConfig:
+    """snmp: the snapshot the agent writes for `mailpulse snmp extend|pass-persist`."""
+
+    snapshot_interval: float = setting(15.0, _duration)  # seconds between two snapshots
+    # older than this, a snapshot's values read as unknown (the agent is stopped or stuck)
+    stale_after: float = setting(120.0, _duration)
+
+
+@dataclass(frozen=True)
+class RrdConfig:
+    """rrd: the round-robin archives the agent keeps (one-minute steps for a day, then Cacti's
+    five-minute layout)."""
+
+    enabled: bool = setting(True, _flag)
+    dir: Path | None = setting(None, _path)  # None: STATE_DIR/rrd
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """graph: the PNGs `mailpulse graph` draws and the agent's landing page shows."""
+
+    dir: Path | None = setting(None, _path)  # None: STATE_DIR/graphs
+    width: int = setting(600, _positive(int))
+    height: int = setting(200, _positive(int))
+
+
+@dataclass(frozen=True)
 class ReservedSection:
     """A section kept for a command not built yet: it accepts no key until that command declares
-    its own here (snmp, rrd, graph, alerts)."""
+    its own here (alerts)."""
 
 
 @dataclass(frozen=True)
@@ -249,9 +276,9 @@ class Config:
     bounce: BounceConfig = section(BounceConfig)
     blacklist: BlacklistConfig = section(BlacklistConfig)
     redis: RedisConfig = section(RedisConfig)
-    snmp: ReservedSection = section(ReservedSection)
-    rrd: ReservedSection = section(ReservedSection)
-    graph: ReservedSection = section(ReservedSection)
+    snmp: SnmpConfig = section(SnmpConfig)
+    rrd: RrdConfig = section(RrdConfig)
+    graph: GraphConfig = section(GraphConfig)
     alerts: ReservedSection = section(ReservedSection)
     # The sections of the other commands as the file gives them (checked all the same).
     other: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -309,7 +309,9 @@ def test_bounce_parse_reads_the_verp_key_from_the_common_config(tmp_path: Path) 
         ("bounce:\n  verpkey: 'k'\n", "bounce.verpkey: unknown setting; did you mean verp_key?"),
         ("blacklist:\n  ttl_5x: 30d\n", "blacklist.ttl_5x: unknown setting; did you mean ttl_5xx?"),
         # bad input: a key in a section whose command is not built yet
-        ("snmp:\n  community: public\n", "snmp.community: unknown setting (snmp accepts none yet"),
+        ("alerts:\n  receiver: x\n", "alerts.receiver: unknown setting (alerts accepts none yet"),
+        ("snmp:\n  stale_afer: 60\n", "snmp.stale_afer: unknown setting; did you mean stale_a"),
+        ("graph:\n  width: 0\n", "graph.width: expected a positive number"),
         # bad input: values of the wrong kind in the reserved sections
         ("blacklist:\n  ttl_5xx: 30 days\n", "blacklist.ttl_5xx: expected a duration"),
         ("blacklist:\n  store: mysql\n", "blacklist.store: expected sqlite or redis"),

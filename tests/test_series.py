@@ -83,16 +83,12 @@ def test_the_series_reader_and_metrics_agree_on_every_series(lab: Lab, tmp_path:
 
         # Ground truth from outside: every planned recipient ends as one counted delivery.
         wait_for(lambda: delivered() >= len(plan), 120, "the campaign counted")
-        wait_for(
-            lambda: any(k[0] == "mailpulse_queue_messages" for k in agent.series.read()),
-            60,
-            "the first queue sample",
-        )
-        wait_for(
-            lambda: any(k[0] == "mailpulse_postfix_profile_drift" for k in agent.series.read()),
-            60,
-            "the first profile check",
-        )
+        for first, what in (
+            ("mailpulse_queue_messages", "the first queue sample"),
+            ("mailpulse_host_load_average", "the first host sample"),
+            ("mailpulse_postfix_profile_drift", "the first profile check"),
+        ):
+            wait_for(lambda first=first: any(k[0] == first for k in agent.series.read()), 60, what)
         now = time.time()
         agent.series.clock = lambda: now  # ages are computed at read time: one instant for both
         # A line logged in between (a retry, a DSN) may move a counter: take the scrape between
