@@ -14,7 +14,7 @@ LAB := $(PY) -m lab --root $(LAB_DIR)
 APT_PACKAGES := postfix libsnmp-dev librrd-dev rrdtool snmpd snmp smitools \
 	prometheus prometheus-alertmanager prometheus-postfix-exporter mtail pflogsumm \
 	redis-server haproxy python3-venv python3-dev gcc libasan8 libubsan1 make procps \
-	time systemd-journal-remote openssl logrotate
+	time systemd-journal-remote openssl logrotate postfix-cdb postfix-lmdb
 
 .PHONY: deps venv demo test lint lab-up lab-down clean
 

@@ -229,6 +229,63 @@ CATALOGUE: tuple[Metric, ...] = (
         "Process limit of a master.cf service (default_process_limit when master.cf says -).",
         ("instance", "service"),
     ),
+    # -- the blacklist and the bounce mail it reads ---------------------------------------
+    Metric(
+        "mailpulse_blacklist_entries",
+        GAUGE,
+        "Blacklist entries in force (addresses, and domains for hostunknown).",
+        (),
+        snmp_column=40,
+    ),
+    Metric(
+        "mailpulse_blacklist_quarantine_entries",
+        GAUGE,
+        "Blacklist entries held in quarantine by a breaker or the hourly cap, awaiting review.",
+        (),
+        snmp_column=41,
+    ),
+    Metric(
+        "mailpulse_blacklist_additions_total",
+        COUNTER,
+        "New blacklist entries put in force, by reason.",
+        ("reason",),
+        snmp_column=42,
+    ),
+    Metric(
+        "mailpulse_blacklist_hourly_cap",
+        GAUGE,
+        "The configured cap on new blacklist entries per hour.",
+        (),
+    ),
+    Metric(
+        "mailpulse_blacklist_breaker_open",
+        GAUGE,
+        "1 while the circuit breaker of a domain group sends its new entries to quarantine.",
+        ("domain_group",),
+        snmp_column=43,
+    ),
+    Metric(
+        "mailpulse_blacklist_table_refusals_total",
+        COUNTER,
+        "Postfix table rebuilds refused because the table would shrink past the allowed share.",
+        (),
+        snmp_column=44,
+    ),
+    Metric(
+        "mailpulse_blacklist_table_age_seconds",
+        GAUGE,
+        "Age of the blacklist's Postfix table in force on this node.",
+        (),
+        unit="seconds",
+        snmp_column=45,
+    ),
+    Metric(
+        "mailpulse_bounce_recipients_total",
+        COUNTER,
+        "Bounced recipients read from bounce mail (DSNs), by reason and whether the VERP address"
+        " verified (verified, unverified, none).",
+        ("reason", "verp"),
+    ),
     # -- the agent itself --------------------------------------------------------------------
     Metric(
         "mailpulse_source_up",

@@ -91,15 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--json", action="store_true")
     bp.set_defaults(run=_bounce_parse)
 
-    bl = sub.add_parser("blacklist", help="the self-expiring blacklist")
-    _common(bl)
-    bl.add_argument(
-        "action",
-        choices=["ingest", "list", "add", "remove", "lift", "quarantine", "export", "publish"],
-    )
-    bl.add_argument("args", nargs="*")
-    bl.add_argument("--json", action="store_true")
-    bl.set_defaults(run=_not_built("blacklist"))
+    from mailpulse.bounce.blacklist_cli import add_parser as add_blacklist
+
+    add_blacklist(sub, _common)
 
     snmp = sub.add_parser("snmp", help="net-snmp extend and pass_persist")
     _common(snmp)
