@@ -6,6 +6,7 @@ Used the same way by `mailpulse blacklist ...` and by the agent.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -19,8 +20,12 @@ from mailpulse.bounce.publish import Published, TableRefused, publish, table_age
 from mailpulse.bounce.store import SqliteStore, Store
 
 if TYPE_CHECKING:
+    from email.message import Message
+
+    from mailpulse.exporters.web import WebServer
+
     from mailpulse.config import Config
-    from mailpulse.events import Outcome
+    from mailpulse.events import DeliveryEvent, Outcome
     from mailpulse.state import SeriesKey
 
 log = logging.getLogger(__name__)
@@ -136,3 +141,92 @@ class Blacklist:
         if age is not None:
             out[("mailpulse_blacklist_table_age_seconds", ())] = age
         return out
+
+
+class BlacklistAgent:
+    """The blacklist inside `mailpulse agent`: the log's outcomes and the bounce Maildir through
+    the policy, and the Postfix table kept in step with the store (a rebuild when the store's
+    version moves, and once a minute for the entries that expired meanwhile)."""
+
+    FULL_REBUILD_S = 60.0
+
+    def __init__(self, cfg: Config, stop: threading.Event) -> None:
+        self.cfg = cfg
+        self.stop_event = stop
+        self.store = open_store(cfg)
+        self.blacklist = Blacklist(cfg, self.store)
+        self.last_rebuild = 0.0
+        self.threads = [
+            threading.Thread(target=self._sync_loop, name="blacklist:table", daemon=True)
+        ]
+        if cfg.blacklist.maildir is not None:
+            self.threads.append(
+                threading.Thread(target=self._maildir_loop, name="blacklist:maildir", daemon=True)
+            )
+
+    def on_event(self, ev: DeliveryEvent) -> None:
+        from mailpulse.events import outcome_of_event
+
+        self.blacklist.record(outcome_of_event(ev, self.blacklist.verp))
+
+    def _maildir_loop(self) -> None:
+        from mailpulse.bounce.intake import process_maildir
+
+        root = self.cfg.blacklist.maildir
+        assert root is not None
+        while not self.stop_event.is_set():
+            try:
+                process_maildir(
+                    root,
+                    lambda item, _records: self.blacklist.record_mail(item, self.cfg.node),
+                    self.blacklist.verp,
+                )
+            except Exception:
+                log.exception("bounce Maildir %s", root)
+            self.stop_event.wait(self.cfg.blacklist.sync_interval)
+
+    def sync(self, now: float) -> None:
+        """Rebuild the table when the store changed or a full minute passed."""
+        if self.last_rebuild and (
+            self.store.version() == self.blacklist.published_version
+            and now - self.last_rebuild < self.FULL_REBUILD_S
+        ):
+            return
+        self.last_rebuild = now
+        try:
+            self.blacklist.publish()
+        except OSError as e:
+            log.error("blacklist table not published: %s", e)
+
+    def _sync_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.sync(time.monotonic())
+            except Exception:
+                log.exception("blacklist table sync")
+            self.stop_event.wait(self.cfg.blacklist.sync_interval)
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        for t in self.threads:
+            t.join(timeout=30)
+        self.store.close()
+
+    def serve(self, http: WebServer) -> None:
+        """/blacklist.csv and /blacklist.json for the mailing software, behind the agent's
+        TLS and basic auth like every other page."""
+        from mailpulse.bounce.blacklist_cli import export_csv, export_rows
+        from mailpulse.exporters.web import Page
+
+        def csv_page(_headers: Message) -> Page:
+            return Page(export_csv(export_rows(self.blacklist)).encode(), "text/csv; charset=utf-8")
+
+        def json_page(_headers: Message) -> Page:
+            body = json.dumps(export_rows(self.blacklist)).encode()
+            return Page(body, "application/json")
+
+        http.route("/blacklist.csv", csv_page, "blacklist (CSV)", compress=True)
+        http.route("/blacklist.json", json_page, "blacklist (JSON)", compress=True)

@@ -135,15 +135,18 @@ class Breakers:
         while q and (q[0][0] if isinstance(q[0], tuple) else q[0]) <= now - span:
             q.popleft()
 
-    def note(self, o: Outcome, group: str, now: float) -> None:
-        if o.status != "deferred":
-            q = self.groups.setdefault(group, deque())
-            q.append((now, o.hard and o.status == "bounced"))
-            self._trim(q, now, self.cfg.breaker_window)
-        if o.dsn.startswith("5.7.") and o.node:
-            b = self.node_blocks.setdefault(o.node, deque())
-            b.append(now)
-            self._trim(b, now, self.cfg.breaker_window)
+    def note(self, group: str, hard: bool, now: float) -> None:
+        """One final outcome to a domain group: delivered, or a hard failure counted once."""
+        q = self.groups.setdefault(group, deque())
+        q.append((now, hard))
+        self._trim(q, now, self.cfg.breaker_window)
+
+    def note_block(self, node: str, now: float) -> None:
+        """A 5.7.x refusal of mail the node sent (from its log: a DSN names the node that
+        received it, not the one refused)."""
+        b = self.node_blocks.setdefault(node, deque())
+        b.append(now)
+        self._trim(b, now, self.cfg.breaker_window)
 
     def group_open(self, group: str, now: float) -> bool:
         q = self.groups.get(group)
@@ -196,8 +199,11 @@ class Policy:
     def decide(self, o: Outcome, store: StoreView, now: float) -> Decision:
         address = normal_key(o.recipient)
         group = self.group_of(domain_of(address))
-        self.breakers.note(o, group, now)
+        if o.source == "log" and o.node and o.dsn.startswith("5.7."):
+            self.breakers.note_block(o.node, now)
         if o.status == "sent":
+            if o.source == "log":
+                self.breakers.note(group, False, now)
             return Decision(CLEAR_SOFT, address) if store.soft_days(address) else Decision(IGNORE)
         if o.status == "deferred" and o.reason not in SOFT_REASONS:
             return Decision(IGNORE, address, "deferred")
@@ -226,6 +232,8 @@ class Policy:
             return Decision(CONFIRM, key, entry=current)
         if not ev.verified:
             return Decision(IGNORE, key, "unverified bounce")
+        if kind != "soft":  # counted once: the DSN of a listed address confirmed above
+            self.breakers.note(group, True, now)
         if kind == "soft":
             day = int(now // DAY_S)  # when it was recorded: a clock tests control
             days = set(store.soft_days(key)) | {day}

@@ -29,7 +29,7 @@ from mailpulse.agentcheck import AgentCheck, AgentCheckServer, BlockWatch
 from mailpulse.collectors.host import HostSample, HostSampler
 from mailpulse.config import Config
 from mailpulse.domains import DomainGroups
-from mailpulse.events import QueueSnapshot
+from mailpulse.events import DeliveryEvent, QueueSnapshot
 from mailpulse.files import atomic_write
 from mailpulse.postfix import Instance
 from mailpulse.series import (
@@ -44,6 +44,9 @@ from mailpulse.series import (
 from mailpulse.state import State
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from mailpulse.bounce.blacklist import BlacklistAgent
     from mailpulse.collectors.follower import LogSource
     from mailpulse.collectors.maillog import Correlator
 
@@ -72,6 +75,7 @@ class LogPipeline(threading.Thread):
         batch_lock: threading.Lock,
     ) -> None:
         super().__init__(name=f"log:{source or 'journal'}", daemon=True)
+        self.events_to: Callable[[DeliveryEvent], None] | None = None  # the blacklist's
         self.source = source
         self.state = state
         self.accounting = accounting
@@ -186,6 +190,8 @@ class LogPipeline(threading.Thread):
         for block in follower.read_blocks(self.cfg.log_read_bytes):
             for ev in correlator.feed_block(block):
                 self.accounting.apply(ev)
+                if self.events_to is not None:
+                    self.events_to(ev)
         n: int = correlator.lines - before
         if n or follower.stats != self.follow_seen:
             self._commit(follower, correlator)
@@ -395,6 +401,18 @@ class Agent:
         self.queues = QueueWatch(instances, cfg, self.groups) if instances else None
         queues_latest = self.queues.latest if self.queues is not None else None
         self.host = HostWatch(instances, cfg.host_interval_s, self.stop_event)
+        # The blacklist: the log's outcomes and the bounce Maildir into the policy, the store
+        # into the Postfix table, the list served to the mailing software.
+        self.blacklist: BlacklistAgent | None = None
+        if cfg.blacklist.agent != "off":
+            from mailpulse.bounce.blacklist import BlacklistAgent
+
+            try:
+                self.blacklist = BlacklistAgent(cfg, self.stop_event)
+            except Exception as e:  # noqa: BLE001 - the store's own error, said in one line
+                raise StartupError(f"blacklist store: {e}") from None
+            for p in self.logs:
+                p.events_to = self.blacklist.on_event
         self.series = Series(
             self.state,
             host=self.host.latest,
@@ -402,6 +420,7 @@ class Agent:
             queue_interval_s=cfg.queue_interval_s,
             logs=self.logs,
             domains=self.accounting.domains,
+            blacklist=self.blacklist.blacklist.series if self.blacklist else None,
         )
         self.common = {"node": cfg.node, "role": cfg.role}
         web = load_web_config(cfg.web_config_file)
@@ -411,6 +430,8 @@ class Agent:
         except OSError as e:
             raise StartupError(listen_problem("listen", cfg.listen, e)) from None
         serve_metrics(self.http, self.series, self.common)
+        if self.blacklist is not None:
+            self.blacklist.serve(self.http)
         self.agent_check = AgentCheck(cfg.agent_check, self.blocks, queues_latest)
         self.check: AgentCheckServer | None = None
         if cfg.agent_check.listen:
@@ -428,6 +449,8 @@ class Agent:
         if self.queues is not None:
             self.queues.start()
         self.host.start()
+        if self.blacklist is not None:
+            self.blacklist.start()
         self.http.start()
         if self.check is not None:
             self.check.start()
@@ -446,6 +469,8 @@ class Agent:
         if self.check is not None:
             self.check.stop()
         self.http.stop()
+        if self.blacklist is not None:
+            self.blacklist.stop()
         # No commit here: each batch committed itself with its checkpoint, and a batch still
         # running (a source that did not stop in time) must not be committed without its own.
         self.state.close()

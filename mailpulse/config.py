@@ -202,6 +202,10 @@ class BounceConfig:
 class BlacklistConfig:
     """blacklist: the policy of `mailpulse blacklist` and of the agent's blacklist."""
 
+    # What the agent does with it: off; local (decide from this node's log and bounces and
+    # keep its own table); node (send outcomes to Redis, keep the table the analyser decides);
+    # analyser (decide for every node from the Redis stream, and keep its own table too).
+    agent: str = setting("off", _one_of("off", "local", "node", "analyser"))
     store: str = setting("sqlite", _one_of(*STORES))
     ttl_5xx: float = setting(30 * DAY_S, _duration)  # a hard failure, the first time
     ttl_5xx_repeat: float = setting(180 * DAY_S, _duration)  # again after it expired

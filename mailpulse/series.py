@@ -263,6 +263,7 @@ class Series:
     queue_interval_s: float = 30.0  # a queue sample older than three intervals is stale
     logs: Sequence[LogReader] = ()
     domains: TopDomains | None = None
+    blacklist: Callable[[], Mapping[SeriesKey, float]] | None = None  # its series, when it runs
     clock: Callable[[], float] = time.time
 
     def read(self) -> Reading:
@@ -270,7 +271,12 @@ class Series:
         out: Reading = {**snap.counters, **snap.histograms}
         now = self.clock()
         statuses: Statuses = []
-        for source, part in (("host", self._host), ("log", self._logs), ("queue", self._queues)):
+        for source, part in (
+            ("host", self._host),
+            ("log", self._logs),
+            ("queue", self._queues),
+            ("blacklist", self._blacklist),
+        ):
             try:
                 part(out, statuses, now)
             except Exception:
@@ -295,6 +301,10 @@ class Series:
             statuses.append(("log", p.target, p.status))
             for kind, n in p.errors.items():
                 out[("mailpulse_log_read_errors_total", (p.target, kind))] = n
+
+    def _blacklist(self, out: Reading, _statuses: Statuses, _: float) -> None:
+        if self.blacklist is not None:
+            out.update(self.blacklist())
 
     def _queues(self, out: Reading, statuses: Statuses, now: float) -> None:
         if self.queues is None:
