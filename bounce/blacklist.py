@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailpulse.bounce.intake import MailItem, VerpSettings, outcomes
@@ -46,6 +48,60 @@ def open_store(cfg: Config) -> Store:
 
         return RedisStore(cfg.redis.url, cfg.redis.prefix)
     return SqliteStore(cfg.state_dir / "blacklist.sqlite")
+
+
+def bounce_label(o: Outcome) -> str:
+    verp = "none" if o.user_id is None else "verified" if o.verp_verified else "unverified"
+    return f"{o.reason}\t{verp}"
+
+
+def event_id(o: Outcome, mail_key: str = "") -> str:
+    """The same outcome always gets the same id: a log line read twice, or a node's buffer
+    sent again after an outage, is recorded once by the analyser."""
+    if o.source == "dsn":
+        return f"dsn:{mail_key}:{o.recipient}"
+    return f"log:{o.node}:{o.instance}:{o.queue_id}:{o.recipient}:{o.status}:{o.time}"
+
+
+class Outbox:
+    """A node's outcomes on their way to Redis: appended to a file, sent in batches, and the
+    file emptied only once Redis took them. While Redis is away the file grows; nothing is
+    lost, and what was sent twice is recognised by its event id."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sending = path.with_name(path.name + ".sending")
+        self.lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def put(self, event: str, o: Outcome) -> None:
+        from dataclasses import asdict
+
+        line = json.dumps([event, json.dumps(asdict(o))]) + "\n"
+        with self.lock, self.path.open("a", encoding="utf-8") as f:
+            f.write(line)
+
+    def pending(self) -> int:
+        n = 0
+        for p in (self.sending, self.path):
+            if p.exists():
+                with p.open("rb") as f:
+                    n += sum(1 for _ in f)
+        return n
+
+    def drain(self, send: Callable[[list[tuple[str, str]]], None]) -> int:
+        """Send what is buffered; raises (keeping it) when the sending fails."""
+        with self.lock:
+            if not self.sending.exists() and self.path.exists():
+                os.replace(self.path, self.sending)
+        if not self.sending.exists():
+            return 0
+        with self.sending.open(encoding="utf-8") as f:
+            events = [tuple(json.loads(line)) for line in f if line.strip()]
+        for i in range(0, len(events), 1000):
+            send(events[i : i + 1000])
+        self.sending.unlink()
+        return len(events)
 
 
 class Blacklist:
@@ -92,8 +148,7 @@ class Blacklist:
         found = outcomes(item, self.verp, envelope_recipient, node=node, time=now)
         for o in found:
             self.record(o, now)
-            verp = "none" if o.user_id is None else "verified" if o.verp_verified else "unverified"
-            self.store.count("bounce_recipients", f"{o.reason}\t{verp}")
+            self.store.count("bounce_recipients", bounce_label(o))
         self.store.mark_mail(item.key)
         return len(found)
 
@@ -144,46 +199,113 @@ class Blacklist:
 
 
 class BlacklistAgent:
-    """The blacklist inside `mailpulse agent`: the log's outcomes and the bounce Maildir through
-    the policy, and the Postfix table kept in step with the store (a rebuild when the store's
-    version moves, and once a minute for the entries that expired meanwhile)."""
+    """The blacklist inside `mailpulse agent`, by blacklist.agent:
+
+    - local: this node's log and bounce Maildir through the policy into the store;
+    - node: the same outcomes sent to Redis (through the on-disk Outbox) for the analyser;
+    - analyser: the outcomes of every node, read from the Redis stream, through the policy.
+
+    In every mode the node's Postfix table follows the store: rebuilt when the store's version
+    moves, and once a minute for the entries that expired meanwhile. While the store cannot be
+    reached the table in force stays as it is.
+    """
 
     FULL_REBUILD_S = 60.0
 
     def __init__(self, cfg: Config, stop: threading.Event) -> None:
+        mode = cfg.blacklist.agent
+        if mode in ("node", "analyser") and cfg.blacklist.store != "redis":
+            raise ValueError(f"blacklist.agent: {mode} needs blacklist.store: redis")
         self.cfg = cfg
         self.stop_event = stop
         self.store = open_store(cfg)
         self.blacklist = Blacklist(cfg, self.store)
         self.last_rebuild = 0.0
-        self.threads = [
-            threading.Thread(target=self._sync_loop, name="blacklist:table", daemon=True)
-        ]
+        self.down_since: dict[str, str] = {}  # what failed, said once until it works again
+        self.outbox = Outbox(cfg.state_dir / "blacklist-outbox.jsonl") if mode == "node" else None
+        loops = [("table", self._sync_loop)]
         if cfg.blacklist.maildir is not None:
-            self.threads.append(
-                threading.Thread(target=self._maildir_loop, name="blacklist:maildir", daemon=True)
-            )
+            loops.append(("maildir", self._maildir_loop))
+        if self.outbox is not None:
+            loops.append(("outbox", self._outbox_loop))
+        if mode == "analyser":
+            loops.append(("stream", self._stream_loop))
+        self.threads = [
+            threading.Thread(target=self._guarded(name, fn), name=f"blacklist:{name}", daemon=True)
+            for name, fn in loops
+        ]
+
+    def _guarded(self, name: str, step: Callable[[], None]) -> Callable[[], None]:
+        """Run step until the agent stops; a failure is logged once, until it works again."""
+
+        def loop() -> None:
+            while not self.stop_event.is_set():
+                try:
+                    step()
+                    if self.down_since.pop(name, None) is not None:
+                        log.info("blacklist %s: working again", name)
+                except Exception as e:  # noqa: BLE001 - said once, tried again
+                    if name not in self.down_since:
+                        self.down_since[name] = str(e)
+                        log.warning("blacklist %s: %s (trying again)", name, e)
+                self.stop_event.wait(self.cfg.blacklist.sync_interval)
+
+        return loop
+
+    def take(self, o: Outcome, mail_key: str = "") -> None:
+        if self.outbox is not None:
+            self.outbox.put(event_id(o, mail_key), o)
+        else:
+            self.blacklist.record(o)
 
     def on_event(self, ev: DeliveryEvent) -> None:
         from mailpulse.events import outcome_of_event
 
-        self.blacklist.record(outcome_of_event(ev, self.blacklist.verp))
+        self.take(outcome_of_event(ev, self.blacklist.verp))
+
+    def _mail(self, item: MailItem) -> None:
+        if self.outbox is None:
+            self.blacklist.record_mail(item, self.cfg.node)
+            return
+        for o in outcomes(item, self.blacklist.verp, node=self.cfg.node, time=time.time()):
+            self.take(o, item.key)
 
     def _maildir_loop(self) -> None:
         from mailpulse.bounce.intake import process_maildir
 
         root = self.cfg.blacklist.maildir
         assert root is not None
+        process_maildir(root, lambda item, _records: self._mail(item), self.blacklist.verp)
+
+    def _outbox_loop(self) -> None:
+        from mailpulse.bounce.redis_store import RedisStore
+
+        assert self.outbox is not None and isinstance(self.store, RedisStore)
+        self.outbox.drain(self.store.send)
+
+    def _stream_loop(self) -> None:
+        """Read the stream as one consumer of the analysers' group: first what this consumer
+        took before a restart and never acknowledged, then new entries."""
+        from mailpulse.bounce.redis_store import RedisStore
+
+        from mailpulse.events import Outcome
+
+        store = self.store
+        assert isinstance(store, RedisStore)
+        store.ensure_group()
+        pending = True
         while not self.stop_event.is_set():
-            try:
-                process_maildir(
-                    root,
-                    lambda item, _records: self.blacklist.record_mail(item, self.cfg.node),
-                    self.blacklist.verp,
-                )
-            except Exception:
-                log.exception("bounce Maildir %s", root)
-            self.stop_event.wait(self.cfg.blacklist.sync_interval)
+            got = store.receive(self.cfg.node, pending)
+            if pending and not got:
+                pending = False
+                continue
+            for _sid, event, body in got:
+                if event and store.first_time(event):
+                    o = Outcome(**json.loads(body))
+                    self.blacklist.record(o)
+                    if o.source == "dsn":
+                        store.count("bounce_recipients", bounce_label(o))
+            store.ack([sid for sid, _, _ in got])
 
     def sync(self, now: float) -> None:
         """Rebuild the table when the store changed or a full minute passed."""
@@ -192,19 +314,11 @@ class BlacklistAgent:
             and now - self.last_rebuild < self.FULL_REBUILD_S
         ):
             return
+        self.blacklist.publish()
         self.last_rebuild = now
-        try:
-            self.blacklist.publish()
-        except OSError as e:
-            log.error("blacklist table not published: %s", e)
 
     def _sync_loop(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                self.sync(time.monotonic())
-            except Exception:
-                log.exception("blacklist table sync")
-            self.stop_event.wait(self.cfg.blacklist.sync_interval)
+        self.sync(time.monotonic())
 
     def start(self) -> None:
         for t in self.threads:

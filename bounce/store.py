@@ -49,6 +49,9 @@ class Filter:
         )
 
 
+EVERYTHING = Filter()
+
+
 class Store(Protocol):
     def entry(self, key: str) -> Entry | None: ...
     def strikes(self, key: str, kind: str) -> int: ...

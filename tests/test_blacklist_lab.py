@@ -237,6 +237,28 @@ def test_forged_bounces_blacklist_nobody_and_signed_ones_confirm(
     assert delivered.recipient not in entries
     ev = entries[unknown.recipient]["evidence"]
     assert ("dsn", True) in {(v["source"], v["verified"]) for v in ev}  # type: ignore[attr-defined]
+    # Soft state with a clock the test moves: the same campaign log read on three distinct days
+    # lists the disabled and mailbox-full recipients on the third, and no one else is added.
+    from mailpulse.bounce.blacklist import Blacklist
+    from mailpulse.bounce.store import SqliteStore
+    from mailpulse.collectors.maillog import Correlator
+
+    from mailpulse.config import load_config
+    from mailpulse.events import outcome_of_event
+    from mailpulse.report import input_events
+
+    day = [1_800_000_000.0]
+    config = load_config(cfg)
+    soft = Blacklist(config, SqliteStore(tmp_path / "soft.sqlite"), clock=lambda: day[0])
+    for n in range(3):
+        for ev in input_events(Correlator(), [lab.maillog]):
+            soft.record(outcome_of_event(ev, soft.verp))
+        if n < 2:
+            soft_kinds = {p.recipient for p in plan if p.kind in ("disabled", "full")}
+            assert not soft_kinds & set(soft.store.keys_in_force(day[0]))
+            day[0] += 86_400.0
+    want = {p.recipient for p in plan if p.kind in ("unknown", "disabled", "full")}
+    assert set(soft.store.keys_in_force(day[0])) == want
 
 
 @pytest.mark.lab
@@ -287,25 +309,3 @@ def test_outage_switch_trips_the_breaker_and_holds_the_rest(
         assert r.returncode == 0 and held() == {}
     finally:
         agent.stop()
-    # Soft state with a clock the test moves: the same campaign log read on three distinct days
-    # lists the disabled and mailbox-full recipients on the third, and no one else is added.
-    from mailpulse.bounce.blacklist import Blacklist
-    from mailpulse.bounce.store import SqliteStore
-    from mailpulse.collectors.maillog import Correlator
-
-    from mailpulse.config import load_config
-    from mailpulse.events import outcome_of_event
-    from mailpulse.report import input_events
-
-    day = [1_800_000_000.0]
-    config = load_config(cfg)
-    soft = Blacklist(config, SqliteStore(tmp_path / "soft.sqlite"), clock=lambda: day[0])
-    for n in range(3):
-        for ev in input_events(Correlator(), [lab.maillog]):
-            soft.record(outcome_of_event(ev, soft.verp))
-        if n < 2:
-            soft_kinds = {p.recipient for p in plan if p.kind in ("disabled", "full")}
-            assert not soft_kinds & set(soft.store.keys_in_force(day[0]))
-            day[0] += 86_400.0
-    want = {p.recipient for p in plan if p.kind in ("unknown", "disabled", "full")}
-    assert set(soft.store.keys_in_force(day[0])) == want
