@@ -3,6 +3,8 @@ repeats, soft state, forged bounces, breakers, the hourly cap, node bursts, quar
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from mailpulse.bounce.store import Filter, SqliteStore
 
 from mailpulse.config import Config, parse_config
 from mailpulse.events import Outcome
+from tests.redis_support import RedisServer
 
 DAY = 86_400.0
 T0 = 1_800_000_000.0  # a fixed start, far from a day boundary's edge cases
@@ -48,9 +51,35 @@ def outcome(rcpt: str, kind: str = "unknown", **kw: Any) -> Outcome:
     return Outcome(**base)  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.destroy()
+
+
+STORES: list[str] = []
+
+
+@pytest.fixture(params=["sqlite", "redis"], autouse=True)
+def store_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every behaviour test runs against both stores (Redis under a prefix of its own)."""
+    if request.param == "redis":
+        STORES.append(request.getfixturevalue("redis_server").url)
+    else:
+        STORES.append("")
+    yield request.param
+    STORES.clear()
+
+
 def make(tmp_path: Path, clock: Clock, **blacklist: Any) -> Blacklist:
     cfg = parse_config({"blacklist": {"jitter_share": 0.0, **blacklist}})
     cfg = replace(cfg, state_dir=tmp_path)
+    if STORES and STORES[-1]:
+        from mailpulse.bounce.redis_store import RedisStore
+
+        prefix = f"t{uuid.uuid4().hex}:"
+        return Blacklist(cfg, RedisStore(STORES[-1], prefix), clock=clock)
     return Blacklist(cfg, SqliteStore(tmp_path / "bl.sqlite"), clock=clock)
 
 
