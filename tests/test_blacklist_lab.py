@@ -309,3 +309,126 @@ def test_outage_switch_trips_the_breaker_and_holds_the_rest(
         assert r.returncode == 0 and held() == {}
     finally:
         agent.stop()
+
+
+def fleet_config(path: Path, lab: Lab, port: int, table: Path, redis_url: str, mode: str) -> Path:
+    return write_agent_config(
+        path,
+        [lab],
+        port,
+        f"blacklist:\n  agent: {mode}\n  store: redis\n"
+        f"  table: {table}\n  table_type: cdb\n  postfix_config_dir: {lab.etc}\n"
+        f"  maildir: {lab.maildir}\n  jitter_share: 0\n  sync_interval: 0.2\n"
+        f"redis:\n  url: {redis_url}\nbounce:\n  verp_key: {KEY}\n",
+    )
+
+
+def analyser_config(path: Path, where: Path, port: int, etc: Path, redis_url: str) -> Path:
+    from tests.agent_support import spoolless_postfix
+
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "empty.log").write_text("")
+    path.write_text(
+        f"node: analyser\nlisten: 127.0.0.1:{port}\n"
+        f"postfix:\n  config_dirs: [{spoolless_postfix(where)}]\n"
+        f"logs:\n  files: [{where / 'empty.log'}]\n  poll_interval: 0.2\n"
+        f"blacklist:\n  agent: analyser\n  store: redis\n  table: {where / 'blacklist'}\n"
+        f"  postfix_config_dir: {etc}\n  jitter_share: 0\n  sync_interval: 0.2\n"
+        f"redis:\n  url: {redis_url}\nbounce:\n  verp_key: {KEY}\n"
+    )
+    return path
+
+
+@pytest.mark.lab
+def test_redis_fleet_two_nodes_and_an_analyser(make_lab: MakeLab, tmp_path: Path) -> None:
+    import redis as redis_client
+
+    from tests.redis_support import RedisServer
+
+    server = RedisServer().start()
+    tables = [table_dir() / "blacklist", table_dir() / "blacklist"]
+    labs = [
+        make_lab(
+            node=f"node{i + 1}",
+            main_cf_extra={"smtpd_recipient_restrictions": f"check_recipient_access cdb:{t}"},
+        )
+        for i, t in enumerate(tables)
+    ]
+    agents: list[AgentProcess] = []
+    try:
+        for i, (lab, table) in enumerate(zip(labs, tables, strict=True)):
+            port = free_port()
+            cfg = fleet_config(tmp_path / f"node{i}.yml", lab, port, table, server.url, "node")
+            agents.append(AgentProcess(cfg, tmp_path / f"state{i}", port, tmp_path / f"a{i}.log"))
+        port = free_port()
+        acfg = analyser_config(
+            tmp_path / "analyser.yml", tmp_path / "analyser", port, labs[0].etc, server.url
+        )
+        agents.append(AgentProcess(acfg, tmp_path / "state-a", port, tmp_path / "aa.log"))
+        for a in agents:
+            a.start()
+        for t in tables:
+            wait_until(lambda t=t: t.with_suffix(".cdb").exists(), 30, "the nodes' first tables")
+        a_c = ["--config", str(acfg), "--state-dir", str(tmp_path / "state-a")]
+
+        # A decision reaches both nodes' tables.
+        manual = "unknown-u1@gmail.com"
+        started = time.monotonic()
+        assert mailpulse("blacklist", "add", *a_c, manual).returncode == 0
+        for lab in labs:
+            wait_until(lambda lab=lab: refused_now(lab, manual), 10, "both nodes to refuse", 0.05)
+        reach = time.monotonic() - started
+        print(f"decision to both nodes refusing: {reach:.2f} s")
+        (tmp_path / "fleet-latency.txt").write_text(f"{reach:.3f}\n")
+        assert reach < 5.0
+
+        def plan_for(seed: int) -> list[Planned]:
+            return make_plan(
+                150,
+                bounce_domain=labs[0].bounce_domain,
+                seed=seed,
+                sender_for=lambda uid, d: make_address(uid, d, KEY.encode()),
+            )
+
+        # Node 1's campaign: decided by the analyser, enforced on node 2 too.
+        first = plan_for(51)
+        assert send(labs[0], first, "fleet1") == set()
+        settle(labs[0], sum(p.status == "bounced" for p in first))
+        unknown1 = {p.recipient for p in first if p.kind == "unknown"}
+        wait_until(lambda: set(listed(*a_c)) == unknown1 | {manual}, 60, "the analyser's list")
+        some = sorted(unknown1)[0]
+        wait_until(lambda: refused_now(labs[1], some), 10, "node 2 to refuse node 1's bounce")
+
+        # Redis away: the nodes keep their tables and buffer node 2's campaign.
+        server.stop()
+        second = plan_for(52)
+        assert send(labs[1], second, "fleet2") == set()
+        settle(labs[1], sum(p.status == "bounced" for p in second))
+        for lab in labs:
+            assert refused_now(lab, manual) and refused_now(lab, some)
+        outbox = tmp_path / "state1" / "blacklist-outbox.jsonl"
+        wait_until(
+            lambda: outbox.exists() or outbox.with_name(outbox.name + ".sending").exists(),
+            30,
+            "node 2 to buffer its outcomes",
+        )
+
+        # Redis back: everything buffered arrives, once.
+        server.start()
+        unknown2 = {p.recipient for p in second if p.kind == "unknown"}
+        want = unknown1 | unknown2 | {manual}
+        wait_until(lambda: set(listed(*a_c)) == want, 60, "the buffered outcomes decided")
+        r = redis_client.Redis.from_url(server.url, decode_responses=True)
+        events = [f["id"] for _, f in r.xrange("mailpulse:outcomes")]
+        assert len(events) == len(set(events)), "an outcome arrived twice"
+        final2 = {p.recipient for p in second if p.status in ("sent", "bounced")}
+        from_node2 = {e.split(":")[4] for e in events if e.startswith("log:node2:")}
+        assert final2 <= from_node2
+        counters = r.hgetall("mailpulse:bl:counters")
+        assert int(counters["additions\tuserunknown"]) == len(unknown1 | unknown2)
+        some2 = sorted(unknown2)[0]
+        wait_until(lambda: refused_now(labs[0], some2), 10, "node 1 to refuse node 2's bounce")
+    finally:
+        for a in agents:
+            a.stop()
+        server.destroy()
