@@ -432,3 +432,36 @@ def test_redis_fleet_two_nodes_and_an_analyser(make_lab: MakeLab, tmp_path: Path
         for a in agents:
             a.stop()
         server.destroy()
+
+
+@pytest.mark.lab
+def test_sendmail_injected_mail_to_a_blacklisted_recipient_is_dropped(
+    make_lab: MakeLab, tmp_path: Path
+) -> None:
+    table = table_dir() / "blacklist"
+    lab = lab_with_table(make_lab, table)
+    cfg = blacklist_config(tmp_path / "agent.yml", lab, free_port(), table)
+    c = ["--config", str(cfg), "--state-dir", str(tmp_path / "state")]
+    gone, kept = "unknown-u7@gmail.com", "ok-u8@gmail.com"
+    assert mailpulse("blacklist", "add", *c, gone).returncode == 0
+    assert mailpulse("blacklist", "publish", *c).returncode == 0
+    # The README's route for mail that never meets smtpd.
+    maps = f"transport_maps=cdb:{table}_transport, texthash:{lab.etc / 'transport'}"
+    subprocess.run(["postconf", "-c", str(lab.etc), "-e", maps], check=True)
+    subprocess.run(["postfix", "-c", str(lab.etc), "reload"], check=True, capture_output=True)
+    message = f"From: news@lab.test\nTo: {gone}, {kept}\nSubject: injected\n\nhello\n".encode()
+    subprocess.run(
+        ["sendmail", "-C", str(lab.etc), "-f", f"bounce-7@{lab.bounce_domain}", gone, kept],
+        input=message,
+        check=True,
+    )
+
+    def logged() -> str:
+        return lab.maillog.read_text()
+
+    wait_until(
+        lambda: f"to=<{gone}>" in logged() and f"to=<{kept}>" in logged(), 60, "both deliveries"
+    )
+    line = next(x for x in logged().splitlines() if f"to=<{gone}>" in x)
+    assert "relay=none" in line and "blacklisted by mailpulse" in line, line
+    assert gone not in mx_saw(lab) and kept in mx_saw(lab)
