@@ -176,7 +176,7 @@ class Blacklist:
     def series(self) -> dict[SeriesKey, float]:
         now = self.clock()
         out: dict[SeriesKey, float] = {
-            ("mailpulse_blacklist_entries", ()): float(len(self.store.keys_in_force(now))),
+            ("mailpulse_blacklist_entries", ()): float(self.store.in_force(now)),
             ("mailpulse_blacklist_quarantine_entries", ()): float(len(self.store.quarantined())),
             ("mailpulse_blacklist_hourly_cap", ()): float(self.cfg.blacklist.hourly_cap),
             ("mailpulse_blacklist_table_refusals_total", ()): 0.0,

@@ -107,6 +107,9 @@ class RedisStore:
     def keys_in_force(self, now: float) -> list[str]:
         return list(self.r.zrangebyscore(self.k("bl", "index"), f"({now}", "+inf"))
 
+    def in_force(self, now: float) -> int:
+        return int(self.r.zcount(self.k("bl", "index"), f"({now}", "+inf"))
+
     def entries(self, now: float, f: Filter = EVERYTHING) -> list[Entry]:
         keys = sorted(self.keys_in_force(now))
         out: list[Entry] = []

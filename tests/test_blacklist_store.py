@@ -217,3 +217,65 @@ def test_pipe_ingest_exits_0_once_recorded_and_75_when_it_could_not_be(tmp_path:
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert run_pipe(tmp_path, blocker / "st", raw, env) == 75
+
+
+def test_agent_serves_the_export_behind_its_basic_auth(tmp_path: Path) -> None:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from lab.postfix import free_port, wait_until
+    from mailpulse.agent import Agent
+    from mailpulse.config import instances_to_watch, parse_config
+    from tests.agent_support import spoolless_postfix
+    from tests.test_exporter import write_web_config
+
+    etc = postfix_dir(tmp_path)
+    web = tmp_path / "web.yml"
+    write_web_config(web, tls=False, password="s3cret")
+    (tmp_path / "mail.log").write_text("")
+    port = free_port()
+    cfg = parse_config(
+        {
+            "listen": f"127.0.0.1:{port}",
+            "state_dir": str(tmp_path / "state"),
+            "web_config_file": str(web),
+            "postfix": {"config_dirs": [str(spoolless_postfix(tmp_path))]},
+            "logs": {"files": [str(tmp_path / "mail.log")], "poll_interval": 0.1},
+            "blacklist": {"agent": "local", "table": str(etc / "bl"),
+                          "postfix_config_dir": str(etc), "sync_interval": 0.1},
+        }
+    )  # fmt: skip
+    agent = Agent(cfg, instances_to_watch(cfg), [tmp_path / "mail.log"])
+    agent.start()
+    try:
+        assert (
+            mailpulse(
+                "blacklist", "add", "--state-dir", str(tmp_path / "state"), "gone@example.com"
+            ).returncode
+            == 0
+        )
+        wait_until(lambda: (etc / "bl").exists() and b"gone" in (etc / "bl").read_bytes(), 10,
+                   "the agent to publish the new entry")  # fmt: skip
+
+        def get(path: str, password: str | None) -> tuple[int, bytes]:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+            if password:
+                token = base64.b64encode(f"prom:{password}".encode()).decode()
+                req.add_header("Authorization", f"Basic {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, b""
+
+        assert get("/blacklist.csv", None)[0] == 401
+        assert get("/blacklist.json", "wrong")[0] == 401
+        status, body = get("/blacklist.csv", "s3cret")
+        assert status == 200 and ",gone@example.com,example.com,manual," in body.decode()
+        status, body = get("/blacklist.json", "s3cret")
+        assert status == 200 and json.loads(body)[0]["address"] == "gone@example.com"
+        status, body = get("/metrics", "s3cret")
+        assert b"mailpulse_blacklist_entries{" in body and b"} 1.0" in body
+    finally:
+        agent.stop()
