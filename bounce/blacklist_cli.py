@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import json
 import os
+import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -110,8 +111,20 @@ def run(args: argparse.Namespace) -> int:
     bl = Blacklist(cfg, store)
     try:
         return COMMANDS[args.action](bl, args)
+    except store_errors(cfg.blacklist.store) as e:
+        _say(f"blacklist store: {e}")  # one line: the store is away or damaged
+        return EX_TEMPFAIL if args.action == "ingest" else 1
     finally:
         store.close()
+
+
+def store_errors(store: str) -> tuple[type[Exception], ...]:
+    """What a store that is away or damaged raises."""
+    if store != "redis":
+        return (sqlite3.Error, OSError)
+    import redis
+
+    return (sqlite3.Error, OSError, redis.RedisError)
 
 
 def _filter(args: argparse.Namespace) -> Filter:

@@ -279,3 +279,22 @@ def test_agent_serves_the_export_behind_its_basic_auth(tmp_path: Path) -> None:
         assert b"mailpulse_blacklist_entries{" in body and b"} 1.0" in body
     finally:
         agent.stop()
+
+
+def test_a_store_that_is_away_is_one_line(tmp_path: Path) -> None:
+    from lab.postfix import free_port
+    from tests.agent_support import assert_one_line_error
+
+    cfg = tmp_path / "r.yml"
+    cfg.write_text(
+        f"blacklist:\n  store: redis\nredis:\n  url: redis://127.0.0.1:{free_port()}/0\n"
+    )
+    c = ["--config", str(cfg), "--state-dir", str(tmp_path / "st")]
+    assert_one_line_error(mailpulse("blacklist", "list", *c), 1, "blacklist store:")
+    assert_one_line_error(mailpulse("blacklist", "add", *c, "a@example.com"), 1, "blacklist store:")
+    # Damaged SQLite: said, not a traceback.
+    st = tmp_path / "bad"
+    st.mkdir()
+    (st / "blacklist.sqlite").write_bytes(b"not a database" * 100)
+    r = mailpulse("blacklist", "list", "--state-dir", str(st))
+    assert_one_line_error(r, 1, "blacklist store:")
