@@ -34,9 +34,19 @@ TRANSPORT_ACTION = "discard:blacklisted by mailpulse"
 TRANSPORT_SUFFIX = "_transport"
 
 
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+# The common case in one match: a plain address whose local part has no dot at either end and
+# no two dots together. Anything else goes the long way, which also says what is wrong.
+_PLAIN_RE = re.compile(
+    r"[a-z0-9!$%&'*+/=?^_`{}~-]+(?:\.[a-z0-9!$%&'*+/=?^_`{}~-]+)*@" + rf"(?:{_LABEL}\.)+{_LABEL}"
+)
+
+
 def key_problem(key: str) -> str:
     """Why key may not go into a Postfix table ("" when it may): an address `local@domain` or a
     bare domain, lower case ASCII, nothing a table line could be split or commented at."""
+    if len(key) <= MAX_KEY and _PLAIN_RE.fullmatch(key) and key.index("@") <= MAX_LOCAL:
+        return ""
     if not key:
         return "empty"
     if len(key) > MAX_KEY:
@@ -152,7 +162,7 @@ def publish(
     postmap or the file system fails; the table in force stays as it was in both cases.
     """
     started = time.monotonic()
-    good = sorted({k for k in keys if not key_problem(k)})
+    good = list(dict.fromkeys(k for k in keys if not key_problem(k)))  # once each, as given
     previous = entries_in_force(path)
     if not force and previous and len(good) < previous * (1.0 - shrink_share):
         raise TableRefused(
