@@ -221,6 +221,7 @@ class BlacklistAgent:
         self.store = open_store(cfg)
         self.blacklist = Blacklist(cfg, self.store)
         self.last_rebuild = 0.0
+        self.last_build_s = 0.0
         self.down_since: dict[str, str] = {}  # what failed, said once until it works again
         self.outbox = Outbox(cfg.state_dir / "blacklist-outbox.jsonl") if mode == "node" else None
         loops = [("table", self._sync_loop)]
@@ -308,13 +309,18 @@ class BlacklistAgent:
             store.ack([sid for sid, _, _ in got])
 
     def sync(self, now: float) -> None:
-        """Rebuild the table when the store changed or a full minute passed."""
+        """Rebuild the table when the store changed or a full minute passed; never spending
+        more than a fifth of the time rebuilding (a big table on a busy node)."""
         if self.last_rebuild and (
-            self.store.version() == self.blacklist.published_version
-            and now - self.last_rebuild < self.FULL_REBUILD_S
+            now - self.last_rebuild < 5 * self.last_build_s
+            or (
+                self.store.version() == self.blacklist.published_version
+                and now - self.last_rebuild < self.FULL_REBUILD_S
+            )
         ):
             return
         self.blacklist.publish()
+        self.last_build_s = time.monotonic() - now
         self.last_rebuild = now
 
     def _sync_loop(self) -> None:
