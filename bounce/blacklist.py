@@ -198,6 +198,9 @@ class Blacklist:
         return out
 
 
+PURGE_EVERY_S = 3600.0
+
+
 class BlacklistAgent:
     """The blacklist inside `mailpulse agent`, by blacklist.agent:
 
@@ -222,6 +225,7 @@ class BlacklistAgent:
         self.blacklist = Blacklist(cfg, self.store)
         self.last_rebuild = 0.0
         self.last_build_s = 0.0
+        self.last_purge = float("-inf")
         self.down_since: dict[str, str] = {}  # what failed, said once until it works again
         self.outbox = Outbox(cfg.state_dir / "blacklist-outbox.jsonl") if mode == "node" else None
         loops = [("table", self._sync_loop)]
@@ -319,6 +323,9 @@ class BlacklistAgent:
             )
         ):
             return
+        if self.outbox is None and now - self.last_purge > PURGE_EVERY_S:  # deciders only
+            self.store.purge(self.blacklist.clock())
+            self.last_purge = now
         self.blacklist.publish()
         self.last_build_s = time.monotonic() - now
         self.last_rebuild = now

@@ -28,7 +28,14 @@ from mailpulse.bounce.policy import (
     Entry,
     Evidence,
 )
-from mailpulse.bounce.store import EVERYTHING, Filter, entry_json, entry_of_json, merge_evidence
+from mailpulse.bounce.store import (
+    EVERYTHING,
+    PURGE_AFTER_S,
+    Filter,
+    entry_json,
+    entry_of_json,
+    merge_evidence,
+)
 
 SOFT_KEEP_S = 90 * 86_400
 MAIL_KEEP_S = 30 * 86_400
@@ -150,6 +157,11 @@ class RedisStore:
         if keys:
             self.r.hdel(self.k("bl", "quarantine"), *keys)
         return len(keys)
+
+    def purge(self, now: float, keep_s: float = PURGE_AFTER_S) -> int:
+        """Drop index members whose entry expired more than keep_s ago (Redis dropped the
+        entries themselves when they expired; the strikes stay)."""
+        return int(self.r.zremrangebyscore(self.k("bl", "index"), "-inf", f"({now - keep_s}"))
 
     def seen_mail(self, key: str) -> bool:
         return bool(self.r.exists(self.k("bl", "mail", key)))

@@ -70,6 +70,7 @@ class Store(Protocol):
     def count(self, name: str, label: str = "", by: int = 1) -> None: ...
     def counters(self) -> dict[tuple[str, str], int]: ...
     def version(self) -> int: ...
+    def purge(self, now: float, keep_s: float = ...) -> int: ...
     def close(self) -> None: ...
 
 
@@ -83,6 +84,7 @@ def entry_of_json(d: dict[str, Any]) -> Entry:
     return Entry(**d)
 
 
+PURGE_AFTER_S = 90 * 86_400.0  # expired entries kept this long, for anyone asking why
 MAX_EVIDENCE = 20  # per entry: the first ones and the latest
 
 SCHEMA = """
@@ -286,10 +288,12 @@ class SqliteStore:
         """Grows whenever the keys in force change by a write (expiry is the clock's doing)."""
         return self.counters().get(("version", ""), 0)
 
-    def purge(self, now: float, keep_s: float = 400 * 86_400.0) -> None:
-        """Drop entries expired long ago and soft days older than keep_s (strikes stay)."""
+    def purge(self, now: float, keep_s: float = PURGE_AFTER_S) -> int:
+        """Drop entries expired more than keep_s ago and soft days as old (the strikes stay, so
+        a returning address still gets its longer lifetime). Returns the entries dropped."""
         with self._tx() as db:
-            db.execute(
+            gone = db.execute(
                 "DELETE FROM entries WHERE expires IS NOT NULL AND expires < ?", (now - keep_s,)
-            )
+            ).rowcount
             db.execute("DELETE FROM soft WHERE day < ?", (int((now - keep_s) // 86_400),))
+        return int(gone)

@@ -268,3 +268,16 @@ def test_config_rejects_a_wrong_blacklist_key() -> None:
     with pytest.raises(ConfigError, match="blacklist.ttl_5x"):
         parse_config({"blacklist": {"ttl_5x": "3d"}})
     assert isinstance(parse_config({"blacklist": {"ttl_5xx": "3d"}}), Config)
+
+
+def test_purge_drops_long_expired_entries_and_keeps_their_strikes(tmp_path: Path) -> None:
+    clock = Clock()
+    bl = make(tmp_path, clock)
+    bl.record(outcome("old@example.com"))
+    clock.t += 31 * DAY
+    assert bl.store.purge(clock.t) == 0  # expired a day ago: kept to say why
+    clock.t += 100 * DAY
+    assert bl.store.purge(clock.t) == 1
+    assert bl.store.purge(clock.t) == 0
+    d = bl.record(outcome("old@example.com", time=clock.t))
+    assert d.action == "add" and d.entry is not None and d.entry.strike == 2
