@@ -96,8 +96,14 @@ class Outbox:
                 os.replace(self.path, self.sending)
         if not self.sending.exists():
             return 0
-        with self.sending.open(encoding="utf-8") as f:
-            events = [tuple(json.loads(line)) for line in f if line.strip()]
+        events: list[tuple[str, str]] = []
+        with self.sending.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    event, body = json.loads(line)
+                    events.append((str(event), str(body)))
+                except ValueError:  # a line cut by a crash mid-write: said, the rest sent
+                    log.warning("blacklist outbox %s: damaged line skipped", self.sending)
         for i in range(0, len(events), 1000):
             send(events[i : i + 1000])
         self.sending.unlink()
@@ -305,9 +311,13 @@ class BlacklistAgent:
                 pending = False
                 continue
             for _sid, event, body in got:
-                if event and store.first_time(event):
+                try:
                     o = Outcome(**json.loads(body))
-                    self.blacklist.record(o)
+                    if event and store.first_time(event):
+                        self.blacklist.record(o)
+                except (ValueError, TypeError, AttributeError):  # not one of ours: counted, and
+                    store.count("stream_bad_entries")  # acknowledged so it cannot block the rest
+                    continue
                     if o.source == "dsn":
                         store.count("bounce_recipients", bounce_label(o))
             store.ack([sid for sid, _, _ in got])

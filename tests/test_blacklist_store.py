@@ -298,3 +298,64 @@ def test_a_store_that_is_away_is_one_line(tmp_path: Path) -> None:
     (st / "blacklist.sqlite").write_bytes(b"not a database" * 100)
     r = mailpulse("blacklist", "list", "--state-dir", str(st))
     assert_one_line_error(r, 1, "blacklist store:")
+
+
+def test_outbox_and_stream_skip_damaged_entries(tmp_path: Path) -> None:
+    import threading
+    from dataclasses import asdict
+
+    import redis as redis_client
+    from mailpulse.bounce.blacklist import BlacklistAgent, Outbox, event_id
+
+    from lab.postfix import wait_until
+    from mailpulse.config import parse_config
+    from mailpulse.events import Outcome
+    from tests.redis_support import RedisServer
+
+    def outcome(rcpt: str) -> Outcome:
+        said = "550 5.1.1 unknown"
+        return Outcome(
+            rcpt, "9", False, "bounced", "5.1.1", "550", said,
+            "userunknown", "recipient", True, "n1", "postfix", 1.0, "log", "Q",
+        )  # fmt: skip
+
+    server = RedisServer().start()
+    stop = threading.Event()
+    agent: BlacklistAgent | None = None
+    try:
+        etc = postfix_dir(tmp_path)
+        cfg = parse_config(
+            {"state_dir": str(tmp_path / "st"), "redis": {"url": server.url},
+             "blacklist": {"agent": "analyser", "store": "redis", "table": str(etc / "bl"),
+                           "postfix_config_dir": str(etc), "sync_interval": 0.1}}
+        )  # fmt: skip
+        r = redis_client.Redis.from_url(server.url, decode_responses=True)
+        # A node's outbox with a line cut by a crash in the middle of it.
+        box = Outbox(tmp_path / "outbox.jsonl")
+        box.put(event_id(outcome("a@example.com")), outcome("a@example.com"))
+        with box.path.open("a") as f:
+            f.write('["log:cut", "{\\"recipi')
+            f.write("\n")
+        box.put(event_id(outcome("b@example.com")), outcome("b@example.com"))
+        from mailpulse.bounce.redis_store import RedisStore
+
+        sender = RedisStore(server.url)
+        assert box.drain(sender.send) == 2 and box.pending() == 0
+        # Junk on the stream from someone else, and a well-formed entry after it.
+        r.xadd("mailpulse:outcomes", {"id": "x", "o": "not json"})
+        r.xadd("mailpulse:outcomes", {"id": "y", "o": json.dumps({"recipient": 5})})
+        good = asdict(outcome("c@example.com")) | {"recipient": ["not", "a", "string"]}
+        r.xadd("mailpulse:outcomes", {"id": "z", "o": json.dumps(good)})
+        agent = BlacklistAgent(cfg, stop)
+        agent.start()
+        want = {"a@example.com", "b@example.com"}
+        wait_until(lambda: set(sender.keys_in_force(time.time())) == want, 20, "both recorded")
+        wait_until(
+            lambda: r.xpending("mailpulse:outcomes", "analysers")["pending"] == 0, 20, "all acked"
+        )
+        assert sender.counters()[("stream_bad_entries", "")] == 3
+    finally:
+        stop.set()
+        if agent is not None:
+            agent.stop()
+        server.destroy()
