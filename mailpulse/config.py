@@ -223,7 +223,8 @@ class BlacklistConfig:
     hourly_cap: int = setting(5000, _positive(int))  # new entries per hour, all groups
     node_burst: int = setting(50, _positive(int))  # 5.7.x from one node in the window
     # The Postfix table: where, which map type (auto: cdb, else lmdb, else texthash).
-    table: Path = setting(Path("/etc/postfix/mailpulse_blacklist"), _path)
+    # A directory of its own that the agent may write (the systemd unit's ReadWritePaths).
+    table: Path = setting(Path("/etc/postfix/mailpulse/blacklist"), _path)
     table_type: str = setting("auto", _one_of("auto", "cdb", "lmdb", "texthash"))
     shrink_share: float = setting(0.5, _share)  # a rebuild losing more of the table is refused
     postfix_config_dir: Path | None = setting(None, _path)  # for postmap -c
