@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mailpulse.bounce.publish import key_problem
 
@@ -121,6 +122,15 @@ def normal_key(address: str) -> str:
     return address.strip().strip("<>").lower()
 
 
+def kind_of(o: Outcome) -> str:
+    """hard, soft or domain: which lifetimes a failure gets; "" when it never lists."""
+    if o.reason in DOMAIN_REASONS:
+        return "domain"
+    if o.reason in HARD_REASONS and (o.hard or o.reply_code.startswith("5")):
+        return "hard"
+    return "soft" if o.reason in SOFT_REASONS else ""
+
+
 class Breakers:
     """Sliding windows over recent outcomes: per domain group, per node, and the additions of
     the last hour. Kept in memory: after a restart the windows fill again from new outcomes."""
@@ -128,11 +138,11 @@ class Breakers:
     def __init__(self, cfg: BlacklistConfig) -> None:
         self.cfg = cfg
         self.groups: dict[str, deque[tuple[float, bool]]] = {}
-        self.node_blocks: dict[str, deque[float]] = {}
-        self.additions: deque[float] = deque()
+        self.node_blocks: dict[str, deque[tuple[float, bool]]] = {}
+        self.additions: deque[tuple[float, bool]] = deque()
 
-    def _trim(self, q: deque[Any], now: float, span: float) -> None:
-        while q and (q[0][0] if isinstance(q[0], tuple) else q[0]) <= now - span:
+    def _trim(self, q: deque[tuple[float, bool]], now: float, span: float) -> None:
+        while q and q[0][0] <= now - span:
             q.popleft()
 
     def note(self, group: str, hard: bool, now: float) -> None:
@@ -145,7 +155,7 @@ class Breakers:
         """A 5.7.x refusal of mail the node sent (from its log: a DSN names the node that
         received it, not the one refused)."""
         b = self.node_blocks.setdefault(node, deque())
-        b.append(now)
+        b.append((now, True))
         self._trim(b, now, self.cfg.breaker_window)
 
     def group_open(self, group: str, now: float) -> bool:
@@ -170,7 +180,7 @@ class Breakers:
         return len(self.additions) >= self.cfg.hourly_cap
 
     def added(self, now: float) -> None:
-        self.additions.append(now)
+        self.additions.append((now, True))
 
     def open_groups(self, now: float) -> dict[str, bool]:
         return {g: self.group_open(g, now) for g in list(self.groups)}
@@ -180,7 +190,7 @@ class Policy:
     def __init__(
         self,
         cfg: BlacklistConfig,
-        group_of: Any = None,  # domain -> domain group
+        group_of: Callable[[str], str] | None = None,  # domain -> domain group
         rng: random.Random | None = None,
     ) -> None:
         self.cfg = cfg
@@ -196,6 +206,16 @@ class Policy:
         j = self.cfg.jitter_share
         return base * (1.0 + self.rng.uniform(-j, j)) if j else base
 
+    def _hold(self, o: Outcome, group: str, now: float) -> str:
+        """Why a new entry must wait in quarantine, or ""."""
+        if o.source == "log" and o.node and self.breakers.node_blocked(o.node, now):
+            return HOLD_NODE_BURST
+        if self.breakers.group_open(group, now):
+            return HOLD_BREAKER
+        if self.breakers.capped(now):
+            return HOLD_HOURLY_CAP
+        return ""
+
     def decide(self, o: Outcome, store: StoreView, now: float) -> Decision:
         address = normal_key(o.recipient)
         group = self.group_of(domain_of(address))
@@ -209,15 +229,7 @@ class Policy:
             return Decision(IGNORE, address, "deferred")
         if o.scope not in LISTABLE_SCOPES:
             return Decision(IGNORE, address, f"scope {o.scope}")
-        kind = (
-            "domain"
-            if o.reason in DOMAIN_REASONS
-            else "hard"
-            if o.reason in HARD_REASONS and (o.hard or o.reply_code.startswith("5"))
-            else "soft"
-            if o.reason in SOFT_REASONS
-            else ""
-        )
+        kind = kind_of(o)
         if not kind:
             return Decision(IGNORE, address, f"reason {o.reason}")
         key = domain_of(address) if kind == "domain" else address
@@ -232,13 +244,13 @@ class Policy:
             return Decision(CONFIRM, key, entry=current)
         if not ev.verified:
             return Decision(IGNORE, key, "unverified bounce")
-        if kind != "soft":  # counted once: the DSN of a listed address confirmed above
-            self.breakers.note(group, True, now)
         if kind == "soft":
             day = int(now // DAY_S)  # when it was recorded: a clock tests control
             days = set(store.soft_days(key)) | {day}
             if len(days) < self.cfg.soft_repeat_days:
                 return Decision(SOFT, key, soft_day=day)
+        else:  # counted once: the DSN of a listed address confirmed above
+            self.breakers.note(group, True, now)
         strike = store.strikes(key, kind) + 1
         if kind == "hard":
             base = [self.cfg.ttl_5xx, self.cfg.ttl_5xx_repeat][strike - 1] if strike <= 2 else None
@@ -255,15 +267,7 @@ class Policy:
             kind,
             [ev],
         )
-        hold = (
-            HOLD_NODE_BURST
-            if o.node and self.breakers.node_blocked(o.node, now)
-            else HOLD_BREAKER
-            if self.breakers.group_open(group, now)
-            else HOLD_HOURLY_CAP
-            if self.breakers.capped(now)
-            else ""
-        )
+        hold = self._hold(o, group, now)
         if hold:
             entry.hold = hold
             return Decision(QUARANTINE, key, hold, entry)
