@@ -12,11 +12,12 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mailpulse.bounce.intake import MailItem, VerpSettings, outcomes
+from mailpulse.bounce.cli import verp_of
+from mailpulse.bounce.intake import MailItem, outcomes
 from mailpulse.bounce.policy import ADD, CONFIRM, IGNORE, Decision, Evidence, Policy
 from mailpulse.bounce.publish import Published, TableRefused, publish, table_age
 from mailpulse.bounce.store import SqliteStore, Store
@@ -31,15 +32,6 @@ if TYPE_CHECKING:
     from mailpulse.state import SeriesKey
 
 log = logging.getLogger(__name__)
-
-
-def verp_settings(cfg: Config) -> VerpSettings:
-    import os
-
-    key = os.environ.get("MAILPULSE_VERP_KEY") or cfg.bounce.verp_key
-    return VerpSettings(
-        key.encode() if key else None, cfg.bounce.verp_prefix, cfg.bounce.recipient_delimiter
-    )
 
 
 def open_store(cfg: Config) -> Store:
@@ -125,7 +117,7 @@ class Blacklist:
         self.clock = clock
         self.groups = DomainGroups(cfg.domain_groups)
         self.policy = Policy(cfg.blacklist, self.groups.group, rng)
-        self.verp = verp_settings(cfg)
+        self.verp = verp_of(cfg.bounce)
         self.lock = threading.Lock()  # the policy's windows are shared by the agent's threads
         self.published_version = -1
         self.last: Published | None = None
@@ -142,9 +134,6 @@ class Blacklist:
         if d.action == ADD:
             log.info("blacklisted %s (%s, %s)", d.key, o.reason, o.source)
         return d
-
-    def record_all(self, items: Iterable[Outcome]) -> list[Decision]:
-        return [self.record(o) for o in items]
 
     def record_mail(self, item: MailItem, node: str = "", envelope_recipient: str = "") -> int:
         """The recipients of one bounce mail; a mail already recorded (same key) is skipped."""
