@@ -211,9 +211,7 @@ class BlacklistAgent:
     FULL_REBUILD_S = 60.0
 
     def __init__(self, cfg: Config, stop: threading.Event) -> None:
-        mode = cfg.blacklist.agent
-        if mode in ("node", "analyser") and cfg.blacklist.store != "redis":
-            raise ValueError(f"blacklist.agent: {mode} needs blacklist.store: redis")
+        mode = cfg.blacklist.agent  # node and analyser come with store: redis (config.py)
         self.cfg = cfg
         self.stop_event = stop
         self.store = open_store(cfg)

@@ -345,7 +345,13 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
         else:
             sections = sorted({k.split(".")[0] for k in keys if "." in k})
             raise _unknown(where, name, name, top + sections)
-    return Config(source=source, **values)
+    cfg = Config(source=source, **values)
+    if cfg.blacklist.agent in ("node", "analyser") and cfg.blacklist.store != "redis":
+        raise ConfigError(
+            f"{where}: blacklist.agent: {cfg.blacklist.agent} shares the list through Redis;"
+            " it needs blacklist.store: redis"
+        )
+    return cfg
 
 
 def _settings(

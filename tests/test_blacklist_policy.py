@@ -281,3 +281,11 @@ def test_purge_drops_long_expired_entries_and_keeps_their_strikes(tmp_path: Path
     assert bl.store.purge(clock.t) == 0
     d = bl.record(outcome("old@example.com", time=clock.t))
     assert d.action == "add" and d.entry is not None and d.entry.strike == 2
+
+
+def test_config_says_a_fleet_mode_needs_redis() -> None:
+    from mailpulse.config import ConfigError
+
+    with pytest.raises(ConfigError, match="blacklist.agent: node .* needs blacklist.store: redis"):
+        parse_config({"blacklist": {"agent": "node"}})
+    assert parse_config({"blacklist": {"agent": "analyser", "store": "redis"}}).blacklist.agent
