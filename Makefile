@@ -18,7 +18,7 @@ APT_PACKAGES := postfix libsnmp-dev librrd-dev rrdtool snmpd snmp smitools \
 	cacti mariadb-server php-cli npm \
 	prometheus prometheus-alertmanager prometheus-postfix-exporter mtail pflogsumm \
 	redis-server haproxy python3-venv python3-dev gcc libasan8 libubsan1 make procps \
-	time systemd-journal-remote openssl logrotate \
+	time systemd-journal-remote openssl logrotate postfix-cdb postfix-lmdb \
 	debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-setuptools \
 	python3-psutil python3-prometheus-client python3-yaml python3-bcrypt adduser
 

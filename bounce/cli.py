@@ -12,14 +12,17 @@ from typing import Any
 from mailpulse.bounce.dsn import MAX_MESSAGE_BYTES, MAX_RECIPIENTS, BounceParseError
 from mailpulse.bounce.intake import VerpSettings, analyse, read_paths
 
-from mailpulse.config import load_for
+from mailpulse.config import BounceConfig, load_for
 from mailpulse.exits import DATAERR, OK, PARTIAL, path_code, path_problem
 
 
 def verp_settings(args: argparse.Namespace) -> VerpSettings:
-    """The bounce: section of the command's config; MAILPULSE_VERP_KEY in the environment wins
-    over the file (keeps the key out of it)."""
-    bounce = load_for(args).bounce
+    return verp_of(load_for(args).bounce)
+
+
+def verp_of(bounce: BounceConfig) -> VerpSettings:
+    """The bounce: section of a config; MAILPULSE_VERP_KEY in the environment wins over the
+    file (keeps the key out of it)."""
     key = os.environ.get("MAILPULSE_VERP_KEY") or bounce.verp_key
     return VerpSettings(
         key=key.encode() or None,

@@ -29,7 +29,7 @@ from mailpulse.agentcheck import AgentCheck, AgentCheckServer, BlockWatch
 from mailpulse.collectors.host import HostSample, HostSampler
 from mailpulse.config import Config
 from mailpulse.domains import DomainGroups
-from mailpulse.events import QueueSnapshot
+from mailpulse.events import DeliveryEvent, QueueSnapshot
 from mailpulse.files import atomic_write
 from mailpulse.postfix import Instance
 from mailpulse.profile import DriftWatch
@@ -46,6 +46,9 @@ from mailpulse.series import (
 from mailpulse.state import State
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from mailpulse.bounce.blacklist import BlacklistAgent
     from mailpulse.collectors.follower import LogSource
     from mailpulse.collectors.maillog import Correlator
 
@@ -76,6 +79,7 @@ class LogPipeline(threading.Thread):
         batch_lock: threading.Lock,
     ) -> None:
         super().__init__(name=f"log:{source or 'journal'}", daemon=True)
+        self.events_to: Callable[[DeliveryEvent], None] | None = None  # the blacklist's
         self.source = source
         self.state = state
         self.accounting = accounting
@@ -190,8 +194,12 @@ class LogPipeline(threading.Thread):
         for block in follower.read_blocks(self.cfg.log_read_bytes):
             for ev in correlator.feed_block(block):
                 self.accounting.apply(ev)
+                if self.events_to is not None:
+                    self.events_to(ev)
         for ev in correlator.flush():  # nothing held past the checkpoint
             self.accounting.apply(ev)
+            if self.events_to is not None:
+                self.events_to(ev)
         n: int = correlator.lines - before
         if n or follower.stats != self.follow_seen:
             self._commit(follower, correlator)
@@ -465,6 +473,18 @@ class Agent:
             if instances
             else None
         )
+        # The blacklist: the log's outcomes and the bounce Maildir into the policy, the store
+        # into the Postfix table, the list served to the mailing software.
+        self.blacklist: BlacklistAgent | None = None
+        if cfg.blacklist.agent != "off":
+            from mailpulse.bounce.blacklist import BlacklistAgent
+
+            try:
+                self.blacklist = BlacklistAgent(cfg, self.stop_event)
+            except Exception as e:  # noqa: BLE001 - the store's own error, said in one line
+                raise StartupError(f"blacklist store: {e}") from None
+            for p in self.logs:
+                p.events_to = self.blacklist.on_event
         self.series = Series(
             self.state,
             host=self.host.latest,
@@ -473,6 +493,7 @@ class Agent:
             logs=self.logs,
             domains=self.accounting.domains,
             profile=self.drift.latest if self.drift is not None else None,
+            blacklist=self.blacklist.blacklist.series if self.blacklist else None,
         )
         self.common = {"node": cfg.node, "role": cfg.role}
         web = load_web_config(cfg.web_config_file)
@@ -487,6 +508,8 @@ class Agent:
             from mailpulse.exporters.rrd import serve_graphs
 
             serve_graphs(self.http, self.snapshots.graph_dir)
+        if self.blacklist is not None:
+            self.blacklist.serve(self.http)
         self.agent_check = AgentCheck(cfg.agent_check, self.blocks, queues_latest)
         self.check: AgentCheckServer | None = None
         if cfg.agent_check.listen:
@@ -507,6 +530,8 @@ class Agent:
         if self.drift is not None:
             self.drift.start()
         self.snapshots.start()
+        if self.blacklist is not None:
+            self.blacklist.start()
         self.http.start()
         if self.check is not None:
             self.check.start()
@@ -527,6 +552,8 @@ class Agent:
         if self.snapshots.thread.is_alive():  # it reads the state: done before it closes
             self.snapshots.thread.join(timeout=30)
         self.http.stop()
+        if self.blacklist is not None:
+            self.blacklist.stop()
         # No commit here: each batch committed itself with its checkpoint, and a batch still
         # running (a source that did not stop in time) must not be committed without its own.
         self.state.close()

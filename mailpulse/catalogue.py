@@ -121,24 +121,8 @@ def _by(table: str, column: int, **where: str) -> SnmpColumn:
     return SnmpColumn(table, column, tuple(where.items()))
 
 
-# SNMP columns of metrics another part of mailpulse defines: they apply once the metric is in
-# CATALOGUE, and keep these numbers, whatever order the catalogue lists it in.
-SNMP_OF_LATER_METRICS: dict[str, tuple[int | None, tuple[SnmpColumn, ...]]] = {
-    "mailpulse_blacklist_entries": (40, ()),
-    "mailpulse_blacklist_quarantine_entries": (41, ()),
-    "mailpulse_blacklist_additions_total": (42, (_by("reason", 6),)),
-    "mailpulse_blacklist_hourly_cap": (43, ()),
-    "mailpulse_blacklist_breaker_open": (44, (_by("domainGroup", 6),)),
-    "mailpulse_blacklist_table_refusals_total": (45, ()),
-    "mailpulse_blacklist_table_age_seconds": (46, ()),
-    "mailpulse_bounce_recipients_total": (47, (_by("reason", 7),)),
-}
-
-
 def snmp_of(m: Metric) -> tuple[int | None, tuple[SnmpColumn, ...]]:
     """A metric's scalar column (or None) and its table columns."""
-    if m.snmp_column is None and not m.snmp and m.name in SNMP_OF_LATER_METRICS:
-        return SNMP_OF_LATER_METRICS[m.name]
     return m.snmp_column, m.snmp
 
 
@@ -356,6 +340,68 @@ CATALOGUE: tuple[Metric, ...] = (
         "Settings of a Postfix instance that differ from its profile, as `mailpulse postfix"
         " check` lists them (0: as the profile); re-read every few minutes.",
         ("instance", "profile"),
+    ),
+    # -- the blacklist and the bounce mail it reads ---------------------------------------
+    Metric(
+        "mailpulse_blacklist_entries",
+        GAUGE,
+        "Blacklist entries in force (addresses, and domains for hostunknown).",
+        (),
+        snmp_column=40,
+    ),
+    Metric(
+        "mailpulse_blacklist_quarantine_entries",
+        GAUGE,
+        "Blacklist entries held in quarantine by a breaker or the hourly cap, awaiting review.",
+        (),
+        snmp_column=41,
+    ),
+    Metric(
+        "mailpulse_blacklist_additions_total",
+        COUNTER,
+        "New blacklist entries put in force, by reason.",
+        ("reason",),
+        snmp_column=42,
+        snmp=(_by("reason", 6),),
+    ),
+    Metric(
+        "mailpulse_blacklist_hourly_cap",
+        GAUGE,
+        "The configured cap on new blacklist entries per hour.",
+        (),
+        snmp_column=43,
+    ),
+    Metric(
+        "mailpulse_blacklist_breaker_open",
+        GAUGE,
+        "1 while the circuit breaker of a domain group sends its new entries to quarantine.",
+        ("domain_group",),
+        snmp_column=44,
+        snmp=(_by("domainGroup", 6),),
+    ),
+    Metric(
+        "mailpulse_blacklist_table_refusals_total",
+        COUNTER,
+        "Postfix table rebuilds refused because the table would shrink past the allowed share.",
+        (),
+        snmp_column=45,
+    ),
+    Metric(
+        "mailpulse_blacklist_table_age_seconds",
+        GAUGE,
+        "Age of the blacklist's Postfix table in force on this node.",
+        (),
+        unit="seconds",
+        snmp_column=46,
+    ),
+    Metric(
+        "mailpulse_bounce_recipients_total",
+        COUNTER,
+        "Bounced recipients read from bounce mail (DSNs), by reason and whether the VERP address"
+        " verified (verified, unverified, none).",
+        ("reason", "verp"),
+        snmp_column=47,
+        snmp=(_by("reason", 7),),
     ),
     # -- the agent itself --------------------------------------------------------------------
     Metric(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mailpulse import __version__
-from mailpulse.exits import FAILURE, MEANINGS, TEMPFAIL, USAGE
+from mailpulse.exits import MEANINGS, USAGE
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -34,27 +34,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _json(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--json", action="store_true", help=f"one JSON object per {what}")
-
-
-def _not_built(what: str) -> Handler:
-    def run(_args: argparse.Namespace) -> int:
-        print(f"mailpulse: {what} is not part of this version yet", file=sys.stderr)
-        return FAILURE
-
-    return run
-
-
-def _blacklist(args: argparse.Namespace) -> int:
-    if args.action == "ingest":
-        # Postfix's pipe(8) runs this for every bounce: 75 keeps the mail queued until the
-        # blacklist can record it, where any other failure would bounce the bounce for good.
-        print(
-            "mailpulse blacklist: not part of this version yet; exit 75 so the mail is kept "
-            "and tried again",
-            file=sys.stderr,
-        )
-        return TEMPFAIL
-    return _not_built("blacklist")(args)
 
 
 def _bounce_parse(args: argparse.Namespace) -> int:
@@ -84,7 +63,6 @@ def _queue(args: argparse.Namespace) -> int:
     return queue_main(args)
 
 
-RESERVED = "not part of this version yet: says so and exits 1"
 
 
 def _snmp(args: argparse.Namespace) -> int:
@@ -233,30 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     _json(pc, "setting")
     pc.set_defaults(run=_postfix_check)
 
-    bl = sub.add_parser(
-        "blacklist",
-        help="the self-expiring blacklist (not part of this version yet; ingest exits 75)",
-        description=f"The self-expiring blacklist: {RESERVED}; `ingest` exits 75 "
-        "(EX_TEMPFAIL) so that Postfix's pipe(8) keeps the mail queued.",
-    )
-    _common(bl)
-    bl.add_argument(
-        "action",
-        choices=["ingest", "list", "add", "remove", "lift", "quarantine", "export", "publish"],
-        help="what to do with the blacklist",
-    )
-    bl.add_argument("args", nargs="*", metavar="ADDRESS", help="addresses the action names")
-    bl.add_argument(
-        "--log", nargs="+", type=Path, metavar="FILE", help="ingest: Postfix log files to read"
-    )
-    bl.add_argument(
-        "--dsn",
-        nargs="+",
-        metavar="PATH",
-        help="ingest: bounce mails (- for one on stdin, as Postfix's pipe(8) gives it)",
-    )
-    _json(bl, "entry")
-    bl.set_defaults(run=_blacklist)
+    from mailpulse.bounce.blacklist_cli import add_parser as add_blacklist
+
+    add_blacklist(sub, _common)
 
     snmp = sub.add_parser(
         "snmp",

@@ -123,6 +123,12 @@ def _share(v: Any) -> float:
     return float(v)
 
 
+def _fraction(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1:
+        raise TypeError("a number in [0, 1)")
+    return float(v)
+
+
 def _percent(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100:
         raise TypeError("an integer from 0 to 100")
@@ -194,24 +200,44 @@ class BounceConfig:
 
 @dataclass(frozen=True)
 class BlacklistConfig:
-    """blacklist: the policy of `mailpulse blacklist` (reserved: the command is not built yet;
-    these are the keys its policy names, with its defaults)."""
+    """blacklist: the policy of `mailpulse blacklist` and of the agent's blacklist."""
 
+    # What the agent does with it: off; local (decide from this node's log and bounces and
+    # keep its own table); node (send outcomes to Redis, keep the table the analyser decides);
+    # analyser (decide for every node from the Redis stream, and keep its own table too).
+    agent: str = setting("off", _one_of("off", "local", "node", "analyser"))
     store: str = setting("sqlite", _one_of(*STORES))
     ttl_5xx: float = setting(30 * DAY_S, _duration)  # a hard failure, the first time
     ttl_5xx_repeat: float = setting(180 * DAY_S, _duration)  # again after it expired
     ttl_4xx: float = setting(DAY_S, _duration)  # a soft failure's first lifetime, then doubled
     soft_repeat_days: int = setting(3, _positive(int))  # distinct days before a soft entry
-    jitter_share: float = setting(0.1, _share)  # lifetimes spread so expiries don't all coincide
-    allowlist: tuple[str, ...] = setting((), _strings)
+    jitter_share: float = setting(0.1, _fraction)  # lifetimes spread so expiries don't all coincide
+    allowlist: tuple[str, ...] = setting((), _strings)  # addresses, domains or @domains
     dry_run: bool = setting(False, _flag)
+    # Circuit breakers: a destination whose hard failures in the window pass the count, or the
+    # share once min_failures are seen, sends its new entries to quarantine instead.
+    breaker_window: float = setting(3600.0, _duration)
+    breaker_count: int = setting(200, _positive(int))
+    breaker_share: float = setting(0.5, _share)
+    breaker_min_failures: int = setting(20, _positive(int))
+    hourly_cap: int = setting(5000, _positive(int))  # new entries per hour, all groups
+    node_burst: int = setting(50, _positive(int))  # 5.7.x from one node in the window
+    # The Postfix table: where, which map type (auto: cdb, else lmdb, else texthash).
+    # A directory of its own that the agent may write (the systemd unit's ReadWritePaths).
+    table: Path = setting(Path("/etc/postfix/mailpulse/blacklist"), _path)
+    table_type: str = setting("auto", _one_of("auto", "cdb", "lmdb", "texthash"))
+    shrink_share: float = setting(0.5, _share)  # a rebuild losing more of the table is refused
+    postfix_config_dir: Path | None = setting(None, _path)  # for postmap -c
+    maildir: Path | None = setting(None, _path)  # bounce Maildir the agent reads
+    sync_interval: float = setting(1.0, _positive(float))  # agent: table rebuild check
 
 
 @dataclass(frozen=True)
 class RedisConfig:
-    """redis: the store shared by many nodes (reserved, with the blacklist)."""
+    """redis: the store shared by many nodes (blacklist.store: redis)."""
 
     url: str = setting("redis://127.0.0.1:6379/0", _redis_url)
+    prefix: str = setting("mailpulse:", _str)  # every key and stream name starts with it
 
 
 @dataclass(frozen=True)
@@ -346,7 +372,13 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
         else:
             sections = sorted({k.split(".")[0] for k in keys if "." in k})
             raise _unknown(where, name, name, top + sections)
-    return Config(source=source, **values)
+    cfg = Config(source=source, **values)
+    if cfg.blacklist.agent in ("node", "analyser") and cfg.blacklist.store != "redis":
+        raise ConfigError(
+            f"{where}: blacklist.agent: {cfg.blacklist.agent} shares the list through Redis;"
+            " it needs blacklist.store: redis"
+        )
+    return cfg
 
 
 def _settings(

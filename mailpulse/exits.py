@@ -24,11 +24,11 @@ NOPERM = os.EX_NOPERM  # 77: a file or directory this user may not read
 MEANINGS = {
     OK: "done",
     FAILURE: "not done: the agent could not start (the line says why: a port taken, and by "
-    "whom), or the command is not part of this version yet",
+    "whom); for postfix check, settings differ from the profile",
     USAGE: "the command line or the config file is wrong: the line names the option or key",
     PARTIAL: "output cut at a limit (bounce parse: over 8 MiB or 1,000 recipients)",
-    DATAERR: "input damaged or not understood (a broken .gz, an unreadable message); "
-    "what came before is counted",
+    DATAERR: "input damaged or not understood (a broken .gz, an unreadable message, delivery "
+    "lines the log reader left out, a log with no Postfix line); what came before is counted",
     NOINPUT: "a path that does not exist, is a directory where a file belongs, or loops",
     TEMPFAIL: "not done now, try again (pipe(8): Postfix keeps the mail queued)",
     NOPERM: "a file or directory this user may not read",

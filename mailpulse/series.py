@@ -311,6 +311,7 @@ class Series:
     logs: Sequence[LogReader] = ()
     domains: TopDomains | None = None
     profile: ProfileLatest | None = None
+    blacklist: Callable[[], Mapping[SeriesKey, float]] | None = None  # its series, when it runs
     clock: Callable[[], float] = time.time
 
     def read(self) -> Reading:
@@ -323,6 +324,7 @@ class Series:
             ("log", self._logs),
             ("queue", self._queues),
             ("profile", self._profile),
+            ("blacklist", self._blacklist),
         )
         for source, part in parts:
             try:
@@ -352,6 +354,10 @@ class Series:
             statuses.append(("log", p.target, p.status))
             for kind, n in p.errors.items():
                 out[("mailpulse_log_read_errors_total", (p.target, kind))] = n
+
+    def _blacklist(self, out: Reading, _statuses: Statuses, _: float) -> None:
+        if self.blacklist is not None:
+            out.update(self.blacklist())
 
     def _queues(self, out: Reading, statuses: Statuses, now: float) -> None:
         if self.queues is None:

@@ -38,18 +38,6 @@ PROM_EXAMPLE = ALERTS / "prometheus.example.yml"
 DASHBOARD = ALERTS / "grafana" / "mailpulse.dashboard.json"
 RUNBOOKS = REPO / "docs" / "runbooks"
 
-# Metrics the rules use before they are in the catalogue, with their labels beyond node and role
-# (the shared list of blacklist and bounce metric names). An entry goes once its metric lands.
-PROPOSED: dict[str, tuple[str, ...]] = {
-    "mailpulse_blacklist_entries": (),
-    "mailpulse_blacklist_quarantine_entries": (),
-    "mailpulse_blacklist_additions_total": ("reason",),
-    "mailpulse_blacklist_hourly_cap": (),
-    "mailpulse_blacklist_breaker_open": ("domain_group",),
-    "mailpulse_blacklist_table_refusals_total": (),
-    "mailpulse_blacklist_table_age_seconds": (),
-    "mailpulse_bounce_recipients_total": ("reason", "verp"),
-}
 # Labels Prometheus itself puts on every scraped series.
 SCRAPE_LABELS = ("job", "instance")
 
@@ -82,17 +70,17 @@ def family(name: str) -> str:
 
 
 def known(name: str) -> bool:
-    return family(name) in BY_NAME or name in PROPOSED
+    return family(name) in BY_NAME
 
 
 def known_labels(name: str) -> set[str]:
-    own = BY_NAME[family(name)].labels if family(name) in BY_NAME else PROPOSED[name]
+    own = BY_NAME[family(name)].labels
     le = ("le",) if name.endswith("_bucket") else ()
     return {*own, *le, *COMMON_LABELS, *SCRAPE_LABELS}
 
 
 def assert_known(exprs: list[str]) -> None:
-    """Every metric named is in the catalogue or PROPOSED, and every label a selector matches
+    """Every metric named is in the catalogue, and every label a selector matches
     on is one that metric has."""
     named = {m for e in exprs for m in METRIC.findall(e)}
     assert named, "no metric found: the pattern is wrong"
@@ -158,10 +146,8 @@ def test_every_runbook_belongs_to_an_alert() -> None:
     assert {p.stem for p in RUNBOOKS.glob("*.md")} == names
 
 
-def test_every_metric_a_rule_names_is_in_the_catalogue_or_proposed() -> None:
+def test_every_metric_a_rule_names_is_in_the_catalogue() -> None:
     assert_known(every_expr())
-    landed = {m for m in PROPOSED if m in BY_NAME}
-    assert landed == set(), "in the catalogue now: delete these from PROPOSED"
 
 
 def test_every_recorded_series_a_rule_reads_is_recorded() -> None:

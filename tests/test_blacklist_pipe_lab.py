@@ -1,6 +1,6 @@
 """The README's pipe(8) line, `mailpulse blacklist ingest --dsn -`, run by a real Postfix for a
-real bounce: until the blacklist records bounces its exit code must make Postfix keep the mail
-(deferred, tried again), never bounce it back for good."""
+real bounce: while the blacklist cannot record it its exit code must make Postfix keep the mail
+(deferred, tried again), never bounce it back for good; once it can, the mail is delivered."""
 
 from __future__ import annotations
 
@@ -48,10 +48,13 @@ def install_readable_copy() -> Path:
 def test_pipe_delivery_of_a_bounce_is_deferred_not_bounced(lab: Lab, readable_copy: Path) -> None:
     require_programs("/usr/bin/python3")
     target = readable_copy
+    # Bad input: a state directory the pipe's user may not write (the store cannot be opened).
+    state = readable_copy / "state"  # under a directory the pipe's user can reach
+    state.mkdir(mode=0o755)
     # The README's master.cf service, with this copy's interpreter and path.
     argv = (
         f"/usr/bin/env PYTHONPATH={target} MAILPULSE_ENVELOPE_RECIPIENT=${{recipient}}"
-        " /usr/bin/python3 -m mailpulse blacklist ingest --dsn -"
+        f" /usr/bin/python3 -m mailpulse blacklist ingest --state-dir {state} --dsn -"
     )
     with (lab.etc / "master.cf").open("a") as f:
         f.write(f"mailpulse unix - n n - 4 pipe\n  flags=DOq user=nobody argv={argv}\n")
@@ -69,13 +72,27 @@ def test_pipe_delivery_of_a_bounce_is_deferred_not_bounced(lab: Lab, readable_co
 
     delivery = re.compile(rf"to=<bounce-42@{PIPE_DOMAIN}>, relay=mailpulse, .*")
 
-    def tried() -> str | None:
-        found = delivery.search(lab.maillog.read_text(errors="replace"))
-        return found.group(0) if found else None
+    def tried(status: str) -> str | None:
+        for found in delivery.finditer(lab.maillog.read_text(errors="replace")):
+            if f"status={status}" in found.group(0):
+                return found.group(0)
+        return None
 
-    wait_until(lambda: tried() is not None, 60, "Postfix's pipe(8) delivery")
-    line = tried() or ""
+    wait_until(lambda: tried("deferred") is not None, 60, "Postfix's pipe(8) delivery")
+    line = tried("deferred") or ""
     # EX_TEMPFAIL: deferred with a 4.x.x status, the command's one line said beside it.
-    assert "status=deferred" in line and "dsn=4.3.0" in line, line
-    assert "not part of this version yet" in line, line
+    assert "dsn=4.3.0" in line and "blacklist store" in line, line
     assert lab.queue_files("deferred") == 1  # kept for the next try, not bounced
+    assert tried("bounced") is None
+
+    # The store can be written now: the next try records it and Postfix delivers.
+    shutil.chown(state, "nobody")
+    lab.flush()
+    wait_until(
+        lambda: tried("sent") is not None,
+        120,
+        "the retried pipe(8) delivery",
+    )
+    assert "dsn=2.0.0" in (tried("sent") or ""), lab.maillog.read_text(errors="replace")[-2000:]
+    assert lab.queue_files("deferred") == 0 and tried("bounced") is None
+    assert (state / "blacklist.sqlite").exists()

@@ -244,30 +244,11 @@ def test_oids_command_lists_every_column() -> None:
 
 
 # The blacklist's metrics as the shared decision names them; the catalogue gets them later.
-LATER_METRICS = (
-    ("mailpulse_blacklist_entries", "gauge", ()),
-    ("mailpulse_blacklist_quarantine_entries", "gauge", ()),
-    ("mailpulse_blacklist_additions_total", "counter", ("reason",)),
-    ("mailpulse_blacklist_hourly_cap", "gauge", ()),
-    ("mailpulse_blacklist_breaker_open", "gauge", ("domain_group",)),
-    ("mailpulse_blacklist_table_refusals_total", "counter", ()),
-    ("mailpulse_blacklist_table_age_seconds", "gauge", ()),
-    ("mailpulse_bounce_recipients_total", "counter", ("reason", "verp")),
-)
-
-
-def test_metrics_landing_later_get_their_columns_and_graphs(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """Once the blacklist's metrics are in the catalogue, without an SNMP word of their own,
-    regenerating publishes them under their reserved columns and adds the blacklist graphs."""
+def test_blacklist_metrics_have_their_columns_and_graphs(tmp_path: Path) -> None:
+    """The blacklist's metrics are published under their columns, with the blacklist graphs,
+    in the MIB and the Cacti templates."""
     from mailpulse.exporters import graphs
 
-    from mailpulse import catalogue
-
-    later = tuple(catalogue.Metric(n, t, "h.", labels) for n, t, labels in LATER_METRICS)
-    monkeypatch.setattr(catalogue, "CATALOGUE", catalogue.CATALOGUE + later)
-    monkeypatch.setattr(catalogue, "BY_NAME", {m.name: m for m in catalogue.CATALOGUE})
     names = {g.name for g in graphs.available()}
     assert {"blacklist", "blacklist_additions"} <= names
     assert snmp.check_columns(snmp.columns()) == []
