@@ -219,6 +219,35 @@ def test_pipe_ingest_exits_0_once_recorded_and_75_when_it_could_not_be(tmp_path:
     assert run_pipe(tmp_path, blocker / "st", raw, env) == 75
 
 
+def test_pipe_ingest_never_bounces_a_bounce_whatever_is_broken(tmp_path: Path) -> None:
+    """pipe(8) bounces the mail on any code but 0 and 75: a config file mid-edit or gone, a
+    damaged SQLite file, a table directory that cannot be made all keep it queued (75)."""
+    raw = postfix_dsn("gone@example.com", "bounce-77@bounces.example")
+
+    def pipe(*options: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "mailpulse", "blacklist", "ingest", "--dsn", "-", *options],
+            input=raw, capture_output=True, check=False,
+        )  # fmt: skip
+
+    broken = tmp_path / "broken.yml"
+    broken.write_text("blacklist: {store: [\n")
+    for cfg in (broken, tmp_path / "missing.yml"):
+        r = pipe("--config", str(cfg), "--state-dir", str(tmp_path / "st"))
+        assert r.returncode == 75 and b"Postfix will retry" in r.stderr
+        assert b"Traceback" not in r.stderr
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "blacklist.sqlite").write_bytes(b"\x17not a database" * 400)
+    assert pipe("--state-dir", str(damaged)).returncode == 75
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = tmp_path / "table.yml"
+    cfg.write_text(f"blacklist:\n  table: {blocker / 'etc' / 'blacklist'}\n")
+    r = pipe("--config", str(cfg), "--state-dir", str(tmp_path / "st2"), "--publish")
+    assert r.returncode == 75 and b"Traceback" not in r.stderr
+
+
 def test_agent_serves_the_export_behind_its_basic_auth(tmp_path: Path) -> None:
     import base64
     import urllib.error
