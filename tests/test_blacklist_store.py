@@ -331,7 +331,7 @@ def test_a_store_that_is_away_is_one_line(tmp_path: Path) -> None:
 
 def test_outbox_and_stream_skip_damaged_entries(tmp_path: Path) -> None:
     import threading
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     import redis as redis_client
     from mailpulse.bounce.blacklist import BlacklistAgent, Outbox, event_id
@@ -366,10 +366,14 @@ def test_outbox_and_stream_skip_damaged_entries(tmp_path: Path) -> None:
             f.write('["log:cut", "{\\"recipi')
             f.write("\n")
         box.put(event_id(outcome("b@example.com")), outcome("b@example.com"))
+        # A signed bounce a node read, sent twice (its Maildir read again after a crash).
+        bounced = replace(outcome("d@example.com"), verp_verified=True, source="dsn")
+        box.put(event_id(bounced, "mail1"), bounced)
+        box.put(event_id(bounced, "mail1"), bounced)
         from mailpulse.bounce.redis_store import RedisStore
 
         sender = RedisStore(server.url)
-        assert box.drain(sender.send) == 2 and box.pending() == 0
+        assert box.drain(sender.send) == 4 and box.pending() == 0
         # Junk on the stream from someone else, and a well-formed entry after it.
         r.xadd("mailpulse:outcomes", {"id": "x", "o": "not json"})
         r.xadd("mailpulse:outcomes", {"id": "y", "o": json.dumps({"recipient": 5})})
@@ -377,12 +381,14 @@ def test_outbox_and_stream_skip_damaged_entries(tmp_path: Path) -> None:
         r.xadd("mailpulse:outcomes", {"id": "z", "o": json.dumps(good)})
         agent = BlacklistAgent(cfg, stop)
         agent.start()
-        want = {"a@example.com", "b@example.com"}
-        wait_until(lambda: set(sender.keys_in_force(time.time())) == want, 20, "both recorded")
+        want = {"a@example.com", "b@example.com", "d@example.com"}
+        wait_until(lambda: set(sender.keys_in_force(time.time())) == want, 20, "all recorded")
         wait_until(
             lambda: r.xpending("mailpulse:outcomes", "analysers")["pending"] == 0, 20, "all acked"
         )
         assert sender.counters()[("stream_bad_entries", "")] == 3
+        # The analyser counts the bounce's recipient once, as a lone node does.
+        assert sender.counters()[("bounce_recipients", "userunknown\tverified")] == 1
     finally:
         stop.set()
         if agent is not None:
