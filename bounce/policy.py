@@ -5,7 +5,7 @@ only reports it).
 - Hard recipient failures (userunknown, hasmoved, notaccept with 5xx) blacklist the address for
   ttl_5xx, after an expired entry for ttl_5xx_repeat, and a third time until lifted.
 - hostunknown blacklists the whole domain, with the soft lifetimes: the next mailing after it
-  expires re-checks the domain.
+  expires re-checks the domain. Only a log line can list a domain; a bounce mail only confirms.
 - Soft recipient reasons (mailboxfull, suspend, expired) only after soft_repeat_days distinct
   days, each entry living twice as long as the one before.
 - Sender, transport and message scope never blacklist; a 5.7.x burst from one node sends that
@@ -244,6 +244,11 @@ class Policy:
             return Decision(CONFIRM, key, entry=current)
         if not ev.verified:
             return Decision(IGNORE, key, "unverified bounce")
+        if kind == "domain" and o.source != "log":
+            # A whole domain (and, in an access table, its subdomains) on one mail's word: a
+            # VERP signature names a user, not the domain, so anyone holding one signed address
+            # could list gmail.com. Our own DNS lookup, in the log, is the proof.
+            return Decision(IGNORE, key, "domain from a bounce mail")
         if kind == "soft":
             day = int(now // DAY_S)  # when it was recorded: a clock tests control
             days = set(store.soft_days(key)) | {day}

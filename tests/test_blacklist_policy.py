@@ -181,6 +181,19 @@ def test_hostunknown_lists_the_domain(tmp_path: Path) -> None:
     assert (d.action, d.key) == ("add", "no-such-host.example")
 
 
+def test_a_signed_bounce_alone_never_lists_a_whole_domain(tmp_path: Path) -> None:
+    """A forged DSN to a signed VERP address a subscriber holds (its own), saying host unknown
+    for anyone at gmail.com: it would list the whole domain. It confirms what the log said."""
+    bl = make(tmp_path, Clock())
+    forged = dict(source="dsn", verp_verified=True, queue_id="")
+    d = bl.record(outcome("anyone@gmail.com", "nohost", **forged))
+    assert (d.action, d.why) == ("ignore", "domain from a bounce mail")
+    assert keys(bl) == set()
+    assert bl.record(outcome("who@no-such-host.example", "nohost")).action == "add"
+    d = bl.record(outcome("x@no-such-host.example", "nohost", **forged, time=T0 + 5))
+    assert d.action == "confirm"
+
+
 def test_allowlist_and_dry_run(tmp_path: Path) -> None:
     bl = make(tmp_path, Clock(), allowlist=["vip@example.com", "@partner.example"])
     assert bl.record(outcome("vip@example.com")).why == "allowlist"
