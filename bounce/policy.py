@@ -33,6 +33,12 @@ HARD_REASONS = frozenset({"userunknown", "hasmoved", "notaccept"})
 DOMAIN_REASONS = frozenset({"hostunknown"})
 SOFT_REASONS = frozenset({"mailboxfull", "suspend", "expired"})
 LISTABLE_SCOPES = frozenset({"recipient", "domain"})
+# Second-level names under which registries hand out domains (co.uk, com.br, ne.jp): host
+# unknown for user@co.uk must not list co.uk, which check_recipient_access matches for every
+# domain under it (smtpd_access_maps is in parent_domain_matches_subdomains by default).
+REGISTRY_LABELS = frozenset(
+    {"ac", "co", "com", "edu", "gob", "go", "gov", "ltd", "mil", "ne", "net", "or", "org", "plc"}
+)
 
 # Why an entry was held in quarantine rather than put in force.
 HOLD_BREAKER = "breaker"
@@ -244,6 +250,8 @@ class Policy:
             return Decision(CONFIRM, key, entry=current)
         if not ev.verified:
             return Decision(IGNORE, key, "unverified bounce")
+        if kind == "domain" and key.count(".") == 1 and key.partition(".")[0] in REGISTRY_LABELS:
+            return Decision(IGNORE, key, "a registry's suffix, not one domain")
         if kind == "domain" and o.source != "log":
             # A whole domain (and, in an access table, its subdomains) on one mail's word: a
             # VERP signature names a user, not the domain, so anyone holding one signed address

@@ -194,6 +194,16 @@ def test_a_signed_bounce_alone_never_lists_a_whole_domain(tmp_path: Path) -> Non
     assert d.action == "confirm"
 
 
+def test_host_unknown_under_a_registry_suffix_lists_nothing(tmp_path: Path) -> None:
+    # A subscriber typed user@co.uk: listing co.uk would refuse every *.co.uk recipient.
+    bl = make(tmp_path, Clock())
+    for rcpt in ("user@co.uk", "user@com.br", "user@ne.jp"):
+        d = bl.record(outcome(rcpt, "nohost"))
+        assert (d.action, d.why) == ("ignore", "a registry's suffix, not one domain"), rcpt
+    assert keys(bl) == set()
+    assert bl.record(outcome("user@shop.co.uk", "nohost")).key == "shop.co.uk"
+
+
 def test_allowlist_and_dry_run(tmp_path: Path) -> None:
     bl = make(tmp_path, Clock(), allowlist=["vip@example.com", "@partner.example"])
     assert bl.record(outcome("vip@example.com")).why == "allowlist"
