@@ -101,6 +101,7 @@ class StoreView(Protocol):
     def entry(self, key: str) -> Entry | None: ...  # in force or expired, not quarantined
     def strikes(self, key: str, kind: str) -> int: ...  # entries it had of that kind, ever
     def soft_days(self, key: str) -> list[int]: ...  # distinct days with a soft failure
+    def held(self, key: str) -> bool: ...  # waiting in quarantine
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +251,11 @@ class Policy:
             return Decision(CONFIRM, key, entry=current)
         if not ev.verified:
             return Decision(IGNORE, key, "unverified bounce")
+        if o.source != "log" and store.held(key):
+            # The bounce mail of a failure the log already sent to quarantine: Postfix mails one
+            # for every recipient of an outage, and in its own process (pipe(8)) the breaker's
+            # window is empty. It echoes the held failure; it is not a new one.
+            return Decision(IGNORE, key, "held in quarantine")
         if kind == "domain" and key.count(".") == 1 and key.partition(".")[0] in REGISTRY_LABELS:
             return Decision(IGNORE, key, "a registry's suffix, not one domain")
         if kind == "domain" and o.source != "log":

@@ -226,6 +226,14 @@ def test_outage_breaker_holds_new_entries_in_quarantine(tmp_path: Path) -> None:
     assert series[("mailpulse_blacklist_quarantine_entries", ())] == 15
     assert series[("mailpulse_blacklist_entries", ())] == 6
     assert series[("mailpulse_blacklist_additions_total", ("userunknown",))] == 6
+    # The bounce mails Postfix sends for the same failures, read by a fresh process (pipe(8))
+    # whose breaker saw nothing: the held ones stay held.
+    fresh = Blacklist(bl.cfg, bl.store, clock=clock)
+    signed = dict(source="dsn", verp_verified=True, queue_id="")
+    echoes = [fresh.record(outcome(f"u{i}@gmail.com", **signed)) for i in range(20)]
+    assert [d.action for d in echoes] == ["confirm"] * 5 + ["ignore"] * 15
+    assert {d.why for d in echoes[5:]} == {"held in quarantine"}
+    assert len(keys(bl)) == 6 and len(bl.store.quarantined()) == 15
     # Reviewed: released in bulk, or dropped.
     assert bl.store.drop(Filter(key="u19@gmail.com")) == 1
     assert bl.store.release(clock.t, Filter(domain_group="gmail")) == 14

@@ -22,6 +22,7 @@ from mailpulse.bounce.publish import (
 )
 from mailpulse.bounce.store import SqliteStore
 
+from mailpulse.exits import USAGE
 from tests.agent_support import mailpulse
 from tests.conftest import require_programs
 from tests.test_bounce_intake import postfix_dsn
@@ -165,7 +166,7 @@ def test_cli_add_list_export_publish_remove(tmp_path: Path) -> None:
     etc = postfix_dir(tmp_path)
     c = ["--config", str(cli_config(tmp_path, etc)), "--state-dir", str(tmp_path / "st")]
     r = mailpulse("blacklist", "add", *c, "A@Example.com", "bad key@example.com", "--ttl", "2d")
-    assert r.returncode == 64 and "'bad key@example.com': not added" in r.stderr
+    assert r.returncode == USAGE and "'bad key@example.com': not added" in r.stderr
     assert mailpulse("blacklist", "add", *c, "b@gmail.com").returncode == 0
     listed = [
         json.loads(x) for x in mailpulse("blacklist", "list", *c, "--json").stdout.split("\n") if x
@@ -183,7 +184,7 @@ def test_cli_add_list_export_publish_remove(tmp_path: Path) -> None:
     assert r.returncode == 1 and "would replace 2" in r.stderr
     assert query(etc, f"cdb:{etc / 'blacklist'}", "a@example.com") == ACCESS_ACTION
     r = mailpulse("blacklist", "lift", *c)
-    assert r.returncode == 64 and "give a filter" in r.stderr
+    assert r.returncode == USAGE and "give a filter" in r.stderr
 
 
 def run_pipe(tmp_path: Path, state_dir: Path, raw: bytes, env: dict[str, str]) -> int:
