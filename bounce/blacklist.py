@@ -302,11 +302,10 @@ class BlacklistAgent:
                     o = Outcome(**json.loads(body))
                     if event and store.first_time(event):
                         self.blacklist.record(o)
+                        if o.source == "dsn":  # as record_mail counts them on a lone node
+                            store.count("bounce_recipients", bounce_label(o))
                 except (ValueError, TypeError, AttributeError):  # not one of ours: counted, and
                     store.count("stream_bad_entries")  # acknowledged so it cannot block the rest
-                    continue
-                    if o.source == "dsn":
-                        store.count("bounce_recipients", bounce_label(o))
             store.ack([sid for sid, _, _ in got])
 
     def sync(self, now: float) -> None:

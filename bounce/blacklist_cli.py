@@ -99,6 +99,24 @@ def _say(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "ingest" and any(str(p) == "-" for p in args.dsn):
+        return _piped(args)
+    return _run(args)
+
+
+def _piped(args: argparse.Namespace) -> int:
+    """Under Postfix's pipe(8) only 0 (recorded, or no bounce) and 75 (kept queued, tried
+    again) may come out: any other code would bounce a bounce. A config file being fixed, a
+    store away, postmap missing: the mail waits in the queue until they are right."""
+    try:
+        code = _run(args)
+    except Exception as e:  # noqa: BLE001 - whatever it is, the mail stays queued
+        _say(f"bounce not recorded, Postfix will retry: {e}")
+        return TEMPFAIL
+    return code if code in (OK, TEMPFAIL) else TEMPFAIL
+
+
+def _run(args: argparse.Namespace) -> int:
     from mailpulse.bounce.blacklist import Blacklist, open_store
 
     from mailpulse.config import load_for

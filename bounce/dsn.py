@@ -268,10 +268,16 @@ def _fields(block: str) -> dict[str, str]:
 
 
 def _typed_address(value: str) -> str:
-    """`rfc822; a@b` -> a@b; also `<a@b>` and a bare address; '' when there is none."""
+    """`rfc822; a@b` -> a@b; also `<a@b>` and a bare address; '' when there is none.
+
+    The address must open the field: in `foo bar@b`, `a@b@c` or `x(y)z@b` the recipient is
+    not bar@b, b@c or z@b, and listing those would list somebody else."""
     value = value.split(";", 1)[1] if ";" in value else value
     m = ADDR_RE.search(value)
-    return m.group(0).strip(".").lower() if m else ""
+    lead = value[: m.start()].strip(" \t<") if m else ""
+    if not m or (lead and not lead.startswith("|")):  # a pipe command names its user
+        return ""
+    return m.group(0).strip(".").lower()
 
 
 # A host name or address literal as a Remote-MTA field gives it ("dns; mx.example.org",
@@ -444,6 +450,9 @@ def _from_reports(dsn_texts: list[str], notice: str) -> tuple[list[Bounce], int]
                 f.get("original-recipient", "")
             )
             if not rcpt or ("action" not in f and "status" not in f):
+                # An address behind other text in the recipient field: named, not reported,
+                # and no guess from the notice's text either (it would be somebody else).
+                omitted += not rcpt and bool(ADDR_RE.search(f.get("final-recipient", "")))
                 continue
             if len(out) >= MAX_RECIPIENTS:
                 omitted += 1
@@ -931,7 +940,7 @@ def _parse(msg: Message, nesting: int) -> tuple[list[Bounce], int]:
         dsn_texts = [first_text]
     if dsn_texts:
         found, omitted = _from_reports(dsn_texts, notice)
-        if found:
+        if found or omitted:
             # Blocks past the decoded-text limit were not read, but the parser counted them.
             return found, max(omitted, listed - len(found))
 

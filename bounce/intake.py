@@ -20,7 +20,7 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from os import EX_OK, EX_TEMPFAIL  # sysexits.h, which Postfix's pipe(8) reads
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -134,7 +134,13 @@ def read_bounce(
     if not parsed.records:
         return parsed, None
     head = email.message_from_bytes(item.raw[: 64 << 10], policy=email.policy.compat32)
-    return parsed, find_user(head, envelope_recipient, verp.key, verp.prefix, verp.delimiters)
+    who = find_user(head, envelope_recipient, verp.key, verp.prefix, verp.delimiters)
+    if who and who.verified and len({b.recipient for b in parsed.records}) > 1:
+        # A signed address goes out on one mail to one user, so its bounce names one recipient.
+        # Anyone holding their own signed address could otherwise list a thousand strangers
+        # with one forged report; it vouches for none of them, they can only confirm the log.
+        who = replace(who, verified=False)
+    return parsed, who
 
 
 def analyse(

@@ -5,7 +5,7 @@ only reports it).
 - Hard recipient failures (userunknown, hasmoved, notaccept with 5xx) blacklist the address for
   ttl_5xx, after an expired entry for ttl_5xx_repeat, and a third time until lifted.
 - hostunknown blacklists the whole domain, with the soft lifetimes: the next mailing after it
-  expires re-checks the domain.
+  expires re-checks the domain. Only a log line can list a domain; a bounce mail only confirms.
 - Soft recipient reasons (mailboxfull, suspend, expired) only after soft_repeat_days distinct
   days, each entry living twice as long as the one before.
 - Sender, transport and message scope never blacklist; a 5.7.x burst from one node sends that
@@ -33,6 +33,12 @@ HARD_REASONS = frozenset({"userunknown", "hasmoved", "notaccept"})
 DOMAIN_REASONS = frozenset({"hostunknown"})
 SOFT_REASONS = frozenset({"mailboxfull", "suspend", "expired"})
 LISTABLE_SCOPES = frozenset({"recipient", "domain"})
+# Second-level names under which registries hand out domains (co.uk, com.br, ne.jp): host
+# unknown for user@co.uk must not list co.uk, which check_recipient_access matches for every
+# domain under it (smtpd_access_maps is in parent_domain_matches_subdomains by default).
+REGISTRY_LABELS = frozenset(
+    {"ac", "co", "com", "edu", "gob", "go", "gov", "ltd", "mil", "ne", "net", "or", "org", "plc"}
+)
 
 # Why an entry was held in quarantine rather than put in force.
 HOLD_BREAKER = "breaker"
@@ -95,6 +101,7 @@ class StoreView(Protocol):
     def entry(self, key: str) -> Entry | None: ...  # in force or expired, not quarantined
     def strikes(self, key: str, kind: str) -> int: ...  # entries it had of that kind, ever
     def soft_days(self, key: str) -> list[int]: ...  # distinct days with a soft failure
+    def held(self, key: str) -> bool: ...  # waiting in quarantine
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +251,18 @@ class Policy:
             return Decision(CONFIRM, key, entry=current)
         if not ev.verified:
             return Decision(IGNORE, key, "unverified bounce")
+        if o.source != "log" and store.held(key):
+            # The bounce mail of a failure the log already sent to quarantine: Postfix mails one
+            # for every recipient of an outage, and in its own process (pipe(8)) the breaker's
+            # window is empty. It echoes the held failure; it is not a new one.
+            return Decision(IGNORE, key, "held in quarantine")
+        if kind == "domain" and key.count(".") == 1 and key.partition(".")[0] in REGISTRY_LABELS:
+            return Decision(IGNORE, key, "a registry's suffix, not one domain")
+        if kind == "domain" and o.source != "log":
+            # A whole domain (and, in an access table, its subdomains) on one mail's word: a
+            # VERP signature names a user, not the domain, so anyone holding one signed address
+            # could list gmail.com. Our own DNS lookup, in the log, is the proof.
+            return Decision(IGNORE, key, "domain from a bounce mail")
         if kind == "soft":
             day = int(now // DAY_S)  # when it was recorded: a clock tests control
             days = set(store.soft_days(key)) | {day}

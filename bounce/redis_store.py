@@ -69,6 +69,9 @@ class RedisStore:
     def soft_days(self, key: str) -> list[int]:
         return sorted(int(d) for d in self.r.smembers(self.k("bl", "soft", key)))
 
+    def held(self, key: str) -> bool:
+        return bool(self.r.hexists(self.k("bl", "quarantine"), key))
+
     # -- writes -------------------------------------------------------------------------
     def _put(self, pipe: Any, e: Entry) -> None:
         name = self.k("bl", "e", e.key)

@@ -249,13 +249,30 @@ def write_snapshot(path: Path, document: Mapping[str, Any]) -> None:
 
 
 # -- pass_persist ---------------------------------------------------------------------------------
+MAX_SNAPSHOT_BYTES = 64 << 20  # far past any real snapshot; a bigger file is not read at all
+_WIRE_RANGES = {
+    GAUGE: (0, GAUGE32_MAX),
+    COUNTER64: (0, COUNTER64_MAX),
+    INTEGER: (-(2**31), 2**31 - 1),
+}
+
+
+def wire_fits(kind: object, value: object) -> bool:
+    """A value snmpd can take as pass_persist tells it: a known type word, a number within
+    that type, or a string on one line (a line break would shift every later answer)."""
+    if kind == STRING:
+        return isinstance(value, str) and value.isprintable()
+    bounds = _WIRE_RANGES.get(kind) if isinstance(kind, str) else None
+    return bounds is not None and type(value) is int and bounds[0] <= value <= bounds[1]
+
+
 class SnapshotView:
     """The snapshot as pass_persist answers it, read again whenever the file changes."""
 
     def __init__(self, path: Path, clock: Any = time.time) -> None:
         self.path = path
         self.clock = clock
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self.written = 0.0
         self.stale_after = 0.0
         self.oids: list[Oid] = []
@@ -264,17 +281,20 @@ class SnapshotView:
     def refresh(self) -> None:
         try:
             st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_ino)
+            stamp = (st.st_mtime_ns, st.st_ino, st.st_size)  # size: a rewrite in one clock tick
             if stamp == self._stamp:
                 return
             if not self.path.is_file():  # a FIFO or a directory put there: never opened
                 raise ValueError(f"{self.path} is no file")
+            if st.st_size > MAX_SNAPSHOT_BYTES:
+                raise ValueError(f"{self.path} is larger than any snapshot")
             doc = json.loads(self.path.read_bytes())
-            values: dict[Oid, tuple[str, int | str]] = {
-                parse_oid(o): (str(t), v) for o, t, v in doc["oids"] if type(v) in (int, str)
-            }
+            values: dict[Oid, tuple[str, int | str]] = {}
+            for o, t, v in doc["oids"]:
+                if wire_fits(t, v):
+                    values[parse_oid(o)] = (t, v)
             self.written, self.stale_after = float(doc["written"]), float(doc["stale_after"])
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             self._stamp, self.values, self.oids, self.written = None, {}, [], 0.0
             return
         self._stamp, self.values, self.oids = stamp, values, sorted({*values, AGE_OID})

@@ -181,6 +181,29 @@ def test_hostunknown_lists_the_domain(tmp_path: Path) -> None:
     assert (d.action, d.key) == ("add", "no-such-host.example")
 
 
+def test_a_signed_bounce_alone_never_lists_a_whole_domain(tmp_path: Path) -> None:
+    """A forged DSN to a signed VERP address a subscriber holds (its own), saying host unknown
+    for anyone at gmail.com: it would list the whole domain. It confirms what the log said."""
+    bl = make(tmp_path, Clock())
+    forged = dict(source="dsn", verp_verified=True, queue_id="")
+    d = bl.record(outcome("anyone@gmail.com", "nohost", **forged))
+    assert (d.action, d.why) == ("ignore", "domain from a bounce mail")
+    assert keys(bl) == set()
+    assert bl.record(outcome("who@no-such-host.example", "nohost")).action == "add"
+    d = bl.record(outcome("x@no-such-host.example", "nohost", **forged, time=T0 + 5))
+    assert d.action == "confirm"
+
+
+def test_host_unknown_under_a_registry_suffix_lists_nothing(tmp_path: Path) -> None:
+    # A subscriber typed user@co.uk: listing co.uk would refuse every *.co.uk recipient.
+    bl = make(tmp_path, Clock())
+    for rcpt in ("user@co.uk", "user@com.br", "user@ne.jp"):
+        d = bl.record(outcome(rcpt, "nohost"))
+        assert (d.action, d.why) == ("ignore", "a registry's suffix, not one domain"), rcpt
+    assert keys(bl) == set()
+    assert bl.record(outcome("user@shop.co.uk", "nohost")).key == "shop.co.uk"
+
+
 def test_allowlist_and_dry_run(tmp_path: Path) -> None:
     bl = make(tmp_path, Clock(), allowlist=["vip@example.com", "@partner.example"])
     assert bl.record(outcome("vip@example.com")).why == "allowlist"
@@ -203,6 +226,14 @@ def test_outage_breaker_holds_new_entries_in_quarantine(tmp_path: Path) -> None:
     assert series[("mailpulse_blacklist_quarantine_entries", ())] == 15
     assert series[("mailpulse_blacklist_entries", ())] == 6
     assert series[("mailpulse_blacklist_additions_total", ("userunknown",))] == 6
+    # The bounce mails Postfix sends for the same failures, read by a fresh process (pipe(8))
+    # whose breaker saw nothing: the held ones stay held.
+    fresh = Blacklist(bl.cfg, bl.store, clock=clock)
+    signed = dict(source="dsn", verp_verified=True, queue_id="")
+    echoes = [fresh.record(outcome(f"u{i}@gmail.com", **signed)) for i in range(20)]
+    assert [d.action for d in echoes] == ["confirm"] * 5 + ["ignore"] * 15
+    assert {d.why for d in echoes[5:]} == {"held in quarantine"}
+    assert len(keys(bl)) == 6 and len(bl.store.quarantined()) == 15
     # Reviewed: released in bulk, or dropped.
     assert bl.store.drop(Filter(key="u19@gmail.com")) == 1
     assert bl.store.release(clock.t, Filter(domain_group="gmail")) == 14

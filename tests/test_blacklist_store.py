@@ -22,6 +22,7 @@ from mailpulse.bounce.publish import (
 )
 from mailpulse.bounce.store import SqliteStore
 
+from mailpulse.exits import USAGE
 from tests.agent_support import mailpulse
 from tests.conftest import require_programs
 from tests.test_bounce_intake import postfix_dsn
@@ -165,7 +166,7 @@ def test_cli_add_list_export_publish_remove(tmp_path: Path) -> None:
     etc = postfix_dir(tmp_path)
     c = ["--config", str(cli_config(tmp_path, etc)), "--state-dir", str(tmp_path / "st")]
     r = mailpulse("blacklist", "add", *c, "A@Example.com", "bad key@example.com", "--ttl", "2d")
-    assert r.returncode == 64 and "'bad key@example.com': not added" in r.stderr
+    assert r.returncode == USAGE and "'bad key@example.com': not added" in r.stderr
     assert mailpulse("blacklist", "add", *c, "b@gmail.com").returncode == 0
     listed = [
         json.loads(x) for x in mailpulse("blacklist", "list", *c, "--json").stdout.split("\n") if x
@@ -183,7 +184,7 @@ def test_cli_add_list_export_publish_remove(tmp_path: Path) -> None:
     assert r.returncode == 1 and "would replace 2" in r.stderr
     assert query(etc, f"cdb:{etc / 'blacklist'}", "a@example.com") == ACCESS_ACTION
     r = mailpulse("blacklist", "lift", *c)
-    assert r.returncode == 64 and "give a filter" in r.stderr
+    assert r.returncode == USAGE and "give a filter" in r.stderr
 
 
 def run_pipe(tmp_path: Path, state_dir: Path, raw: bytes, env: dict[str, str]) -> int:
@@ -217,6 +218,35 @@ def test_pipe_ingest_exits_0_once_recorded_and_75_when_it_could_not_be(tmp_path:
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert run_pipe(tmp_path, blocker / "st", raw, env) == 75
+
+
+def test_pipe_ingest_never_bounces_a_bounce_whatever_is_broken(tmp_path: Path) -> None:
+    """pipe(8) bounces the mail on any code but 0 and 75: a config file mid-edit or gone, a
+    damaged SQLite file, a table directory that cannot be made all keep it queued (75)."""
+    raw = postfix_dsn("gone@example.com", "bounce-77@bounces.example")
+
+    def pipe(*options: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "mailpulse", "blacklist", "ingest", "--dsn", "-", *options],
+            input=raw, capture_output=True, check=False,
+        )  # fmt: skip
+
+    broken = tmp_path / "broken.yml"
+    broken.write_text("blacklist: {store: [\n")
+    for cfg in (broken, tmp_path / "missing.yml"):
+        r = pipe("--config", str(cfg), "--state-dir", str(tmp_path / "st"))
+        assert r.returncode == 75 and b"Postfix will retry" in r.stderr
+        assert b"Traceback" not in r.stderr
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "blacklist.sqlite").write_bytes(b"\x17not a database" * 400)
+    assert pipe("--state-dir", str(damaged)).returncode == 75
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = tmp_path / "table.yml"
+    cfg.write_text(f"blacklist:\n  table: {blocker / 'etc' / 'blacklist'}\n")
+    r = pipe("--config", str(cfg), "--state-dir", str(tmp_path / "st2"), "--publish")
+    assert r.returncode == 75 and b"Traceback" not in r.stderr
 
 
 def test_agent_serves_the_export_behind_its_basic_auth(tmp_path: Path) -> None:
@@ -302,7 +332,7 @@ def test_a_store_that_is_away_is_one_line(tmp_path: Path) -> None:
 
 def test_outbox_and_stream_skip_damaged_entries(tmp_path: Path) -> None:
     import threading
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     import redis as redis_client
     from mailpulse.bounce.blacklist import BlacklistAgent, Outbox, event_id
@@ -337,10 +367,14 @@ def test_outbox_and_stream_skip_damaged_entries(tmp_path: Path) -> None:
             f.write('["log:cut", "{\\"recipi')
             f.write("\n")
         box.put(event_id(outcome("b@example.com")), outcome("b@example.com"))
+        # A signed bounce a node read, sent twice (its Maildir read again after a crash).
+        bounced = replace(outcome("d@example.com"), verp_verified=True, source="dsn")
+        box.put(event_id(bounced, "mail1"), bounced)
+        box.put(event_id(bounced, "mail1"), bounced)
         from mailpulse.bounce.redis_store import RedisStore
 
         sender = RedisStore(server.url)
-        assert box.drain(sender.send) == 2 and box.pending() == 0
+        assert box.drain(sender.send) == 4 and box.pending() == 0
         # Junk on the stream from someone else, and a well-formed entry after it.
         r.xadd("mailpulse:outcomes", {"id": "x", "o": "not json"})
         r.xadd("mailpulse:outcomes", {"id": "y", "o": json.dumps({"recipient": 5})})
@@ -348,12 +382,14 @@ def test_outbox_and_stream_skip_damaged_entries(tmp_path: Path) -> None:
         r.xadd("mailpulse:outcomes", {"id": "z", "o": json.dumps(good)})
         agent = BlacklistAgent(cfg, stop)
         agent.start()
-        want = {"a@example.com", "b@example.com"}
-        wait_until(lambda: set(sender.keys_in_force(time.time())) == want, 20, "both recorded")
+        want = {"a@example.com", "b@example.com", "d@example.com"}
+        wait_until(lambda: set(sender.keys_in_force(time.time())) == want, 20, "all recorded")
         wait_until(
             lambda: r.xpending("mailpulse:outcomes", "analysers")["pending"] == 0, 20, "all acked"
         )
         assert sender.counters()[("stream_bad_entries", "")] == 3
+        # The analyser counts the bounce's recipient once, as a lone node does.
+        assert sender.counters()[("bounce_recipients", "userunknown\tverified")] == 1
     finally:
         stop.set()
         if agent is not None:

@@ -414,6 +414,28 @@ def test_exchange_notice_without_any_address_gives_nothing_rather_than_a_guess()
     assert parse_message(CASES["exchange-text"].encode()) == []
 
 
+def garbled_report(field: str) -> bytes:
+    return (
+        "From: MAILER-DAEMON@mx.example\nTo: bounce-1@b.example\nMIME-Version: 1.0\n"
+        "Content-Type: multipart/report; report-type=delivery-status; boundary=B\n\n"
+        f"--B\nContent-Type: text/plain\n\n<{field}>: host mx said: 550 5.1.1 user unknown\n\n"
+        "--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example\n\n"
+        f"Final-Recipient: rfc822; {field}\nAction: failed\nStatus: 5.1.1\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 user unknown\n\n--B--\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["foo bar@example.com", "a@bar@example.com", "x(c)bar@example.com", "a\0bar@example.com"],
+)
+def test_a_recipient_field_with_text_before_its_address_names_nobody(field: str) -> None:
+    # Read as bar@example.com, the bounce of an address that never existed would list a person.
+    assert parse_message(garbled_report(field)) == []
+    [ok] = parse_message(garbled_report("Bar@Example.com"))
+    assert (ok.recipient, ok.status) == ("bar@example.com", "5.1.1")
+
+
 def test_arf_report_is_a_complaint_per_recipient() -> None:
     raw = (
         "From: fbl@isp.example\nTo: abuse@b.example\nSubject: FW: news\nMIME-Version: 1.0\n"

@@ -21,6 +21,7 @@ from mailpulse.bounce.intake import (
     EX_TEMPFAIL,
     MailItem,
     VerpSettings,
+    analyse,
     pipe_delivery,
     process_maildir,
     read_paths,
@@ -418,3 +419,20 @@ def test_endless_stdin_is_cut_at_the_size_limit() -> None:
     assert out.returncode == EX_PARTIAL
     assert out.stderr == b"mailpulse: -: larger than 8 MiB; only its first 8 MiB read\n"
     assert out.stdout == b""
+
+
+def test_a_signed_bounce_naming_many_recipients_vouches_for_none(tmp_path: Path) -> None:
+    # A subscriber's own signed bounce address, and a forged report naming strangers with it.
+    verp = make_address("5", "b.example", KEY)
+    one = postfix_dsn("gone@example.com", verp)
+    block = b"Final-Recipient: rfc822; gone@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+    strangers = b"".join(
+        block.replace(b"gone@", f"stranger{i}@".encode()) + b"\r\n" for i in range(3)
+    )
+    many = one.replace(b"\r\n--B--", b"\r\n" + strangers + b"--B--")
+    settings = VerpSettings(KEY)
+    [alone] = analyse(MailItem("one", "k1", one), settings)
+    assert alone["verp_verified"] is True
+    found = analyse(MailItem("many", "k2", many), settings)
+    assert len(found) == 4 and {r["user_id"] for r in found} == {"5"}
+    assert not any(r["verp_verified"] for r in found)

@@ -5,6 +5,7 @@ snmptranslate, and the generated files being current."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -129,6 +130,39 @@ def test_pass_persist_has_nothing_but_the_age_when_stale_or_missing(tmp_path: Pa
     assert converse(view, f"getnext\n{ROOT}.1.1.0\n") == ["NONE"]
     path.write_text("{damaged")
     assert converse(view, f"get\n{ROOT}.3.2.1.3.4\n") == ["NONE"]
+
+
+def test_pass_persist_skips_snapshot_values_snmpd_could_not_take(tmp_path: Path) -> None:
+    """A damaged snapshot: a string with a line break (it would shift every later answer),
+    numbers past their type, an unknown type word; then an OID that is no text (nothing of that
+    snapshot is answered, and the server goes on), then a snapshot far too big to read."""
+    path = tmp_path / "snapshot.json"
+    good = [f"{ROOT}.1.3.0", "string", "bulk"]
+    oids = [
+        [f"{ROOT}.1.2.0", "string", "n1\ngauge\n7"],
+        [f"{ROOT}.2.1.0", "gauge", -5],
+        [f"{ROOT}.2.2.0", "gauge", 2**32],
+        [f"{ROOT}.2.3.0", "counter64", 2**64],
+        [f"{ROOT}.2.4.0", "opaque", 1],
+        good,
+    ]
+    path.write_text(json.dumps({"oids": oids, "written": 1000.0, "stale_after": 60.0}))
+    view = snmp.SnapshotView(path, clock=lambda: 1010.0)
+    assert converse(view, f"getnext\n{ROOT}.1.1.0\nget\n{ROOT}.1.2.0\nPING\n") == [
+        *good,
+        "NONE",
+        "PONG",
+    ]
+    for n in range(2, 5):
+        assert converse(view, f"get\n{ROOT}.2.{n}.0\n") == ["NONE"]
+    oids.append([1, "gauge", 3])
+    path.write_text(json.dumps({"oids": oids, "written": 1000.0, "stale_after": 60.0}))
+    assert converse(view, f"get\n{ROOT}.1.3.0\nPING\n") == ["NONE", "PONG"]
+    path.write_text(json.dumps({"oids": [good], "written": 1000.0, "stale_after": 60.0}))
+    assert converse(view, f"get\n{ROOT}.1.3.0\n") == good
+    with path.open("r+b") as f:  # sparse: the size alone must keep it from being read
+        f.truncate(snmp.MAX_SNAPSHOT_BYTES + 1)
+    assert converse(view, f"get\n{ROOT}.1.3.0\n") == ["NONE"]
 
 
 def extend(state_dir: Path, name: str) -> subprocess.CompletedProcess[str]:
