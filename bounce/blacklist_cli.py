@@ -53,7 +53,7 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
         common(p)
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="JSON instead of text")
         p.set_defaults(run=run)
         return p
 
@@ -74,22 +74,32 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     )
     ingest.add_argument("--publish", action="store_true", help="rebuild the table after")
     filters(action("list", "entries in force (--quarantine: held ones)"))
-    actions.choices["list"].add_argument("--quarantine", dest="in_quarantine", action="store_true")
+    actions.choices["list"].add_argument(
+        "--quarantine", dest="in_quarantine", action="store_true", help="the held entries instead"
+    )
     add = action("add", "put addresses (or domains) on the list by hand")
-    add.add_argument("args", nargs="+", metavar="ADDRESS")
-    add.add_argument("--reason", default="manual")
+    add.add_argument("args", nargs="+", metavar="ADDRESS", help="addresses or domains to list")
+    add.add_argument("--reason", default="manual", help="the reason kept as evidence")
     add.add_argument("--ttl", type=_duration, help="lifetime (default: until lifted)")
     remove = action("remove", "take addresses off the list")
-    remove.add_argument("args", nargs="+", metavar="ADDRESS")
+    remove.add_argument("args", nargs="+", metavar="ADDRESS", help="entries to take out")
     lift = action("lift", "take entries off the list in bulk, by filter")
     filters(lift)
     lift.add_argument("--all", action="store_true", help="every entry")
     quarantine = action("quarantine", "review, release or drop held entries")
-    quarantine.add_argument("args", nargs="?", choices=["list", "release", "drop"], default="list")
+    quarantine.add_argument(
+        "args",
+        nargs="?",
+        choices=["list", "release", "drop"],
+        default="list",
+        help="list the held entries, put them in force, or drop them",
+    )
     filters(quarantine)
     quarantine.add_argument("--all", action="store_true", help="every held entry")
     export = action("export", "user ids and addresses to leave out, for the mailing software")
-    export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.add_argument(
+        "--format", choices=["csv", "json"], default="csv", help="what the mailing software reads"
+    )
     publish = action("publish", "rebuild the Postfix table from the entries in force")
     publish.add_argument("--force", action="store_true", help="past the shrink guard")
 

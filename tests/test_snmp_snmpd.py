@@ -23,7 +23,7 @@ from tests.conftest import REPO, require_programs
 
 TEMPLATES = REPO / "cacti_templates"
 SNIPPET = TEMPLATES / "snmpd.conf.d" / "mailpulse.conf"
-OID_LINE = re.compile(r"^#\s+(\.[\d.]+)\s+(\.[\d.]+)\s+(\w+) (\S+)$", re.M)
+OID_LINE = re.compile(r"^#\s+(\.[\d.]+)\s+(\.[\d.]+)\s+(\w+) (\S.*?)$", re.M)
 
 
 def template_oids() -> set[str]:
