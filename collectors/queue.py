@@ -40,7 +40,6 @@ from mailpulse.collectors.qfile import (
     parse_queue_file,
     qshape_domain,
 )
-from mailpulse.collectors.showq import parse_showq, read_showq
 from mailpulse.collectors.spoolread import Head, read_all
 
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
@@ -585,6 +584,9 @@ class QueueSampler:
             os.close(fd)
 
     def _sample_showq(self, errors: Counter[str]) -> bool:
+        # here: a spool sample (the usual case, as root or postfix) never loads the socket code
+        from mailpulse.collectors.showq import parse_showq, read_showq
+
         data = read_showq(self.queue_dir / "public" / "showq")
         for msg in parse_showq(data, errors):
             reasons = {
