@@ -40,7 +40,7 @@ from mailpulse.collectors.qfile import (
     parse_queue_file,
     qshape_domain,
 )
-from mailpulse.collectors.spoolread import Head, read_all
+from mailpulse.collectors.spoolread import Head, envelope, read_all
 
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import DEFAULT_AGE_EDGES_MIN, QUEUE_NAMES, QueueSnapshot, QueueStats
@@ -508,6 +508,15 @@ class QueueSampler:
         if queue != "corrupt" and mode & 0o700 != 0o700:
             self.files_read += 1
             self._not_ready[qid] = (queue, directory)
+            return
+
+        # The C envelope reader answers for the usual file and leaves the rest to Python's.
+        got = envelope(data) if envelope is not None else None
+        if got is not None:
+            arrival, sender, recipients, size = got
+            self.files_read += 1
+            shape = self._shape(queue, directory, sender, tuple(recipients), None)
+            self._put(qid, shape, ctime_ns, mtime if arrival is None else arrival, size or 0)
             return
 
         def source(offset: int, n: int) -> bytes:

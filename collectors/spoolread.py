@@ -51,11 +51,12 @@ def read_heads_py(directory: bytes, names: list[str], flags: int, size: int) -> 
 
 
 try:
-    from mailpulse.collectors._fastqueue import read_heads
+    from mailpulse.collectors._fastqueue import envelope, read_heads
 
     THREADED = True  # the C reader lets go of the GIL: a worker thread pays off
 except ImportError:  # not built (no compiler at install time): the twin, in the caller's thread
     read_heads = read_heads_py
+    envelope = None  # qfile.parse_queue_file does all the parsing
     THREADED = False
 
 

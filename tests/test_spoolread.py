@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from mailpulse.collectors import spoolread
+from mailpulse.collectors.qfile import parse_queue_bytes
 
 FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 
@@ -82,3 +83,41 @@ def test_read_all_gives_every_name_once_in_order(
     partial = spoolread.read_all(groups, FLAGS, 64)
     assert next(partial)[1] == groups[1][1][0]
     partial.close()
+
+
+def test_the_c_envelope_reader_answers_what_the_python_parser_does() -> None:
+    # Where the C reader answers at all, it answers what qfile.parse_queue_file does; on every
+    # cut, every flipped byte and every odd field of a set of queue files.
+    fast = pytest.importorskip("mailpulse.collectors._fastqueue")
+    from tests.test_queue_files import queue_file
+
+    files = [
+        queue_file(1_700_000_000, "a@example.org", ["b@example.net"]),
+        queue_file(1_700_000_000, "", ["x@a.test", "y@b.test"], done=("z@c.test",)),
+        queue_file(1_700_000_000, "s@x.test", ["r@y.test"], extracted=("e@z.test",)),
+        queue_file(1_700_000_000, "s@x.test", ["r@y.test"], appended=("late@z.test",)),
+        queue_file(1_700_000_000, "s\u00ff@x.test", ["r\u00e9@y.test"], body_lines=200),
+        queue_file(1_700_000_000, "s@x.test", ["r@y.test"], time_field=b" 12 3"),
+        queue_file(1_700_000_000, "s@x.test", ["r@y.test"], time_field=b"1x"),
+        queue_file(1_700_000_000, "s@x.test", ["r@y.test"], size_field=b"9" * 19),
+        queue_file(1_700_000_000, "s@x.test", ["r@y.test"], size_field=b"0"),
+    ]
+    mutants = []
+    for data in files:
+        mutants += [data[:cut] for cut in range(len(data) + 1)]
+        mutants += [data[:i] + bytes([data[i] ^ 0x41]) + data[i + 1 :] for i in range(len(data))]
+    answered = 0
+    for data in mutants:
+        got = fast.envelope(data)
+        if got is None:
+            continue
+        answered += 1
+        env = parse_queue_bytes(data, 42)
+        arrival, sender, recipients, size = got
+        assert (42 if arrival is None else arrival, sender, tuple(recipients), size or 0) == (
+            env.arrival,
+            env.sender,
+            env.recipients,
+            env.size,
+        )
+    assert answered > len(files)  # it does answer, beyond the intact files
