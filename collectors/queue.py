@@ -25,20 +25,22 @@ import struct
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
 from mailpulse.collectors.deferral import PENDING, UNKNOWN, UNREAD, Deferral, deferral_of
 from mailpulse.collectors.qfile import (
+    BLOCK,
     DeferEntry,
     QueueFileError,
     parse_defer_log,
     parse_queue_file,
     qshape_domain,
 )
-from mailpulse.collectors.showq import parse_showq, read_showq
+from mailpulse.collectors.spoolread import Head, envelope, read_all
 
 from mailpulse.domains import DEFAULT_GROUPS, DomainGroups
 from mailpulse.events import DEFAULT_AGE_EDGES_MIN, QUEUE_NAMES, QueueSnapshot, QueueStats
@@ -103,6 +105,7 @@ _ENTRY = struct.Struct("=qqqI")
 # their next retry time as mtime, in the future, so with relatime every read would write the
 # inode. Allowed for the files' owner (postfix) and root; others fall back to plain reads.
 _NOATIME = getattr(os, "O_NOATIME", 0)
+DEFER_LOG_HEAD = 1 << 16  # one read holds a defer log of hundreds of recipients
 
 
 @dataclass(slots=True)
@@ -147,6 +150,7 @@ class QueueSampler:
         self._group_of: dict[str, str] = {}
         self._bulk_shapes: dict[tuple[str, str, str, str, Deferral | None], Shape] = {}
         self._defer_dirs: dict[str, str] = {}
+        self._deferral_seen: dict[tuple[str, str], Deferral] = {}
         # Non-blocking: a FIFO named like a queue id must not hang the open (it is then skipped).
         self._open_flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _NOATIME
         self._source = ""  # what the cache was built from
@@ -350,23 +354,28 @@ class QueueSampler:
                 todo.append((q, directory, (qid,)))
         late = False
         i = 0
-        unread = ((qid, q, directory) for q, directory, qids in todo for qid in qids)
+        # The files are read in batches ahead of this loop (spoolread); when the deadline
+        # passes, the reading stops and the names not taken yet wait for the next sample.
+        queue_of = {directory: q for q, directory, _qids in todo}
+        heads = read_all(((d, qids) for _q, d, qids in todo), self._open_flags, BLOCK)
         try:
-            for qid, q, directory in unread:
-                if deadline is not None and not late and i % 64 == 0:
-                    late = time.monotonic() > deadline
+            for directory, qid, head in heads:
+                if deadline is not None and i % 64 == 0 and time.monotonic() > deadline:
+                    late = True
+                    break
                 i += 1
-                if late:  # read them next time
-                    errors["deadline_skipped"] += 1
-                    self._not_ready[qid] = (q, directory)
-                else:
-                    self._read_file(qid, q, directory, errors)
+                self._take_file(qid, queue_of[directory], directory, head, errors)
         except BaseException:
             # The listing already holds these names: unless they are read next time, the
             # files would never be read at all.
-            self._not_ready[qid] = (q, directory)
-            self._not_ready.update((qid, (q, directory)) for qid, q, directory in unread)
+            heads.close()
+            self._not_ready.update(_names_from(todo, i - 1))
             raise
+        if late:  # read them next time
+            heads.close()
+            rest = dict(_names_from(todo, i))
+            errors["deadline_skipped"] += len(rest)
+            self._not_ready.update(rest)
         if not cold and not late:
             late = self._read_reasons(deadline)
         self._warm = self._warm or not late
@@ -381,22 +390,35 @@ class QueueSampler:
         # (pending shape, its deferrals) -> the shape with them: bulk mail shares a few
         known: dict[tuple[int, tuple[tuple[Waiting, int], ...]], Shape] = {}
         totals, pending = self._deferrals, self._pending
-        for i in range(self.defer_logs_per_sample):
+        # The messages whose logs this sample reads, in their turn, by defer directory.
+        turn: dict[str, list[str]] = {}
+        taken = 0
+        while pending and taken < self.defer_logs_per_sample:
+            qid = pending.popleft()
+            entry = self._cache.get(qid)
+            if entry is not None:
+                shape = self._shapes[_ENTRY.unpack(entry)[3]]
+                if shape.pending:
+                    turn.setdefault(self._defer_dir(shape.directory), []).append(qid)
+                    taken += 1
+        logs = read_all(turn.items(), self._open_flags, DEFER_LOG_HEAD)
+        for i, (defer_dir, qid, head) in enumerate(logs):
             if deadline is not None and i % 64 == 63 and time.monotonic() > deadline:
+                logs.close()
+                # Not read: first in line next time.
+                left = [q for q, _w in _names_from([("", d, q) for d, q in turn.items()], i)]
+                pending.extendleft(reversed(left))
                 return True
-            shape = None
-            while pending and shape is None:
-                qid = pending.popleft()
-                entry = self._cache.get(qid)
-                if entry is not None:
-                    ctime_ns, arrival, size, sid = _ENTRY.unpack(entry)
-                    shape = self._shapes[sid] if self._shapes[sid].pending else None
-            if shape is None:
-                break  # every reason is read
-            try:
-                text = self._read_small(self._defer_log_path(qid, shape.directory))
-            except OSError:  # none (e.g. requeued by postsuper -r) or unreadable: unknown
-                text = ""
+            ctime_ns, arrival, size, sid = _ENTRY.unpack(self._cache[qid])
+            shape = self._shapes[sid]
+            err, _mode, _ctime, _mtime, data = head
+            if not err and data is not None and len(data) < DEFER_LOG_HEAD:
+                text = data.decode("utf-8", "replace")
+            else:  # a long log, or something wrong: read it the slow way, which says what
+                try:
+                    text = self._read_small(f"{defer_dir}/{qid}")
+                except OSError:  # none (e.g. requeued by postsuper -r) or unreadable: unknown
+                    text = ""
             read = self._deferrals_read(shape.deferrals, parse_defer_log(text))
             new = known.get((sid, read))
             if new is None:
@@ -422,11 +444,11 @@ class QueueSampler:
         it to the recipient."""
         if len(pending) == 1 and pending[0][1] == 1:  # one recipient: its last logged word
             group = pending[0][0].group
-            why = UNKNOWN
+            last = None
             for e in entries:
                 if self._group(qshape_domain(e.recipient)) == group:
-                    why = deferral_of(e)
-            return ((Waiting(group, *why), 1),)
+                    last = e
+            return ((Waiting(group, *self._deferral_of(last)), 1),)
         left: Counter[str] = Counter()
         for waiting, n in pending:
             left[waiting.group] += n
@@ -435,20 +457,33 @@ class QueueSampler:
             group = self._group(qshape_domain(e.recipient))
             if left[group] > 0:
                 left[group] -= 1
-                deferrals[Waiting(group, *deferral_of(e))] += 1
+                deferrals[Waiting(group, *self._deferral_of(e))] += 1
         for group, n in left.items():
             if n:
                 deferrals[Waiting(group, *UNKNOWN)] += n
         return tuple(deferrals.items())
 
-    def _defer_log_path(self, qid: str, directory: str) -> str:
+    def _deferral_of(self, entry: DeferEntry | None) -> Deferral:
+        """deferral_of, remembered per logged status and reason: the same reply reaches a
+        whole campaign, so most defer logs say what an earlier one said."""
+        if entry is None:
+            return UNKNOWN
+        key = (entry.status, entry.reason)
+        why = self._deferral_seen.get(key)
+        if why is None:
+            if len(self._deferral_seen) >= 16384:  # bounded: it only saves time
+                self._deferral_seen.clear()
+            why = self._deferral_seen[key] = deferral_of(entry)
+        return why
+
+    def _defer_dir(self, directory: str) -> str:
         """defer/ is hashed like deferred/ (Postfix's default hash_queue_names)."""
         prefix = self._defer_dirs.get(directory)
         if prefix is None:
             sub = os.path.relpath(directory, os.path.join(self.queue_dir, "deferred"))
             prefix = os.path.join(self.queue_dir, "defer", sub) if sub != "." else ""
             prefix = self._defer_dirs[directory] = prefix or os.path.join(self.queue_dir, "defer")
-        return f"{prefix}/{qid}"
+        return prefix
 
     def _open(self, path: str) -> int:
         try:
@@ -458,6 +493,45 @@ class QueueSampler:
                 raise
             self._open_flags &= ~_NOATIME  # not the files' owner: plain reads from now on
             return os.open(path, self._open_flags)
+
+    def _take_file(
+        self, qid: str, queue: str, directory: str, head: Head, errors: Counter[str]
+    ) -> None:
+        """A queue file from the first bytes read_all brought; anything but a complete,
+        readable envelope within them is read again the slow way, which says what is wrong."""
+        err, mode, ctime_ns, mtime, data = head
+        if err or data is None:
+            self._read_file(qid, queue, directory, errors)
+            return
+        # Postfix marks a queue file complete with the owner execute bit (showq checks it
+        # too); until then cleanup or postdrop is still writing it.
+        if queue != "corrupt" and mode & 0o700 != 0o700:
+            self.files_read += 1
+            self._not_ready[qid] = (queue, directory)
+            return
+
+        # The C envelope reader answers for the usual file and leaves the rest to Python's.
+        got = envelope(data) if envelope is not None else None
+        if got is not None:
+            arrival, sender, recipients, size = got
+            self.files_read += 1
+            shape = self._shape(queue, directory, sender, tuple(recipients), None)
+            self._put(qid, shape, ctime_ns, mtime if arrival is None else arrival, size or 0)
+            return
+
+        def source(offset: int, n: int) -> bytes:
+            if offset + n > len(data) and len(data) == BLOCK:  # the file goes on
+                raise _NeedMore
+            return data[offset : offset + n]
+
+        try:
+            env = parse_queue_file(source, mtime)
+        except (_NeedMore, QueueFileError):
+            self._read_file(qid, queue, directory, errors)
+            return
+        self.files_read += 1
+        shape = self._shape(queue, directory, env.sender, env.recipients, None)
+        self._put(qid, shape, ctime_ns, env.arrival, env.size)
 
     def _read_file(self, qid: str, queue: str, directory: str, errors: Counter[str]) -> None:
         self.files_read += 1
@@ -519,6 +593,9 @@ class QueueSampler:
             os.close(fd)
 
     def _sample_showq(self, errors: Counter[str]) -> bool:
+        # here: a spool sample (the usual case, as root or postfix) never loads the socket code
+        from mailpulse.collectors.showq import parse_showq, read_showq
+
         data = read_showq(self.queue_dir / "public" / "showq")
         for msg in parse_showq(data, errors):
             reasons = {
@@ -601,6 +678,18 @@ def _top_domains(
         pm, pr = out.get((q, kind, name, b), (0, 0))
         out[(q, kind, name, b)] = (pm + m, pr + r)
     return out
+
+
+class _NeedMore(Exception):
+    """A queue file's envelope goes on past the bytes read ahead."""
+
+
+def _names_from(
+    todo: list[tuple[str, str, Iterable[str]]], start: int
+) -> Iterator[tuple[str, tuple[str, str]]]:
+    """(queue id, (queue, directory)) of the names of todo from the start-th one on."""
+    names = ((qid, (q, d)) for q, d, qids in todo for qid in qids)
+    return islice(names, max(0, start), None)
 
 
 def _diff_tree(

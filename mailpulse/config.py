@@ -22,8 +22,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mailpulse.bounce.verp import DEFAULT_DELIMITERS, DEFAULT_PREFIX
 from mailpulse.postfix import Instance, PostconfError, discover_instances, instance_at
 
@@ -441,6 +439,8 @@ def read_yaml(path: Path) -> Any:
             f"{path}: line {line}: not UTF-8"
             f" (byte 0x{raw[e.start]:02x} after {before!r}); save the file as UTF-8"
         ) from None
+    import yaml  # here: commands run without a config file never pay for loading it
+
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:

@@ -61,8 +61,14 @@ def master_services(config_dir: Path | None) -> str:
     return run_postconf(config_dir, "-M")
 
 
+_INSTANCE_PARAMETERS = ("syslog_name", "queue_directory", "maillog_file")
+
+
 def instance_at(config_dir: Path | None) -> Instance:
-    cf = postconf(config_dir, "syslog_name", "queue_directory", "maillog_file")
+    return _instance(config_dir, postconf(config_dir, *_INSTANCE_PARAMETERS))
+
+
+def _instance(config_dir: Path | None, cf: dict[str, str]) -> Instance:
     maillog = cf.get("maillog_file", "")
     return Instance(
         name=cf.get("syslog_name", "postfix"),
@@ -74,6 +80,7 @@ def instance_at(config_dir: Path | None) -> Instance:
 
 def discover_instances(config_dir: Path | None = None) -> list[Instance]:
     """config_dir's instance and those listed in its multi_instance_directories (postmulti's)."""
-    extra = postconf(config_dir, "multi_instance_directories").get("multi_instance_directories")
-    dirs = [Path(d) for d in re.split(r"[\s,]+", extra or "") if d]
-    return [instance_at(config_dir), *(instance_at(d) for d in dirs)]
+    # One postconf for the first instance and the list: each run costs a process start.
+    cf = postconf(config_dir, *_INSTANCE_PARAMETERS, "multi_instance_directories")
+    dirs = [Path(d) for d in re.split(r"[\s,]+", cf.get("multi_instance_directories", "")) if d]
+    return [_instance(config_dir, cf), *(instance_at(d) for d in dirs)]

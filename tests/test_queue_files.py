@@ -27,6 +27,7 @@ from mailpulse.collectors.qfile import (
 )
 from mailpulse.collectors.queue import QueueSampler, samplers_for_host
 from mailpulse.collectors.showq import parse_showq
+from mailpulse.collectors.spoolread import Head
 
 from mailpulse.domains import DEFAULT_GROUPS
 from mailpulse.postfix import discover_instances
@@ -770,11 +771,13 @@ def test_a_sample_that_fails_leaves_no_file_unread(tmp_path: Path) -> None:
     class FailsOnce(QueueSampler):
         calls = 0
 
-        def _read_file(self, qid: str, queue: str, directory: str, errors: Counter[str]) -> None:
+        def _take_file(
+            self, qid: str, queue: str, directory: str, head: Head, errors: Counter[str]
+        ) -> None:
             self.calls += 1
             if self.calls == 3:
                 raise MemoryError("the third file")
-            super()._read_file(qid, queue, directory, errors)
+            super()._take_file(qid, queue, directory, head, errors)
 
     sampler = FailsOnce(queue_dir=spool, source="spool")
     with pytest.raises(MemoryError):
