@@ -397,7 +397,11 @@ def test_redis_fleet_two_nodes_and_an_analyser(make_lab: MakeLab, tmp_path: Path
         unknown1 = {p.recipient for p in first if p.kind == "unknown"}
         wait_until(lambda: set(listed(*a_c)) == unknown1 | {manual}, 60, "the analyser's list")
         some = sorted(unknown1)[0]
-        wait_until(lambda: refused_now(labs[1], some), 10, "node 2 to refuse node 1's bounce")
+        wait_until(
+            lambda: all(refused_now(lab, some) for lab in labs),
+            10,
+            "both nodes to refuse node 1's bounce",
+        )
 
         # Redis away: the nodes keep their tables and buffer node 2's campaign.
         server.stop()
