@@ -53,6 +53,9 @@ def test_sqlite_store_survives_kill_9_mid_write(tmp_path: Path) -> None:
             break
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
+    for line in p.stdout:  # what it confirmed after the reader stopped, still in the pipe
+        if line.endswith("\n"):
+            confirmed = int(line)
     assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
     store = SqliteStore(db)
     keys = set(store.keys_in_force(time.time()))
