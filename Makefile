@@ -13,9 +13,10 @@ LAB := $(PY) -m lab --root $(LAB_DIR)
 # libasan8 and libubsan1 run the log scanner's sanitizer test; logrotate the rotation tests;
 # debhelper, dh-python and pybuild's pyproject plugin build the .deb, whose dependencies are
 # Debian's own python3-* packages. Cacti (with MariaDB and PHP's command line) is where the
-# Cacti templates are imported; npm fetches the SMIv2 base MIBs (see mibs).
+# Cacti templates are imported; npm (the machine's own, else Debian's) fetches the SMIv2 base
+# MIBs (see mibs).
 APT_PACKAGES := postfix libsnmp-dev librrd-dev rrdtool snmpd snmp smitools \
-	cacti mariadb-server php-cli npm \
+	cacti mariadb-server php-cli \
 	prometheus prometheus-alertmanager prometheus-postfix-exporter mtail pflogsumm \
 	redis-server haproxy python3-venv python3-dev gcc libasan8 libubsan1 make procps \
 	time systemd-journal-remote openssl logrotate postfix-cdb postfix-lmdb \
@@ -48,7 +49,7 @@ deps:
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 		echo "cacti cacti/dbconfig-install boolean false" | debconf-set-selections; \
 		echo "cacti cacti/webserver select None" | debconf-set-selections; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
 		case " $$missing " in *" prometheus-postfix-exporter "*) $(MAKE) -s stop-exporter-service;; esac; \
 	fi
 	@$(MAKE) -s --no-print-directory mibs
