@@ -26,14 +26,12 @@ class Instance:
     maillog_file: Path | None  # None: the instance logs through syslog
 
 
-def run_postconf(config_dir: Path | None, *args: str) -> str:
-    """postconf's output for these arguments, for this instance's configuration."""
-    argv = ["postconf", *(a for a in args if a.startswith("-"))]
-    if config_dir is not None:
-        argv += ["-c", str(config_dir)]
+def run_tool(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """A Postfix command (postconf, postmap) in the C locale; PostconfError when it cannot run."""
     try:
-        r = subprocess.run(
-            [*argv, *(a for a in args if not a.startswith("-"))],
+        return subprocess.run(
+            argv,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=30,
@@ -41,6 +39,14 @@ def run_postconf(config_dir: Path | None, *args: str) -> str:
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise PostconfError(f"{' '.join(argv)}: {e}") from e
+
+
+def run_postconf(config_dir: Path | None, *args: str) -> str:
+    """postconf's output for these arguments, for this instance's configuration."""
+    argv = ["postconf", *(a for a in args if a.startswith("-"))]
+    if config_dir is not None:
+        argv += ["-c", str(config_dir)]
+    r = run_tool([*argv, *(a for a in args if not a.startswith("-"))])
     if r.returncode != 0:
         raise PostconfError(f"{' '.join(argv)}: {r.stderr.strip() or r.returncode}")
     return r.stdout

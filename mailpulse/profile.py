@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from mailpulse.postfix import Instance, PostconfError, run_postconf
+from mailpulse.postfix import Instance, PostconfError, run_postconf, run_tool
 from mailpulse.series import SourceStatus
 
 log = logging.getLogger(__name__)
@@ -326,17 +324,8 @@ def lookup_routes(config_dir: Path | None, maps: str, domains: list[str]) -> dic
         if not wanted:
             break
         argv = ["postmap", *(["-c", str(config_dir)] if config_dir else []), "-q", "-", table]
-        try:
-            r = subprocess.run(
-                argv,
-                input="".join(f"{d}\n" for d in wanted),
-                capture_output=True,
-                text=True,
-                timeout=30,
-                env={**os.environ, "LC_ALL": "C"},
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise PostconfError(f"{' '.join(argv)}: {e}") from e
+        # postmap -q exits 1 when a key is absent: its output, not its status, is the answer.
+        r = run_tool(argv, "".join(f"{d}\n" for d in wanted))
         for line in r.stdout.splitlines():
             key, tab, value = line.partition("\t")
             if tab and key in wanted:
